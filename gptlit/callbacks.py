@@ -1,0 +1,137 @@
+"""Callbacks: a text sample every N steps, and the loss plot written when training ends."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from gptlit.config import ConfigError
+from gptlit.generate import SamplingConfig, generate_text
+
+
+class SampleText(L.Callback):
+    """Every `every_n_steps` optimizer steps, continue `prompt` and print and log the text.
+
+    Sampling draws from its own torch.Generator (seeded with `seed` each time) and puts the
+    model back in train mode, so a run's losses are the same with or without samples.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        prompt: str = "Every effort moves you",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int = 50,
+        seed: int = 123,
+        at_end: bool = True,
+    ):
+        if every_n_steps is None or every_n_steps < 0:
+            raise ConfigError(f"sampling.every_n_steps={every_n_steps} must be >= 0 (0 turns samples off)")
+        self.every_n_steps, self.prompt, self.seed, self.at_end = every_n_steps, prompt, seed, at_end
+        self.cfg = SamplingConfig(
+            temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens
+        ).validate()
+        self.samples: list[tuple[int, str]] = []
+        self._last_step = -1
+
+    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        step = trainer.global_step
+        if step == self._last_step or not trainer.is_global_zero:
+            return
+        self._last_step = step
+        text = generate_text(pl_module.model, self.prompt, self.cfg, seed=self.seed)
+        self.samples.append((step, text))
+        msg = f"[step {step}] {self.prompt}{text}".replace("\n", " ")
+        bar = trainer.progress_bar_callback
+        if bar is not None and hasattr(bar, "print") and bar.is_enabled:
+            bar.print(msg)
+        else:
+            print(msg, flush=True)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("samples", f"**{self.prompt}**{text}", step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        n = self.every_n_steps
+        if n and trainer.global_step % n == 0 and trainer.global_step > 0:
+            self._sample(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.every_n_steps and self.at_end:
+            self._sample(trainer, pl_module)
+
+
+class LossPlot(L.Callback):
+    """Collects train and val loss against steps and tokens seen; writes `loss_plot.png` at the end."""
+
+    def __init__(self, dirpath: str, filename: str = "loss_plot.png"):
+        self.dirpath, self.filename = dirpath, filename
+        self.train: list[tuple[int, int, float]] = []  # (step, tokens seen, loss)
+        self.val: list[tuple[int, int, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and trainer.is_global_zero:
+            self.train.append((trainer.global_step, int(pl_module.tokens_seen), float(loss.detach())))
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        v = trainer.callback_metrics.get("val/loss")
+        if v is not None:
+            self.val.append((trainer.global_step, int(pl_module.tokens_seen), float(v)))
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero and self.train:
+            path = Path(self.dirpath) / self.filename
+            plot_losses(self.train, self.val, path)
+
+    def state_dict(self):
+        return {"train": [list(t) for t in self.train], "val": [list(t) for t in self.val]}
+
+    def load_state_dict(self, state):
+        self.train = [tuple(t) for t in state.get("train", [])]
+        self.val = [tuple(t) for t in state.get("val", [])]
+
+
+def plot_losses(train, val, path: Path):
+    """Train and val loss against steps, with tokens seen on a second x-axis (as the book plots it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([t[0] for t in train], [t[2] for t in train], label="train loss", alpha=0.8)
+    if val:
+        ax.plot([v[0] for v in val], [v[2] for v in val], "o-", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.legend(loc="upper right")
+    top = ax.twiny()  # second x-axis: tokens seen, aligned with steps
+    steps = [t[0] for t in train]
+    tokens = [t[1] for t in train]
+    top.plot(tokens, [t[2] for t in train], alpha=0)
+    top.set_xlim(*_tokens_at(ax.get_xlim(), steps, tokens))
+    top.set_xlabel("tokens seen")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _tokens_at(xlim, steps, tokens):
+    """Map the step axis limits to tokens seen, by linear fit through the recorded points."""
+    if len(steps) < 2 or steps[-1] == steps[0]:
+        return (xlim[0] * tokens[-1] / max(steps[-1], 1), xlim[1] * tokens[-1] / max(steps[-1], 1))
+    rate = (tokens[-1] - tokens[0]) / (steps[-1] - steps[0])
+    off = tokens[0] - rate * steps[0]
+    return (off + rate * xlim[0], off + rate * xlim[1])

@@ -1,0 +1,78 @@
+"""Model configuration: one dataclass and named presets (the Hydra `model` group mirrors them)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. The message names the value and the fix."""
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # GPT-2 BPE vocabulary
+    context_length: int = 1024  # longest sequence the position embedding covers
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.1  # dropout on embeddings, attention weights and residual branches
+    qkv_bias: bool = True  # GPT-2 has biases on the query/key/value projection
+    tie_embeddings: bool = True  # output head shares the token-embedding matrix
+    pad_vocab_multiple: int = 64  # embedding/head rows padded to a multiple of this (fast matmuls)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = max(1, self.pad_vocab_multiple)
+        return -(-self.vocab_size // m) * m
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+    def validate(self) -> "GPTConfig":
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be a positive integer")
+        if self.emb_dim % self.n_heads:
+            raise ConfigError(
+                f"model.emb_dim={self.emb_dim} is not divisible by model.n_heads={self.n_heads}: "
+                f"pick n_heads that divides emb_dim (e.g. model.n_heads={_divisor_near(self.emb_dim, self.n_heads)})"
+            )
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ConfigError(f"model.drop_rate={self.drop_rate} must be in [0, 1)")
+        if self.pad_vocab_multiple < 1:
+            raise ConfigError(f"model.pad_vocab_multiple={self.pad_vocab_multiple} must be >= 1 (1 = no padding)")
+        return self
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "GPTConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model '{name}': choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides}).validate()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        """Build from a mapping, ignoring keys that are not model fields (e.g. Hydra's `name`)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(d).items() if k in fields}).validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _divisor_near(n: int, target: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: abs(d - target))
+
+
+# Sizes of OpenAI's GPT-2 family plus two small ones for tests and CPUs.
+PRESETS: dict[str, dict] = {
+    "nano": dict(context_length=64, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0),
+    "mini": dict(context_length=128, emb_dim=256, n_heads=4, n_layers=4, drop_rate=0.0),
+    "small": dict(context_length=1024, emb_dim=768, n_heads=12, n_layers=12),
+    "medium": dict(context_length=1024, emb_dim=1024, n_heads=16, n_layers=24),
+    "large": dict(context_length=1024, emb_dim=1280, n_heads=20, n_layers=36),
+    "xl": dict(context_length=1024, emb_dim=1600, n_heads=25, n_layers=48),
+}

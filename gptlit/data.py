@@ -1,0 +1,268 @@
+"""Text corpora, tokenized and cut into sliding windows, as a LightningDataModule.
+
+Window i of a split with n tokens starts at i * stride: input = tokens[s : s + L],
+target = tokens[s + 1 : s + L + 1]. A split holds (n - L - 1) // stride + 1 windows
+when n >= L + 1, else none. Train is the first (1 - val_fraction) of the tokens,
+val the rest, so no window crosses the split.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gptlit.config import ConfigError
+from gptlit.tokenizer import EOT_ID, encode
+
+SOURCES = ("pydocs", "files", "url")
+
+
+def num_windows(n_tokens: int, max_length: int, stride: int) -> int:
+    """Windows of max_length inputs (+1 target) every `stride` tokens in n_tokens tokens."""
+    return (n_tokens - max_length - 1) // stride + 1 if n_tokens >= max_length + 1 else 0
+
+
+def split_point(n_tokens: int, val_fraction: float) -> int:
+    """Index of the first validation token."""
+    return n_tokens - int(round(n_tokens * val_fraction))
+
+
+class WindowDataset(Dataset):
+    def __init__(self, tokens: torch.Tensor, max_length: int, stride: int):
+        self.tokens, self.max_length, self.stride = tokens, max_length, stride
+        self.n = num_windows(len(tokens), max_length, stride)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        s = i * self.stride
+        chunk = self.tokens[s : s + self.max_length + 1].long()
+        return chunk[:-1], chunk[1:]
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A user path, relative to the directory the user ran the command from."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_absolute():
+        return p
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        base = HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+    except Exception:  # pragma: no cover - hydra missing or not configured
+        base = os.getcwd()
+    return Path(base) / p
+
+
+def find_text_files(path: str) -> list[Path]:
+    """A file, every *.txt under a folder, or the matches of a glob, sorted."""
+    p = resolve_path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*.txt") if f.is_file())
+        if not files:
+            raise ConfigError(f"data.path={path}: folder {p} holds no .txt files; add some or point at a file or glob")
+        return files
+    if any(c in str(path) for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if os.path.isfile(f))
+        if files:
+            return files
+        raise ConfigError(f"data.path={path}: the glob {p} matches no files; check the pattern")
+    raise ConfigError(
+        f"data.path={path}: no such file or folder ({p}); give a text file, a folder of .txt files or a glob"
+    )
+
+
+def read_text(f: Path) -> str:
+    try:
+        return f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"data.path: {f} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+
+
+def pydocs_documents() -> list[str]:
+    """The standard library's pydoc topics: English prose that every Python install carries."""
+    from pydoc_data.topics import topics
+
+    return [topics[k] for k in sorted(topics)]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("GPTLIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gptlit"
+    )
+    return Path(base)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url: str, sha256: str | None, dest: Path, timeout: float = 30.0) -> Path:
+    """Download url to dest once; check its SHA-256. Never leaves a partial or wrong file at dest."""
+    if dest.is_file() and (not sha256 or sha256_of(dest) == sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as r:
+                    while block := r.read(1 << 16):
+                        out.write(block)
+            except (urllib.error.URLError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                raise ConfigError(
+                    f"could not download {url} ({reason}); offline? copy the file to {dest} "
+                    f"or train on a local file with data=text data.path=<file>"
+                ) from None
+        got = sha256_of(Path(tmp))
+        if sha256 and got != sha256:
+            raise ConfigError(f"download of {url} has SHA-256 {got}, expected {sha256}; the file at that URL changed, set data.sha256 or data.url")
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class GPTDataModule(L.LightningDataModule):
+    """Sliding windows over a tokenized corpus.
+
+    source: "pydocs" (the stdlib's pydoc topics), "files" (data.path: file, folder or glob)
+    or "url" (downloaded once into the cache, checked against sha256; data.path, if set,
+    is a local copy to use instead). Documents are joined with <|endoftext|>.
+    """
+
+    def __init__(
+        self,
+        source: str = "pydocs",
+        path: str | None = None,
+        url: str | None = None,
+        sha256: str | None = None,
+        max_length: int = 128,
+        stride: int | None = None,
+        val_fraction: float = 0.1,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        name: str | None = None,
+    ):
+        super().__init__()
+        self.source, self.path, self.url, self.sha256 = source, path, url, sha256
+        self.max_length = max_length
+        self.stride = max_length if stride is None else stride
+        self.val_fraction, self.batch_size, self.num_workers = val_fraction, batch_size, num_workers
+        self.tokens: torch.Tensor | None = None
+        self.train_set = self.val_set = None
+        self.validate()
+
+    def validate(self):
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.source={self.source} is unknown: use one of {', '.join(SOURCES)}")
+        if self.source == "files" and not self.path:
+            raise ConfigError("data=text needs data.path=<text file, folder or glob>")
+        if self.source == "url" and not self.url and not self.path:
+            raise ConfigError("data.source=url needs data.url=<address>")
+        for name in ("max_length", "stride", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"data.{name}={v} must be a positive integer")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
+        if self.path:
+            if self.source == "url":
+                if not resolve_path(self.path).is_file():
+                    raise ConfigError(f"data.path={self.path}: no such file ({resolve_path(self.path)})")
+            else:
+                find_text_files(self.path)  # fail now, not after the model is built
+
+    def _url_dest(self) -> Path:
+        return cache_dir() / Path(self.url.split("?")[0]).name
+
+    def prepare_data(self):
+        if self.source == "url" and not self.path:
+            download(self.url, self.sha256, self._url_dest())
+
+    def documents(self) -> list[str]:
+        if self.source == "pydocs":
+            return pydocs_documents()
+        if self.source == "url":
+            if self.path:
+                f = resolve_path(self.path)
+                if self.sha256 and sha256_of(f) != self.sha256:
+                    raise ConfigError(
+                        f"data.path={self.path} has SHA-256 {sha256_of(f)}, not the expected {self.sha256}; "
+                        f"for other text use data=text"
+                    )
+                return [read_text(f)]
+            return [read_text(download(self.url, self.sha256, self._url_dest()))]
+        return [read_text(f) for f in find_text_files(self.path)]
+
+    def tokenize(self) -> torch.Tensor:
+        ids: list[int] = []
+        for i, doc in enumerate(self.documents()):
+            if i:
+                ids.append(EOT_ID)
+            ids.extend(encode(doc))
+        return torch.tensor(ids, dtype=torch.int32)
+
+    def setup(self, stage: str | None = None):
+        if self.tokens is not None:
+            return
+        tokens = self.tokenize()
+        n = len(tokens)
+        cut = split_point(n, self.val_fraction)
+        train, val = tokens[:cut], tokens[cut:]
+        need = self.max_length + 1
+        if len(train) < need or len(val) < need:
+            raise ConfigError(
+                f"corpus too short: {n} tokens give {len(train)} train and {len(val)} val tokens, but one window "
+                f"needs data.max_length+1={need} in each split; use more text, a smaller data.max_length "
+                f"or a different data.val_fraction={self.val_fraction}"
+            )
+        self.tokens = tokens
+        self.train_set = WindowDataset(train, self.max_length, self.stride)
+        self.val_set = WindowDataset(val, self.max_length, self.stride)
+
+    def summary(self) -> str:
+        return (
+            f"corpus: {len(self.tokens):,} tokens -> train {len(self.train_set.tokens):,} tokens / "
+            f"{len(self.train_set):,} windows, val {len(self.val_set.tokens):,} tokens / {len(self.val_set):,} windows "
+            f"(max_length {self.max_length}, stride {self.stride})"
+        )
+
+    def _loader(self, ds, shuffle: bool):
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(ds) >= self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False)

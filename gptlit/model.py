@@ -1,0 +1,153 @@
+"""The GPT-2 architecture in one file.
+
+Shapes: B batch, T sequence length, C emb_dim, H n_heads, D head_dim = C // H, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptlit.config import GPTConfig
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, one per block: (B, H, context_length, D) each."""
+
+    def __init__(self, batch_size: int, cfg: GPTConfig, device, dtype):
+        shape = (batch_size, cfg.n_heads, cfg.context_length, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # number of positions filled
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        t = k.size(2)
+        self.k[:, :, self.pos : self.pos + t] = k
+        self.v[:, :, self.pos : self.pos + t] = v
+        self.pos += t
+        return self.k[:, :, : self.pos], self.v[:, :, : self.pos]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_heads, self.drop_rate = cfg.n_heads, cfg.drop_rate
+        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        self.resid_drop = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        mask, causal = None, True
+        if cache is not None:
+            start = cache.pos
+            k, v = cache.append(k, v)  # (B, H, start + T, D)
+            if T == 1:
+                causal = False  # one new query sees every cached key
+            elif start > 0:  # queries start..start+T-1 against keys 0..start+T-1
+                causal = False
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        drop = self.drop_rate if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
+        self.proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
+        self.drop = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.emb_dim)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.emb_dim)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cache: KVCache | None = None):
+        x = x + self.attn(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        V = cfg.padded_vocab_size  # rows >= cfg.vocab_size are padding, masked out of every output
+        self.tok_emb = nn.Embedding(V, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop = nn.Dropout(cfg.drop_rate)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.emb_dim)
+        self.head = nn.Linear(cfg.emb_dim, V, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled down by sqrt(2 * n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        self.zero_padding_rows()
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    @torch.no_grad()
+    def zero_padding_rows(self):
+        V = self.cfg.vocab_size
+        self.tok_emb.weight[V:].zero_()
+        self.head.weight[V:].zero_()
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, counting a tied matrix once and leaving out vocabulary padding rows."""
+        n = sum(p.numel() for p in self.parameters())
+        n -= (self.cfg.padded_vocab_size - self.cfg.vocab_size) * self.cfg.emb_dim * (1 if self.cfg.tie_embeddings else 2)
+        if non_embedding:
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None):
+        """idx (B, T) token ids. Returns logits (B, T, vocab_size), or the mean cross-entropy if targets (B, T) are given.
+
+        With `cache` (one KVCache per block) only the new tokens are passed and their
+        positions continue from what the cache holds.
+        """
+        B, T = idx.shape
+        start = cache[0].pos if cache is not None else 0
+        if start + T > self.cfg.context_length:
+            raise ValueError(f"sequence of {start + T} tokens exceeds model.context_length={self.cfg.context_length}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache[i] if cache is not None else None)
+        x = self.ln_f(x)
+        if targets is None:
+            return self.head(x)[..., : self.cfg.vocab_size]  # (B, T, V)
+        logits = self.head(x)  # (B, T, padded V)
+        if logits.size(-1) > self.cfg.vocab_size:
+            logits[..., self.cfg.vocab_size :] = float("-inf")  # padding ids can never be predicted
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def new_cache(self, batch_size: int) -> list[KVCache]:
+        p = self.pos_emb.weight
+        dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
+        return [KVCache(batch_size, self.cfg, p.device, dtype) for _ in self.blocks]

@@ -1,0 +1,147 @@
+"""The LightningModule: GPT + AdamW, logging cross-entropy, perplexity, tokens seen and throughput."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+
+from gptlit.config import ConfigError, GPTConfig
+from gptlit.model import GPT
+
+OPTIM_DEFAULTS = dict(
+    lr=6e-4,
+    weight_decay=0.1,
+    betas=(0.9, 0.95),
+    eps=1e-8,
+    grad_clip=1.0,  # max global grad norm, applied before every optimizer step; null = off
+    scheduler="cosine",  # cosine | constant
+    warmup_steps=0,
+    min_lr_ratio=0.1,  # cosine decays to lr * min_lr_ratio
+    fused=None,  # None = fused AdamW on CUDA, foreach elsewhere
+)
+
+
+def validate_optim(o: dict) -> dict:
+    o = {**OPTIM_DEFAULTS, **o}
+    if not (isinstance(o["lr"], (int, float)) and o["lr"] > 0):
+        raise ConfigError(f"optim.lr={o['lr']} must be > 0 (e.g. optim.lr=4e-4)")
+    if o["weight_decay"] < 0:
+        raise ConfigError(f"optim.weight_decay={o['weight_decay']} must be >= 0")
+    if o["grad_clip"] is not None and o["grad_clip"] <= 0:
+        raise ConfigError(f"optim.grad_clip={o['grad_clip']} must be > 0, or null to turn clipping off")
+    if o["scheduler"] not in ("cosine", "constant"):
+        raise ConfigError(f"optim.scheduler={o['scheduler']} is unknown: use cosine or constant")
+    if o["warmup_steps"] < 0:
+        raise ConfigError(f"optim.warmup_steps={o['warmup_steps']} must be >= 0")
+    if not 0 <= o["min_lr_ratio"] <= 1:
+        raise ConfigError(f"optim.min_lr_ratio={o['min_lr_ratio']} must be in [0, 1]")
+    return o
+
+
+def lr_factor(step: int, warmup: int, total: int, scheduler: str, min_ratio: float) -> float:
+    """Multiplier of the base lr at optimizer step `step`: linear warmup, then constant or cosine to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if scheduler == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class GPTLitModule(L.LightningModule):
+    """Wraps a GPT. Hyperparameters are plain dicts, so checkpoints load with weights_only=True."""
+
+    def __init__(self, model: dict, optim: dict | None = None, compile: bool = False):
+        super().__init__()
+        model = dict(model)
+        optim = validate_optim(dict(optim or {}))
+        self.save_hyperparameters({"model": GPTConfig.from_dict(model).to_dict(), "optim": optim, "compile": compile})
+        self.model = GPT(GPTConfig.from_dict(self.hparams.model))
+        self.tokens_seen = 0  # training tokens over all ranks, kept in checkpoints
+        self._val_sum = self._val_count = None
+        self._t_last = None
+
+    def configure_model(self):
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.model.compile()  # compiles forward in place: state-dict keys keep their names
+            self._compiled = True
+
+    def forward(self, idx):
+        return self.model(idx)
+
+    # training -----------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.model(x, y)
+        self.tokens_seen += y.numel() * self.trainer.world_size
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", torch.exp(loss.detach().float()), prog_bar=True)
+        self.log("train/tokens_seen", float(self.tokens_seen))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if self._t_last is not None:
+            dt = now - self._t_last
+            tps = batch[1].numel() * self.trainer.world_size / max(dt, 1e-9)
+            self.log("train/tokens_per_sec", tps, prog_bar=True)
+        self._t_last = now
+
+    def on_before_optimizer_step(self, optimizer):
+        # Clip here rather than through Trainer(gradient_clip_val): it works with fused AdamW and any precision.
+        clip = self.hparams.optim["grad_clip"]
+        if clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
+            self.log("train/grad_norm", norm)
+
+    # validation ---------------------------------------------------------------------------------
+    def on_validation_epoch_start(self):
+        self._val_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._val_count = torch.zeros((), device=self.device, dtype=torch.float64)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.model(x, y)
+        self._val_sum += loss.double() * y.numel()
+        self._val_count += y.numel()
+        return loss
+
+    def on_validation_epoch_end(self):
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        loss = (total / count.clamp_min(1)).float()  # token-weighted mean over every val batch
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(loss), prog_bar=True, sync_dist=False)
+        self._t_last = None  # do not count validation time as a training step
+
+    # optimizer ----------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.hparams.optim
+        # Decay matrices (linear and embedding weights); never biases or LayerNorm parameters.
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": o["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = o["fused"] if o["fused"] is not None else self.device.type == "cuda"
+        opt = torch.optim.AdamW(
+            groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], **({"fused": True} if fused else {})
+        )
+        if o["scheduler"] == "constant" and not o["warmup_steps"]:
+            return opt
+        total = int(self.trainer.estimated_stepping_batches) if self.trainer else 0
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, o["warmup_steps"], total, o["scheduler"], o["min_lr_ratio"])
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # checkpoints --------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["gptlit"] = {"tokens_seen": int(self.tokens_seen), "format": 1}
+
+    def on_load_checkpoint(self, checkpoint):
+        self.tokens_seen = int(checkpoint.get("gptlit", {}).get("tokens_seen", 0))
