@@ -1,0 +1,52 @@
+"""Shared fixtures: compose the real Hydra config with test overrides and run tiny trainings in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# A tiny, fast run: nano model, short windows, few steps, no samples.
+TINY = [
+    "model=nano",
+    "data.max_length=32",
+    "data.batch_size=4",
+    "trainer.max_steps=4",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "sampling.every_n_steps=0",
+    "callbacks.progress_bar=null",
+]
+
+
+def compose_cfg(overrides: list[str], output_dir: Path, config_name: str = "train"):
+    """The train config as train.py would see it, with outputs under output_dir."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def make(*overrides: str, tiny: bool = True):
+        return compose_cfg([*(TINY if tiny else []), *overrides], tmp_path / "run")
+
+    return make
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """A small English text file (about 4,000 tokens) made for the tests."""
+    words = (
+        "the quick brown fox jumps over the lazy dog while a painter named Jack studies his canvas "
+        "and wonders whether every effort moves him closer to the picture he has in mind"
+    ).split()
+    lines = [" ".join(words[(i * 7) % len(words) :] + words[: (i * 7) % len(words)]) + "." for i in range(120)]
+    p = tmp_path / "corpus.txt"
+    p.write_text("\n".join(lines), encoding="utf-8")
+    return p

@@ -1,0 +1,110 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gptlit import GPT, PRESETS, ConfigError, GPTConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_small_is_gpt2_124m():
+    model = GPT(GPTConfig.from_name("small"))
+    assert model.num_params() == 124_439_808  # GPT-2 small with tied embeddings
+
+
+def test_param_count_formula():
+    # count by hand: embeddings + per-block weights + final norm (+ untied head)
+    for tie in (True, False):
+        c = GPTConfig.from_name("nano", tie_embeddings=tie)
+        C, V, T, n = c.emb_dim, c.vocab_size, c.context_length, c.n_layers
+        block = (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C) + 4 * C
+        expected = V * C + T * C + n * block + 2 * C + (0 if tie else V * C)
+        assert GPT(c).num_params() == expected
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_yaml_presets_match_python(name):
+    conf = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+    cfg = GPTConfig.from_name(name).to_dict()
+    assert {k: conf[k] for k in cfg} == cfg
+
+
+def test_initial_loss_near_uniform():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("nano")).eval()
+    x = torch.randint(0, 50257, (4, 64))
+    y = torch.randint(0, 50257, (4, 64))
+    loss = model(x, y).item()
+    assert abs(loss - math.log(50257)) < 0.3
+
+
+def test_logits_shape_and_padding_never_predicted():
+    cfg = GPTConfig.from_name("nano")
+    assert cfg.padded_vocab_size == 50304
+    model = GPT(cfg).eval()
+    x = torch.randint(0, 50257, (2, 10))
+    assert model(x).shape == (2, 10, 50257)
+    # loss on padded logits equals loss on the real vocabulary alone
+    y = torch.randint(0, 50257, (2, 10))
+    ref = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    assert torch.allclose(model(x, y), ref, atol=1e-5)
+
+
+def test_causal():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("nano")).eval()
+    x = torch.randint(0, 50257, (1, 12))
+    x2 = x.clone()
+    x2[0, 8:] = torch.randint(0, 50257, (4,))
+    # changing future tokens leaves earlier logits untouched
+    assert torch.allclose(model(x)[0, :8], model(x2)[0, :8], atol=1e-5)
+    assert not torch.allclose(model(x)[0, 8:], model(x2)[0, 8:], atol=1e-3)
+
+
+def test_tied_and_untied_head():
+    tied = GPT(GPTConfig.from_name("nano"))
+    assert tied.head.weight.data_ptr() == tied.tok_emb.weight.data_ptr()
+    untied = GPT(GPTConfig.from_name("nano", tie_embeddings=False))
+    assert untied.head.weight.data_ptr() != untied.tok_emb.weight.data_ptr()
+
+
+def test_qkv_bias_option():
+    assert GPT(GPTConfig.from_name("nano", qkv_bias=False)).blocks[0].attn.qkv.bias is None
+    assert GPT(GPTConfig.from_name("nano", qkv_bias=True)).blocks[0].attn.qkv.bias is not None
+
+
+def test_dropout_only_in_train_mode():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("nano", drop_rate=0.5))
+    x = torch.randint(0, 50257, (2, 16))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+
+
+def test_too_long_sequence():
+    model = GPT(GPTConfig.from_name("nano"))
+    with pytest.raises(ValueError, match="context_length=64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(emb_dim=66, n_heads=4), r"model.emb_dim=66 is not divisible by model.n_heads=4"),
+        (dict(n_layers=0), r"model.n_layers=0"),
+        (dict(drop_rate=1.5), r"model.drop_rate=1.5"),
+    ],
+)
+def test_bad_config(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        GPTConfig.from_name("nano", **overrides)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown model 'huge'.*nano"):
+        GPTConfig.from_name("huge")
