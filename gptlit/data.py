@@ -3,7 +3,8 @@
 Window i of a split with n tokens starts at i * stride: input = tokens[s : s + L],
 target = tokens[s + 1 : s + L + 1]. A split holds (n - L - 1) // stride + 1 windows
 when n >= L + 1, else none. Train is the first (1 - val_fraction) of the tokens,
-val the rest, so no window crosses the split.
+val the rest, so no window crosses the split. With val_all (task=validate) the val set
+is every window of the whole corpus.
 """
 
 from __future__ import annotations
@@ -163,12 +164,14 @@ class GPTDataModule(L.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         name: str | None = None,
+        val_all: bool = False,  # validate on every window of the whole corpus (task=validate); no train split
     ):
         super().__init__()
         self.source, self.path, self.url, self.sha256 = source, path, url, sha256
         self.max_length = max_length
         self.stride = max_length if stride is None else stride
         self.val_fraction, self.batch_size, self.num_workers = val_fraction, batch_size, num_workers
+        self.val_all = val_all
         self.tokens: torch.Tensor | None = None
         self.train_set = self.val_set = None
         self.validate()
@@ -233,7 +236,14 @@ class GPTDataModule(L.LightningDataModule):
         cut = split_point(n, self.val_fraction)
         train, val = tokens[:cut], tokens[cut:]
         need = self.max_length + 1
-        if len(train) < need or len(val) < need:
+        if self.val_all:
+            if n < need:
+                raise ConfigError(
+                    f"corpus too short: {n} tokens, but one window needs data.max_length+1={need}; "
+                    f"use more text or a smaller data.max_length"
+                )
+            train = val = tokens
+        elif len(train) < need or len(val) < need:
             raise ConfigError(
                 f"corpus too short: {n} tokens give {len(train)} train and {len(val)} val tokens, but one window "
                 f"needs data.max_length+1={need} in each split; use more text, a smaller data.max_length "
@@ -244,6 +254,11 @@ class GPTDataModule(L.LightningDataModule):
         self.val_set = WindowDataset(val, self.max_length, self.stride)
 
     def summary(self) -> str:
+        if self.val_all:
+            return (
+                f"corpus: {len(self.tokens):,} tokens -> validating on all of them: {len(self.val_set):,} windows "
+                f"(max_length {self.max_length}, stride {self.stride})"
+            )
         return (
             f"corpus: {len(self.tokens):,} tokens -> train {len(self.train_set.tokens):,} tokens / "
             f"{len(self.train_set):,} windows, val {len(self.val_set.tokens):,} tokens / {len(self.val_set):,} windows "

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gptlit.callbacks import SampleText
 from gptlit.config import ConfigError, GPTConfig
 from gptlit.data import GPTDataModule, resolve_path
+from gptlit.hf import adopt_checkpoint, adopt_pretrained, load_weights
 from gptlit.module import GPTLitModule, validate_optim
 
 
@@ -40,6 +41,21 @@ def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+def make(node, **kwargs):
+    """hydra.utils.instantiate, but a ConfigError raised inside surfaces as itself."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def instantiate_dict(node, kind: str) -> list:
     """Instantiate each non-null `_target_` entry of a config dict (callbacks, loggers)."""
     out = []
@@ -48,7 +64,7 @@ def instantiate_dict(node, kind: str) -> list:
             continue
         if "_target_" not in conf:
             raise ConfigError(f"{kind}.{key} has no _target_: give a class path or set {kind}.{key}=null")
-        out.append(instantiate(conf))
+        out.append(make(conf))
     return out
 
 
@@ -75,11 +91,32 @@ def check_checkpoint(path: str, model_cfg: GPTConfig) -> str:
     return str(p)
 
 
+def val_interval(tcfg: dict, batches_per_epoch: int):
+    """An integer val_check_interval, capped at one epoch and at max_steps, so every run validates."""
+    v = tcfg.get("val_check_interval")
+    cap = batches_per_epoch
+    if (tcfg.get("max_steps") or -1) > 0:
+        cap = min(cap, tcfg["max_steps"] * int(tcfg.get("accumulate_grad_batches") or 1))
+    if v is None:  # each epoch, or at max_steps if that comes first
+        return cap if cap < batches_per_epoch else None
+    if isinstance(v, float):
+        return v
+    if v < 1:
+        raise ConfigError(f"trainer.val_check_interval={v} must be >= 1 batches (or a fraction like 0.5)")
+    return max(1, min(v, cap))
+
+
 def build(cfg: DictConfig):
     """Validate the config and build (datamodule, module, trainer). Raises ConfigError before any training."""
-    if cfg.get("task", "train") not in ("train", "validate"):
+    task = cfg.get("task", "train")
+    if task not in ("train", "validate"):
         raise ConfigError(f"task={cfg.task} is unknown: use task=train or task=validate")
     model_cfg = GPTConfig.from_dict(_plain(cfg.model))
+    init_state, ckpt_path = None, None
+    if task == "validate" and cfg.get("ckpt_path"):  # the model config comes from the checkpoint
+        ckpt_path, model_cfg = adopt_checkpoint(cfg.model, cfg.ckpt_path)
+    elif cfg.model.get("init_from"):  # pretrained weights, e.g. OpenAI's GPT-2 (docs/pretrained.md)
+        model_cfg, init_state = adopt_pretrained(cfg.model, cfg.model.init_from)
     optim = validate_optim(_plain(cfg.optim))
     sampling = _plain(cfg.sampling)
     sampler = SampleText(**sampling)  # validates temperature, top_k, top_p
@@ -89,17 +126,20 @@ def build(cfg: DictConfig):
             f"data.max_length={cfg.data.max_length} exceeds model.context_length={model_cfg.context_length}; "
             f"lower data.max_length or raise model.context_length"
         )
-    ckpt_path = check_checkpoint(cfg.ckpt_path, model_cfg) if cfg.get("ckpt_path") else None
+    if cfg.get("ckpt_path") and ckpt_path is None:
+        ckpt_path = check_checkpoint(cfg.ckpt_path, model_cfg)
 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    dm: GPTDataModule = instantiate(cfg.data)
+    dm: GPTDataModule = make(cfg.data, val_all=task == "validate")  # validate: the whole corpus
     dm.prepare_data()
     dm.setup("fit")  # tokenize now: a corpus too short fails before the model is built
     rank_zero_info(dm.summary())
 
     module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=bool(cfg.get("compile", False)))
+    if init_state is not None:
+        load_weights(module.model, init_state)
     rank_zero_info(f"model: {cfg.model.get('name', 'custom')}, {module.model.num_params():,} parameters")
 
     callbacks = instantiate_dict(cfg.get("callbacks"), "callbacks")
@@ -108,13 +148,14 @@ def build(cfg: DictConfig):
     loggers = instantiate_dict(cfg.get("logger"), "logger")
 
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()))
     tcfg["precision"] = resolve_precision(tcfg.get("precision"), str(tcfg.get("accelerator", "auto")))
     if tcfg.get("gradient_clip_val"):
         raise ConfigError(
             f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "
             f"(it also works with fused AdamW)"
         )
-    trainer: L.Trainer = instantiate(tcfg, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = make(tcfg, callbacks=callbacks, logger=loggers or False)
     rank_zero_info(f"precision: {tcfg['precision']}, output: {cfg.paths.output_dir}")
     return dm, module, trainer, ckpt_path
 
@@ -128,25 +169,32 @@ def run(cfg: DictConfig) -> dict:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and ckpt.best_model_path:
-            rank_zero_info(f"best checkpoint: {ckpt.best_model_path} (val/loss {float(ckpt.best_model_score):.4f})")
+            score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""
+            rank_zero_info(f"best checkpoint: {ckpt.best_model_path}{score}")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     rank_zero_info("final: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if "/" in k))
     return metrics
 
 
-def _one_log_handler():
-    """Lightning adds its own console handler; under Hydra the root logger prints already."""
+def _quiet_logs():
+    """Print each message once (Lightning adds console handlers of its own; under Hydra the root
+    logger prints already) and drop two messages that users cannot act on."""
     import logging
+    import warnings
 
-    root = logging.getLogger()
-    if root.handlers:
-        for name in ("lightning.pytorch", "lightning.fabric"):
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in str(record.msg)
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def main(cfg: DictConfig) -> dict | None:
     """Entry point used by train.py: a bad value ends with one line on stderr and exit code 2."""
-    _one_log_handler()
+    _quiet_logs()
     try:
         return run(cfg)
     except ConfigError as e:

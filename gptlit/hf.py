@@ -1,0 +1,477 @@
+"""OpenAI's GPT-2 weights: read Hugging Face folders and the book's .pth state dicts; export to Hugging Face.
+
+Two layouts are read:
+  * a Hugging Face GPT-2 folder: config.json + model.safetensors (or pytorch_model.bin, read
+    with torch.load(weights_only=True) only). HF's Conv1D stores weights as (in, out).
+  * a state dict of the GPTModel from "Build a Large Language Model From Scratch"
+    (e.g. gpt2-small-124M.pth): separate W_query/W_key/W_value, norm scale/shift.
+Both become gptlit's layout: a dict of tensors named like GPT.state_dict(), vocabulary rows
+unpadded, pos_emb as long as the weights have it. `load_weights` pads and slices into a GPT.
+
+transformers is not needed here: the files are read with safetensors and torch only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from gptlit.config import PRESETS, ConfigError, GPTConfig
+from gptlit.model import GPT
+
+GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads in OpenAI's four sizes
+ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh GELU gptlit uses
+ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
+ARCH_FIELDS = ("vocab_size", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_embeddings")
+
+# Per block: gptlit name, Hugging Face name, stored transposed (HF Conv1D is (in, out)).
+HF_BLOCK = [
+    ("ln1.weight", "ln_1.weight", False),
+    ("ln1.bias", "ln_1.bias", False),
+    ("attn.qkv.weight", "attn.c_attn.weight", True),
+    ("attn.qkv.bias", "attn.c_attn.bias", False),
+    ("attn.proj.weight", "attn.c_proj.weight", True),
+    ("attn.proj.bias", "attn.c_proj.bias", False),
+    ("ln2.weight", "ln_2.weight", False),
+    ("ln2.bias", "ln_2.bias", False),
+    ("mlp.fc.weight", "mlp.c_fc.weight", True),
+    ("mlp.fc.bias", "mlp.c_fc.bias", False),
+    ("mlp.proj.weight", "mlp.c_proj.weight", True),
+    ("mlp.proj.bias", "mlp.c_proj.bias", False),
+]
+# Per block: gptlit name, the book's names (several are concatenated along dim 0).
+BOOK_BLOCK = [
+    ("ln1.weight", ["norm1.scale"]),
+    ("ln1.bias", ["norm1.shift"]),
+    ("attn.qkv.weight", ["att.W_query.weight", "att.W_key.weight", "att.W_value.weight"]),
+    ("attn.qkv.bias", ["att.W_query.bias", "att.W_key.bias", "att.W_value.bias"]),
+    ("attn.proj.weight", ["att.out_proj.weight"]),
+    ("attn.proj.bias", ["att.out_proj.bias"]),
+    ("ln2.weight", ["norm2.scale"]),
+    ("ln2.bias", ["norm2.shift"]),
+    ("mlp.fc.weight", ["ff.layers.0.weight"]),
+    ("mlp.fc.bias", ["ff.layers.0.bias"]),
+    ("mlp.proj.weight", ["ff.layers.2.weight"]),
+    ("mlp.proj.bias", ["ff.layers.2.bias"]),
+]
+# Buffers that the files may carry but that hold no weights (causal masks).
+IGNORED = re.compile(r"^(h\.\d+\.attn\.(bias|masked_bias)|trf_blocks\.\d+\.att\.mask)$")
+
+Plan = list[tuple[str, list[str], bool]]  # (gptlit name, source names, transposed)
+
+
+# loading --------------------------------------------------------------------------------------
+def load_pretrained(
+    path: str | Path, n_heads: int | None = None, context_length: int | None = None, drop_rate: float = 0.0
+) -> GPT:
+    """A GPT holding the weights at `path` (Hugging Face GPT-2 folder or the book's .pth), in eval mode.
+
+    n_heads: needed only for a .pth whose emb_dim is not one of GPT-2's sizes.
+    context_length: use fewer positions than the weights have (pos_emb is sliced).
+    """
+    cfg, state = read_pretrained(path, n_heads=n_heads)
+    if context_length is not None:
+        if not 0 < context_length <= cfg.context_length:
+            raise ConfigError(f"context_length={context_length} must be in 1..{cfg.context_length} (the positions in {path})")
+        cfg = dataclasses.replace(cfg, context_length=context_length)
+    model = GPT(dataclasses.replace(cfg, drop_rate=drop_rate))
+    load_weights(model, state)
+    return model.eval()
+
+
+def read_pretrained(path: str | Path, n_heads: int | None = None) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """(config, gptlit-named fp32 tensors) from a Hugging Face GPT-2 folder or a book .pth file/folder."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return _read_hf(p)
+        pths = sorted(p.glob("*.pth"))
+        if len(pths) == 1:
+            return _read_book(pths[0], n_heads)
+        if pths:
+            names = ", ".join(f.name for f in pths)
+            raise ConfigError(f"{p} holds several .pth files ({names}); give the one to load")
+        raise ConfigError(
+            f"{p} has no config.json (Hugging Face GPT-2 folder) nor a .pth state dict; "
+            f"see docs/pretrained.md for how to download GPT-2"
+        )
+    if p.is_file():
+        return _read_book(p, n_heads)
+    raise ConfigError(
+        f"{p}: no such file or folder; give a Hugging Face GPT-2 folder (config.json + model.safetensors) "
+        f"or a .pth state dict from the book"
+    )
+
+
+def load_weights(model: GPT, state: dict[str, torch.Tensor]) -> GPT:
+    """Copy gptlit-named weights into `model`: pad the vocabulary rows, slice pos_emb to the context."""
+    cfg, own = model.cfg, model.state_dict()
+    fitted = {}
+    for name, t in state.items():
+        if name in ("tok_emb.weight", "head.weight") and t.size(0) < cfg.padded_vocab_size:
+            t = torch.cat([t, t.new_zeros(cfg.padded_vocab_size - t.size(0), t.size(1))])  # padding rows are zero
+        elif name == "pos_emb.weight":
+            t = t[: cfg.context_length]
+        if name not in own or own[name].shape != t.shape:
+            want = tuple(own[name].shape) if name in own else "no such tensor"
+            raise ConfigError(f"weights do not fit the model: {name} has shape {tuple(t.shape)}, the model needs {want}")
+        fitted[name] = t
+    if cfg.tie_embeddings:
+        fitted["head.weight"] = fitted["tok_emb.weight"]
+    missing = set(own) - set(fitted)
+    if missing:
+        raise ConfigError(f"weights do not fit the model: no value for {', '.join(sorted(missing))}")
+    model.load_state_dict(fitted)
+    model.zero_padding_rows()
+    return model
+
+
+def _read_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    cfg, tied = hf_config(_read_json(folder / "config.json"), folder / "config.json")
+    src = {k.removeprefix("transformer."): v for k, v in _read_hf_tensors(folder).items()}
+    plan: Plan = [("tok_emb.weight", ["wte.weight"], False), ("pos_emb.weight", ["wpe.weight"], False)]
+    for i in range(cfg.n_layers):
+        plan += [(f"blocks.{i}.{g}", [f"h.{i}.{h}"], t) for g, h, t in HF_BLOCK]
+    plan += [("ln_f.weight", ["ln_f.weight"], False), ("ln_f.bias", ["ln_f.bias"], False)]
+    if not tied:
+        if "lm_head.weight" not in src:
+            raise ConfigError(f"{folder}: config.json has tie_word_embeddings=false but the weights have no lm_head.weight")
+        plan.append(("head.weight", ["lm_head.weight"], False))
+    else:
+        src.pop("lm_head.weight", None)  # tied: HF ignores a stored lm_head too
+    return cfg, _gather(src, plan, cfg, folder)
+
+
+def hf_config(d: dict, where: Path | str) -> tuple[GPTConfig, bool]:
+    """GPTConfig and tie flag from a Hugging Face GPT-2 config.json; anything gptlit cannot run is an error."""
+
+    def bad(field: str, value, fix: str):
+        return ConfigError(f"{where}: {field}={json.dumps(value)} is not supported; {fix}")
+
+    if d.get("model_type") != "gpt2":
+        raise bad("model_type", d.get("model_type"), "gptlit loads GPT-2 (model_type gpt2)")
+    for arch in d.get("architectures") or []:
+        if arch not in ARCHITECTURES:
+            raise bad("architectures", d["architectures"], f"gptlit loads {' or '.join(ARCHITECTURES)}")
+    if d.get("activation_function", "gelu_new") not in ACTIVATIONS:
+        raise bad("activation_function", d["activation_function"], f"gptlit's MLP uses the tanh GELU ({', '.join(ACTIVATIONS)})")
+    if abs(float(d.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
+        raise bad("layer_norm_epsilon", d["layer_norm_epsilon"], "gptlit's LayerNorm uses 1e-5")
+    for flag, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
+        if d.get(flag, ok) != ok:
+            raise bad(flag, d[flag], f"gptlit's attention needs {flag}={json.dumps(ok)}")
+    for key in ("n_embd", "n_head", "n_layer", "vocab_size"):
+        if not isinstance(d.get(key), int):
+            raise ConfigError(f"{where}: {key} is missing or not an integer ({d.get(key)!r})")
+    n_pos = d.get("n_positions", d.get("n_ctx"))
+    if not isinstance(n_pos, int):
+        raise ConfigError(f"{where}: n_positions is missing or not an integer ({n_pos!r})")
+    if d.get("n_inner") not in (None, 4 * d["n_embd"]):
+        raise bad("n_inner", d["n_inner"], f"gptlit's MLP is 4 * n_embd = {4 * d['n_embd']} wide")
+    cfg = GPTConfig(
+        vocab_size=d["vocab_size"], context_length=n_pos, emb_dim=d["n_embd"], n_heads=d["n_head"], n_layers=d["n_layer"],
+        drop_rate=0.0, qkv_bias=True, tie_embeddings=bool(d.get("tie_word_embeddings", True)),
+    )
+    try:
+        return cfg.validate(), cfg.tie_embeddings
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _read_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    for index, load in (("model.safetensors.index.json", load_file), ("pytorch_model.bin.index.json", _torch_load)):
+        if (folder / index).is_file():  # sharded: the index names the file of each tensor
+            shards = sorted(set(_read_json(folder / index).get("weight_map", {}).values()))
+            out: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                out.update(load(str(folder / shard)))
+            return out
+    if (folder / "model.safetensors").is_file():
+        try:
+            return load_file(str(folder / "model.safetensors"))
+        except Exception as e:  # safetensors raises its own error types
+            raise ConfigError(f"{folder / 'model.safetensors'} is not a readable safetensors file ({e}); is the download complete?") from None
+    if (folder / "pytorch_model.bin").is_file():
+        return _torch_load(folder / "pytorch_model.bin")
+    raise ConfigError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin; copy the weight file too")
+
+
+def _read_book(f: Path, n_heads: int | None) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    src = _torch_load(f)
+    if isinstance(src.get("model_state_dict"), dict):  # the book's model_and_optimizer.pth
+        src = src["model_state_dict"]
+    if "trf_blocks.0.att.W_query.weight" not in src:
+        hint = " (it looks like a Hugging Face state dict: give its folder with config.json)" if any(k.endswith("wte.weight") for k in src) else ""
+        raise ConfigError(f"{f} is not a GPT state dict in the book's layout: no trf_blocks.0.att.W_query.weight{hint}")
+    for key in ("tok_emb.weight", "pos_emb.weight"):
+        if key not in src or src[key].dim() != 2:
+            raise ConfigError(f"{f}: tensor {key} is missing or not a matrix")
+    vocab, emb = src["tok_emb.weight"].shape
+    n_layers = 1 + max(int(m.group(1)) for k in src if (m := re.match(r"trf_blocks\.(\d+)\.", k)))
+    if n_heads is None:
+        if emb not in GPT2_HEADS:
+            raise ConfigError(
+                f"{f}: emb_dim={emb} is not one of GPT-2's sizes ({', '.join(map(str, GPT2_HEADS))}), so the number "
+                f"of attention heads is unknown; pass it (model.n_heads=... or n_heads=...)"
+            )
+        n_heads = GPT2_HEADS[emb]
+    head = src.get("out_head.weight")
+    cfg = GPTConfig(
+        vocab_size=vocab, context_length=src["pos_emb.weight"].size(0), emb_dim=emb, n_heads=n_heads, n_layers=n_layers,
+        drop_rate=0.0, qkv_bias="trf_blocks.0.att.W_query.bias" in src,
+        tie_embeddings=head is None or (head.shape == src["tok_emb.weight"].shape and torch.equal(head, src["tok_emb.weight"])),
+    )
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{f}: {e}") from None
+    plan: Plan = [("tok_emb.weight", ["tok_emb.weight"], False), ("pos_emb.weight", ["pos_emb.weight"], False)]
+    for i in range(n_layers):
+        plan += [(f"blocks.{i}.{g}", [f"trf_blocks.{i}.{b}" for b in books], False) for g, books in BOOK_BLOCK
+                 if cfg.qkv_bias or g != "attn.qkv.bias"]
+    plan += [("ln_f.weight", ["final_norm.scale"], False), ("ln_f.bias", ["final_norm.shift"], False)]
+    if cfg.tie_embeddings:
+        src.pop("out_head.weight", None)
+    else:
+        plan.append(("head.weight", ["out_head.weight"], False))
+    return cfg, _gather(src, plan, cfg, f)
+
+
+def _shape(name: str, cfg: GPTConfig) -> tuple[int, ...]:
+    """Shape of a gptlit tensor, with the vocabulary unpadded and every position of the weights."""
+    C = cfg.emb_dim
+    last = name.split(".", 2)[-1] if name.startswith("blocks.") else name
+    return {
+        "tok_emb.weight": (cfg.vocab_size, C), "head.weight": (cfg.vocab_size, C), "pos_emb.weight": (cfg.context_length, C),
+        "attn.qkv.weight": (3 * C, C), "attn.qkv.bias": (3 * C,), "attn.proj.weight": (C, C),
+        "mlp.fc.weight": (4 * C, C), "mlp.fc.bias": (4 * C,), "mlp.proj.weight": (C, 4 * C),
+    }.get(last, (C,))  # LayerNorm weights and biases, proj biases
+
+
+def _gather(src: dict, plan: Plan, cfg: GPTConfig, where: Path) -> dict[str, torch.Tensor]:
+    """Pick, check, transpose and concatenate the source tensors of each gptlit tensor."""
+    out, used = {}, set()
+    for name, keys, transposed in plan:
+        want = _shape(name, cfg)
+        part = (want[0] // len(keys), *want[1:])
+        if transposed:
+            part = part[::-1]
+        pieces = []
+        for k in keys:
+            if k not in src:
+                raise ConfigError(f"{where}: tensor {k} is missing; is this a complete GPT-2 checkpoint?")
+            t = src[k]
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != part:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ConfigError(f"{where}: tensor {k} has shape {got}, but the config ({_describe(cfg)}) needs {part}")
+            pieces.append(t.t() if transposed else t)
+            used.add(k)
+        out[name] = torch.cat(pieces).float().contiguous()
+    extra = sorted(k for k in src if k not in used and not IGNORED.match(k))
+    if extra:
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise ConfigError(f"{where}: unexpected tensors {', '.join(extra[:3])}{more}; not a GPT-2 language model?")
+    return out
+
+
+def _describe(cfg: GPTConfig) -> str:
+    return f"emb_dim {cfg.emb_dim}, n_layers {cfg.n_layers}, vocab {cfg.vocab_size}, context {cfg.context_length}"
+
+
+def _read_json(f: Path) -> dict:
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{f} is not readable JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{f} is not a JSON object")
+    return d
+
+
+def _torch_load(f: str | Path) -> dict:
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary objects."""
+    try:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" such as {found.group(1)}" if found else ""
+        raise ConfigError(
+            f"{f} was refused: it contains arbitrary Python objects{what}, which run code when unpickled, and gptlit "
+            f"will not load it unsafely; on a machine you trust, re-save it as a plain state dict "
+            f"(torch.save(model.state_dict(), ...)) or as safetensors"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{f} is not a readable PyTorch file ({first}); is it complete?") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{f} holds a {type(obj).__name__}, not a state dict of tensors")
+    return obj
+
+
+# reconciling with the user's model config -----------------------------------------------------
+def explicit_model_fields(user: dict) -> dict[str, str]:
+    """Model fields the user chose, each with where it was chosen; other fields may come from weights.
+
+    A field counts as chosen when it is overridden on the command line (model.X=...), when
+    the preset was picked on the command line (model=small), or when it differs from the
+    preset's value (an experiment file, or overrides Hydra did not record, as with compose()).
+    """
+    cli, preset_picked = set(), False
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            for o in HydraConfig.get().overrides.task:
+                key = o.split("=", 1)[0].lstrip("+~")
+                preset_picked |= key == "model"
+                if key.startswith("model."):
+                    cli.add(key[len("model.") :])
+    except Exception:  # pragma: no cover - no Hydra run
+        pass
+    name = user.get("name")
+    base = {**GPTConfig().to_dict(), **PRESETS.get(name, {})}
+    out = {}
+    for f in (*ARCH_FIELDS, "context_length"):
+        if f in cli:
+            out[f] = "command line"
+        elif user.get(f) != base[f]:
+            out[f] = "config"
+        elif preset_picked:
+            out[f] = f"preset {name}"
+    return out
+
+
+def reconcile(user: dict, weights: GPTConfig, source: str, explicit: dict[str, str], checkpoint: bool = False) -> GPTConfig:
+    """The model config for these weights: architecture from the weights, training fields from the user.
+
+    A field the user chose (see explicit_model_fields) must agree with the weights, except
+    context_length, which may be lower for pretrained weights (not for a checkpoint).
+    """
+
+    def fmt(v) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    match = [n for n, p in PRESETS.items() if all(p[k] == getattr(weights, k) for k in ("emb_dim", "n_heads", "n_layers"))]
+    for f, origin in explicit.items():
+        preset_field = f in ("emb_dim", "n_heads", "n_layers") or origin.startswith("preset")
+        fix = f"use model={match[-1]} or drop the override" if match and preset_field else "drop the override"
+        want, have = user.get(f), getattr(weights, f)
+        if want == have or (f == "context_length" and not checkpoint and 0 < want < have):
+            continue
+        if f == "context_length" and not checkpoint:
+            raise ConfigError(
+                f"model.context_length={want} ({origin}) exceeds the {have} positions of the weights in {source}; "
+                f"use model.context_length={have} or less"
+            )
+        raise ConfigError(f"model.{f}={fmt(want)} ({origin}) contradicts the weights in {source} ({fmt(have)}); {fix}")
+    context = user["context_length"] if "context_length" in explicit else weights.context_length
+    pad = weights.pad_vocab_multiple if checkpoint else user.get("pad_vocab_multiple", weights.pad_vocab_multiple)
+    return dataclasses.replace(
+        weights, context_length=context, drop_rate=user.get("drop_rate", weights.drop_rate), pad_vocab_multiple=pad
+    ).validate()
+
+
+def adopt_pretrained(model_node, init_from: str) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """train.py's model.init_from: read the weights and fit the user's model config to them.
+
+    model_node is cfg.model; the adopted fields are written back into it, so
+    ${model.context_length} (the default data.max_length) follows the weights.
+    """
+    from gptlit.data import resolve_path
+
+    user = {k: model_node[k] for k in model_node}
+    explicit = explicit_model_fields(user)
+    src = resolve_path(init_from)
+    try:
+        weights, state = read_pretrained(src, n_heads=user.get("n_heads") if "n_heads" in explicit else None)
+    except ConfigError as e:
+        raise ConfigError(f"model.init_from={init_from}: {e}") from None
+    return _write_back(model_node, reconcile(user, weights, str(src), explicit), str(src)), state
+
+
+def adopt_checkpoint(model_node, ckpt_path: str) -> tuple[str, GPTConfig]:
+    """task=validate ckpt_path=...: the model config stored in the checkpoint (a run folder: its best)."""
+    from gptlit.checkpoint import find_checkpoint, load_checkpoint
+    from gptlit.data import resolve_path
+
+    p = resolve_path(ckpt_path)
+    if not p.exists():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint ({p}); give a .ckpt file or a run directory")
+    p = find_checkpoint(p)
+    saved = GPTConfig.from_dict(load_checkpoint(p)["hyper_parameters"]["model"])
+    user = {k: model_node[k] for k in model_node}
+    merged = reconcile(user, saved, str(p), explicit_model_fields(user), checkpoint=True)
+    return str(p), _write_back(model_node, merged, str(p))
+
+
+def _write_back(model_node, cfg: GPTConfig, source: str) -> GPTConfig:
+    for k, v in cfg.to_dict().items():
+        model_node[k] = v
+    same = [n for n, p in PRESETS.items() if all(p[k] == getattr(cfg, k) for k in ("emb_dim", "n_heads", "n_layers"))]
+    if "name" in model_node:  # shown in the run's log
+        model_node["name"] = f"{same[-1] if same else 'custom'} from {source}"
+    return cfg
+
+
+# export ---------------------------------------------------------------------------------------
+def export(model: GPT, out_dir: str | Path) -> list[Path]:
+    """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads. Returns the files."""
+    from safetensors.torch import save_file
+
+    cfg, sd = model.cfg, model.state_dict()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    names = [("tok_emb.weight", "wte.weight", False), ("pos_emb.weight", "wpe.weight", False)]
+    for i in range(cfg.n_layers):
+        names += [(f"blocks.{i}.{g}", f"h.{i}.{h}", t) for g, h, t in HF_BLOCK]
+    names += [("ln_f.weight", "ln_f.weight", False), ("ln_f.bias", "ln_f.bias", False)]
+    for name, hf, transposed in names:
+        t = sd.get(name)
+        if t is None:  # no qkv bias in gptlit: GPT-2 always has one, so it is zero
+            t = torch.zeros(3 * cfg.emb_dim)
+        t = t[: cfg.vocab_size] if name == "tok_emb.weight" else t
+        tensors[f"transformer.{hf}"] = (t.t() if transposed else t).detach().float().contiguous().clone()
+    if not cfg.tie_embeddings:  # tied: HF ties lm_head to wte itself (safetensors refuses shared tensors)
+        tensors["lm_head.weight"] = sd["head.weight"][: cfg.vocab_size].detach().float().contiguous().clone()
+    weights = out / "model.safetensors"
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    config = out / "config.json"
+    config.write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n", encoding="utf-8")
+    return [config, weights]
+
+
+def hf_config_dict(cfg: GPTConfig) -> dict:
+    """A Hugging Face GPT-2 config.json for a gptlit config."""
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.context_length,
+        "n_ctx": cfg.context_length,
+        "n_embd": cfg.emb_dim,
+        "n_layer": cfg.n_layers,
+        "n_head": cfg.n_heads,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": cfg.drop_rate,
+        "embd_pdrop": cfg.drop_rate,
+        "attn_pdrop": cfg.drop_rate,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "use_cache": True,
+    }
