@@ -31,7 +31,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = str(e).split("WeightsUnpickler error:", 1)[-1]  # drop torch's advice to load unsafely
+        first = next((line.strip() for line in msg.splitlines() if line.strip()), type(e).__name__)
         raise ConfigError(f"{p} is not a readable checkpoint ({first}); is the file complete and a .ckpt from gptlit?") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model" not in (ckpt.get("hyper_parameters") or {}):
         raise ConfigError(f"{p} is not a gptlit checkpoint (no state_dict with model hyperparameters); give a .ckpt written by train.py")

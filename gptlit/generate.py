@@ -23,20 +23,30 @@ class SamplingConfig:
     eos_id: int | None = EOT_ID  # stop a row when it emits this id; None = never stop early
 
     def validate(self) -> "SamplingConfig":
-        if self.temperature is None or self.temperature < 0:
-            raise ConfigError(f"sampling.temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"sampling.top_k={self.top_k} must be >= 1, or null to keep every token")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+        if not _is_number(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"sampling.temperature={self.temperature} must be a number >= 0 (0 = greedy)")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise ConfigError(f"sampling.top_k={self.top_k} must be an integer >= 1, or null to keep every token")
+        if self.top_p is not None and (not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0):
             raise ConfigError(f"sampling.top_p={self.top_p} must be in (0, 1], or null to keep every token")
-        if self.max_new_tokens is None or self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens={self.max_new_tokens} must be an integer >= 0")
+        if self.eos_id is not None and not _is_int(self.eos_id):
+            raise ConfigError(f"eos_id={self.eos_id} must be a token id, or null to never stop early")
         return self
 
     @classmethod
     def from_dict(cls, d) -> "SamplingConfig":
         keys = cls.__dataclass_fields__
         return cls(**{k: v for k, v in dict(d).items() if k in keys}).validate()
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x  # rejects NaN
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,8 +59,8 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep the most likely tokens whose cumulative probability first reaches p; the rest become -inf."""
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    cum = sorted_logits.softmax(-1).cumsum(-1)
-    drop = cum - sorted_logits.softmax(-1) >= p  # probability mass before this token already reaches p
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= p  # probability mass before this token already reaches p
     drop[..., 0] = False  # always keep the most likely token
     return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
@@ -62,7 +72,8 @@ def next_token_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.size(-1)).float()
     if cfg.top_k is not None:
         logits = top_k_filter(logits, cfg.top_k)
-    logits = logits / cfg.temperature
+    # shift so the largest logit is 0: a tiny temperature then gives -inf, never inf - inf = nan
+    logits = (logits - logits.max(-1, keepdim=True).values) / cfg.temperature
     if cfg.top_p is not None and cfg.top_p < 1.0:
         logits = top_p_filter(logits, cfg.top_p)
     return logits.softmax(-1)
@@ -97,10 +108,10 @@ def generate_stream(
     done = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
     for _ in range(cfg.max_new_tokens):
         if not use_cache:
-            logits = model(idx[:, -L:])
+            logits = model(idx[:, -L:], last_only=True)
         elif cache is None or cache[0].pos >= L:  # (re)fill the cache from the last L tokens
             cache = model.new_cache(idx.size(0))
-            logits = model(idx[:, -L:], cache=cache)
+            logits = model(idx[:, -L:], cache=cache, last_only=True)
         else:
             logits = model(idx[:, -1:], cache=cache)
         nxt = pick(logits[:, -1, :], cfg, generator)  # (B, 1)

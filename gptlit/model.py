@@ -125,11 +125,18 @@ class GPT(nn.Module):
             n -= self.pos_emb.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: list[KVCache] | None = None,
+        last_only: bool = False,
+    ):
         """idx (B, T) token ids. Returns logits (B, T, vocab_size), or the mean cross-entropy if targets (B, T) are given.
 
         With `cache` (one KVCache per block) only the new tokens are passed and their
-        positions continue from what the cache holds.
+        positions continue from what the cache holds. `last_only` computes the logits of the
+        last position alone (B, 1, vocab_size), which is all that generation needs.
         """
         B, T = idx.shape
         start = cache[0].pos if cache is not None else 0
@@ -139,6 +146,8 @@ class GPT(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cache[i] if cache is not None else None)
+        if last_only and targets is None:
+            x = x[:, -1:, :]
         x = self.ln_f(x)
         if targets is None:
             return self.head(x)[..., : self.cfg.vocab_size]  # (B, T, V)

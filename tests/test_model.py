@@ -108,3 +108,12 @@ def test_bad_config(overrides, match):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown model 'huge'.*nano"):
         GPTConfig.from_name("huge")
+
+
+def test_last_only_logits():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("nano")).eval()
+    x = torch.randint(0, 50257, (2, 9))
+    last = model(x, last_only=True)
+    assert last.shape == (2, 1, 50257)
+    assert torch.allclose(last, model(x)[:, -1:], atol=1e-5)

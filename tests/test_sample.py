@@ -1,0 +1,170 @@
+"""sample.py end to end: a nano checkpoint trained for two steps, the commands users type, and each error.
+
+Every run is a real `python sample.py ...` subprocess; they run two at a time to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "Every effort moves you"  # conf/sampling/default.yaml's prompt, used by both SampleText and sample.py
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        yield ex
+
+
+def launch(pool: ThreadPoolExecutor, cwd: Path, *args: str) -> Future:
+    cwd.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(REPO / "sample.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two runs at once on two cores: no oversubscription
+    return pool.submit(subprocess.run, cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train nano for 2 steps in-process; keep the run dir, a final checkpoint and SampleText's text."""
+    from hydra import compose, initialize_config_dir
+
+    from gptlit.callbacks import SampleText
+    from gptlit.train import build
+
+    root = tmp_path_factory.mktemp("trained")
+    overrides = [
+        "model=nano", "trainer.max_steps=2", "data.batch_size=2", "trainer.limit_val_batches=2",
+        "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
+        "sampling.every_n_steps=1000",  # no sample while training, one at the end (SampleText.at_end)
+        "~logger", "callbacks.lr_monitor=null", "callbacks.progress_bar=null", f"paths.output_dir={root / 'run'}",
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    dm, module, trainer, _ = build(cfg)
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(root / "final.ckpt")  # the weights SampleText just sampled from
+    sampler = next(c for c in trainer.callbacks if isinstance(c, SampleText))
+    assert sampler.prompt == PROMPT and len(sampler.samples) == 1
+    assert (root / "run" / "checkpoints" / "best.ckpt").is_file()
+    return SimpleNamespace(root=root, text=sampler.samples[0][1])
+
+
+# --- errors (no checkpoint needed: each fails before one is read) ------------------------------
+
+ERRORS = {
+    "no_ckpt": ([], "ckpt is required"),
+    "missing_ckpt": (["ckpt=nowhere/model.ckpt"], "nowhere/model.ckpt: no such file"),
+    "corrupt_ckpt": (["ckpt=../random.ckpt"], "random.ckpt is not a readable checkpoint"),
+    "not_gptlit": (["ckpt=../other.ckpt"], "other.ckpt is not a gptlit checkpoint"),
+    "missing_prompt_file": (["ckpt=../other.ckpt", "prompt_file=prompts/none.txt"], "prompt_file=prompts/none.txt"),
+    "temperature": (["ckpt=../other.ckpt", "sampling.temperature=-0.5"], "sampling.temperature=-0.5"),
+    "top_k": (["ckpt=../other.ckpt", "sampling.top_k=0"], "sampling.top_k=0"),
+    "top_p_zero": (["ckpt=../other.ckpt", "sampling.top_p=0"], "sampling.top_p=0"),
+    "top_p_above_one": (["ckpt=../other.ckpt", "sampling.top_p=1.5"], "sampling.top_p=1.5"),
+    "init_from": (["ckpt=../other.ckpt", "init_from=gpt2"], "init_from is not supported yet"),
+}
+
+
+@pytest.fixture(scope="module")
+def error_runs(tmp_path_factory, pool):
+    import torch
+
+    d = tmp_path_factory.mktemp("errors")
+    (d / "random.ckpt").write_bytes(os.urandom(4096))
+    torch.save({"a": 1}, d / "other.ckpt")  # a valid torch file, not a gptlit checkpoint
+    return {name: launch(pool, d / name, *args) for name, (args, _) in ERRORS.items()}  # each in its own cwd
+
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_error_is_one_line_and_exit_code_2(error_runs, name):
+    r = error_runs[name].result()
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert ERRORS[name][1] in lines[0]
+    assert "===" not in r.stdout  # nothing generated
+
+
+# --- the commands users type ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(trained, pool):
+    d = trained.root
+    (d / "prompts.txt").write_text("Hello world\n\n   \nThe cat\n", encoding="utf-8")
+    long_prompt = " ".join(["word"] * 100)
+    return {
+        "default": launch(pool, d / "default", "ckpt=../final.ckpt"),
+        "seeds": launch(pool, d / "seeds", "ckpt=../final.ckpt", "seed=122", "num_samples=2", "use_cache=false"),
+        "run_dir": launch(pool, d / "run_dir", "ckpt=../run", "sampling=greedy", "prompt_file=../prompts.txt",
+                          "num_samples=2", "max_new_tokens=6"),
+        "multirun": launch(pool, d / "multirun", "-m", f"ckpt={d / 'final.ckpt'}", "max_new_tokens=5",
+                           "sampling.temperature=0.5,1.5", "sampling.top_k=5,50"),
+        "empty": launch(pool, d / "empty", "ckpt=../final.ckpt", "prompt=''", "max_new_tokens=4"),
+        "long": launch(pool, d / "long", "ckpt=../final.ckpt", f"prompt='{long_prompt}'", "max_new_tokens=4"),
+    }
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stdout
+
+
+def test_default_sample_is_the_training_callbacks_text(runs, trained):
+    out = ok(runs["default"].result())
+    assert "=== temperature=1.0 top_k=50 top_p=None seed=123 ckpt=../final.ckpt ===" in out  # conf/sampling/default.yaml
+    assert f"--- sample 1/1 ---\n{PROMPT}{trained.text}\n" in out
+    assert len(trained.text) > 20  # 50 tokens of (random-ish) text, not an empty match
+    assert list((trained.root / "default" / "outputs" / "samples").glob("*/*/.hydra/config.yaml"))
+
+
+def test_sample_i_uses_seed_plus_i_and_cache_off_gives_the_same_text(runs, trained):
+    out = ok(runs["seeds"].result())
+    assert "seed=122" in out
+    assert f"--- sample 2/2 ---\n{PROMPT}{trained.text}\n" in out  # seed 122 + 1 = SampleText's 123
+    first = out.split("--- sample 1/2 ---\n")[1].split("--- sample 2/2 ---")[0]
+    assert first.startswith(PROMPT) and first != f"{PROMPT}{trained.text}\n"
+
+
+def test_run_dir_greedy_and_prompt_file(runs):
+    out = ok(runs["run_dir"].result())
+    assert "=== temperature=0.0 top_k=None top_p=None seed=123 ckpt=../run/checkpoints/best.ckpt ===" in out
+    blocks = re.split(r"^--- (prompt \d/\d, sample \d/\d) ---\n", out, flags=re.M)[1:]
+    labels, texts = blocks[0::2], blocks[1::2]
+    assert labels == ["prompt 1/2, sample 1/2", "prompt 1/2, sample 2/2", "prompt 2/2, sample 1/2", "prompt 2/2, sample 2/2"]
+    assert texts[0].startswith("Hello world") and texts[2].startswith("The cat")
+    assert texts[0] == texts[1] and texts[2] == texts[3]  # greedy ignores the seed
+    assert len(texts[0]) > len("Hello world\n")
+
+
+def test_multirun_prints_one_labelled_block_per_setting(runs, trained):
+    out = ok(runs["multirun"].result())
+    headers = re.findall(r"^=== temperature=(\S+) top_k=(\S+) top_p=None seed=123 ckpt=(\S+) ===$", out, flags=re.M)
+    assert sorted(h[:2] for h in headers) == [("0.5", "5"), ("0.5", "50"), ("1.5", "5"), ("1.5", "50")]
+    assert {h[2] for h in headers} == {str(trained.root / "final.ckpt")}  # outside the cwd: shown absolute
+    assert out.count("--- sample 1/1 ---") == 4
+    assert len(list((trained.root / "multirun" / "outputs" / "samples" / "multirun").glob("*/*/*/.hydra"))) == 4
+
+
+def test_empty_prompt_warns_and_starts_from_endoftext(runs):
+    r = runs["empty"].result()
+    out = ok(r)
+    assert "warning: empty prompt: starting from <|endoftext|>" in r.stderr
+    assert "--- sample 1/1 ---\n" in out and not out.rstrip().endswith("---")
+
+
+def test_long_prompt_warns_and_keeps_the_last_context_length_tokens(runs):
+    r = runs["long"].result()
+    ok(r)
+    assert "warning: prompt has 100 tokens, more than model.context_length=64: keeping its last 64" in r.stderr
+    assert r.stderr.count("warning:") == 1
