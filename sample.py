@@ -7,6 +7,7 @@
   python sample.py ckpt=<run dir> sampling.temperature=0.7 sampling.top_p=0.9 sampling.top_k=null
   python sample.py ckpt=<run dir> prompt_file=prompts.txt               # one prompt per line
   python sample.py -m ckpt=<run dir> sampling.temperature=0.5,1.0,1.5 sampling.top_k=5,50
+  python sample.py init_from=/models/gpt2 prompt="Every effort moves you"   # Hugging Face GPT-2 weights
   python sample.py --help                                               # every value
 """
 
@@ -64,10 +65,12 @@ def shown(path: Path) -> str:
 
 
 def run(cfg: DictConfig) -> None:
-    if cfg.get("init_from") is not None:
-        raise ConfigError(f"init_from={cfg.init_from}: init_from is not supported yet; use ckpt=<run dir or .ckpt file>")
-    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
-        raise ConfigError("ckpt is required: ckpt=<a .ckpt file, or a run directory such as outputs/2026-01-01/12-00-00>")
+    init_from = cfg.get("init_from")
+    if init_from is None and (OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt):
+        raise ConfigError(
+            "ckpt is required: ckpt=<a .ckpt file, or a run directory such as outputs/2026-01-01/12-00-00>, "
+            "or init_from=<a Hugging Face GPT-2 folder or a book .pth file>"
+        )
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     scfg = SamplingConfig.from_dict({**sampling, "max_new_tokens": cfg.max_new_tokens})
     n = cfg.num_samples
@@ -78,8 +81,14 @@ def run(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={seed} must be an integer, or null for a random one")
     prompts = read_prompts(cfg)
     device = pick_device(cfg.device)
-    path = find_checkpoint(user_path(cfg.ckpt))
-    model, _ = model_from_checkpoint(path, device)  # fp32, eval mode, config from the checkpoint
+    if init_from is not None:
+        from gptlit.hf import load_pretrained
+
+        path = user_path(init_from)
+        model = load_pretrained(path).to(device)  # fp32, eval mode, config from config.json / the shapes
+    else:
+        path = find_checkpoint(user_path(cfg.ckpt))
+        model, _ = model_from_checkpoint(path, device)  # fp32, eval mode, config from the checkpoint
 
     def warn(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr, flush=True)

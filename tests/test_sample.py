@@ -70,7 +70,7 @@ ERRORS = {
     "top_k": (["ckpt=../other.ckpt", "sampling.top_k=0"], "sampling.top_k=0"),
     "top_p_zero": (["ckpt=../other.ckpt", "sampling.top_p=0"], "sampling.top_p=0"),
     "top_p_above_one": (["ckpt=../other.ckpt", "sampling.top_p=1.5"], "sampling.top_p=1.5"),
-    "init_from": (["ckpt=../other.ckpt", "init_from=gpt2"], "init_from is not supported yet"),
+    "init_from_missing": (["init_from=no/gpt2"], "no/gpt2"),
 }
 
 
@@ -168,3 +168,28 @@ def test_long_prompt_warns_and_keeps_the_last_context_length_tokens(runs):
     ok(r)
     assert "warning: prompt has 100 tokens, more than model.context_length=64: keeping its last 64" in r.stderr
     assert r.stderr.count("warning:") == 1
+
+
+def test_init_from_hugging_face_folder(tmp_path):
+    """init_from= samples from a Hugging Face GPT-2 folder; greedy text matches transformers' argmax."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=32, vocab_size=50257)
+    ).eval()
+    hf.save_pretrained(tmp_path / "tiny-gpt2")
+    r = subprocess.run(
+        [sys.executable, str(REPO / "sample.py"), "init_from=tiny-gpt2", "sampling=greedy", "max_new_tokens=5",
+         f"prompt={PROMPT}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    from gptlit.tokenizer import decode, encode
+
+    ids = torch.tensor([encode(PROMPT)])
+    with torch.no_grad():
+        for _ in range(5):
+            ids = torch.cat([ids, hf(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert PROMPT + decode(ids[0, len(encode(PROMPT)):].tolist()) in r.stdout
