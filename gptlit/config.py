@@ -21,6 +21,7 @@ class GPTConfig:
     qkv_bias: bool = True  # GPT-2 has biases on the query/key/value projection
     tie_embeddings: bool = True  # output head shares the token-embedding matrix
     pad_vocab_multiple: int = 64  # embedding/head rows padded to a multiple of this (fast matmuls)
+    init: str = "gpt2"  # "gpt2": normal(0, 0.02), scaled residual projections; "torch": PyTorch defaults (the book)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -42,6 +43,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.drop_rate < 1.0:
             raise ConfigError(f"model.drop_rate={self.drop_rate} must be in [0, 1)")
+        if self.init not in ("gpt2", "torch"):
+            raise ConfigError(f"model.init={self.init} is unknown: use gpt2 or torch")
         if self.pad_vocab_multiple < 1:
             raise ConfigError(f"model.pad_vocab_multiple={self.pad_vocab_multiple} must be >= 1 (1 = no padding)")
         return self

@@ -97,11 +97,13 @@ class GPT(nn.Module):
         self.head = nn.Linear(cfg.emb_dim, V, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
-        # GPT-2: residual projections scaled down by sqrt(2 * n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        if cfg.init == "gpt2":
+            self.apply(self._init_weights)
+            # GPT-2: residual projections scaled down by sqrt(2 * n_layers)
+            for name, p in self.named_parameters():
+                if name.endswith("proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        # "torch" keeps PyTorch's defaults, as the book's GPTModel does (embeddings N(0, 1))
         self.zero_padding_rows()
 
     @staticmethod

@@ -117,3 +117,13 @@ def test_last_only_logits():
     last = model(x, last_only=True)
     assert last.shape == (2, 1, 50257)
     assert torch.allclose(last, model(x)[:, -1:], atol=1e-5)
+
+
+def test_init_schemes():
+    torch.manual_seed(0)
+    gpt2 = GPT(GPTConfig.from_name("nano"))
+    book = GPT(GPTConfig.from_name("nano", init="torch", tie_embeddings=False))
+    assert abs(gpt2.tok_emb.weight[:50257].std().item() - 0.02) < 0.002
+    assert abs(book.tok_emb.weight[:50257].std().item() - 1.0) < 0.05  # PyTorch's N(0, 1), as the book
+    with pytest.raises(ConfigError, match="model.init=xavier is unknown"):
+        GPTConfig.from_name("nano", init="xavier")
