@@ -10,6 +10,7 @@ import torch
 
 from gptlit.config import ConfigError, GPTConfig
 from gptlit.model import GPT
+from gptlit.perf import cuda_peak_flops, flops_per_token, matmul_params, mfu
 
 OPTIM_DEFAULTS = dict(
     lr=6e-4,
@@ -20,7 +21,7 @@ OPTIM_DEFAULTS = dict(
     scheduler="cosine",  # cosine | constant
     warmup_steps=0,
     min_lr_ratio=0.1,  # cosine decays to lr * min_lr_ratio
-    fused=None,  # None = fused AdamW on CUDA, foreach elsewhere
+    fused=None,  # None = the fused AdamW kernel on CUDA and CPU (one pass over the weights), else the for-loop one
 )
 
 
@@ -62,7 +63,17 @@ class GPTLitModule(L.LightningModule):
         self.model = GPT(GPTConfig.from_dict(self.hparams.model))
         self.tokens_seen = 0  # training tokens over all ranks, kept in checkpoints
         self._val_sum = self._val_count = None
-        self._t_last = None
+        self._t_last, self._window = None, 0  # tokens/s: start of the current window, tokens in it
+        self._log_extras = True  # whether this step logs more than the loss
+        self._n_matmul = matmul_params(self.model)  # counted before any sharding; for MFU
+        self._peak = None  # peak FLOP/s of the GPU (set on CUDA with a known peak)
+
+    def setup(self, stage):
+        if self.trainer.strategy.root_device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls; bf16/fp16 autocast is unaffected
+
+    def on_fit_start(self):
+        self._peak = cuda_peak_flops(self.trainer.precision) if self.device.type == "cuda" else None
 
     def configure_model(self):
         if self.hparams.compile and not getattr(self, "_compiled", False):
@@ -78,24 +89,38 @@ class GPTLitModule(L.LightningModule):
         loss = self.model(x, y)
         self.tokens_seen += y.numel() * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/ppl", torch.exp(loss.detach().float()), prog_bar=True)
-        self.log("train/tokens_seen", float(self.tokens_seen))
+        # Each self.log call costs about a millisecond of Python, so the other metrics are only
+        # logged on the steps the logger writes (every trainer.log_every_n_steps) and on the last.
+        step, n = self.global_step + 1, self.trainer.log_every_n_steps
+        self._log_extras = bool(n and step % n == 0) or step == self.trainer.max_steps
+        if self._log_extras:
+            self.log("train/ppl", torch.exp(loss.detach().float()), prog_bar=True)
+            self.log("train/tokens_seen", float(self.tokens_seen))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
+        # tokens/s (and MFU) averaged over the batches since the last logged step
         now = time.perf_counter()
-        if self._t_last is not None:
-            dt = now - self._t_last
-            tps = batch[1].numel() * self.trainer.world_size / max(dt, 1e-9)
+        if self._t_last is None:  # the first batch (or the first after validation) starts the clock
+            self._t_last, self._window = now, 0
+            return
+        self._window += batch[1].numel() * self.trainer.world_size
+        if self._log_extras:
+            tps = self._window / max(now - self._t_last, 1e-9)
             self.log("train/tokens_per_sec", tps, prog_bar=True)
-        self._t_last = now
+            if self._peak:  # model FLOPs utilization, on GPUs whose peak is known
+                c = self.model.cfg
+                fpt = flops_per_token(self._n_matmul, c.n_layers, c.n_heads, c.head_dim, batch[1].size(1))
+                self.log("train/mfu", mfu(tps, fpt, self._peak * self.trainer.world_size), prog_bar=True)
+            self._t_last, self._window = now, 0
 
     def on_before_optimizer_step(self, optimizer):
         # Clip here rather than through Trainer(gradient_clip_val): it works with fused AdamW and any precision.
         clip = self.hparams.optim["grad_clip"]
         if clip:
             norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
-            self.log("train/grad_norm", norm)
+            if self._log_extras:
+                self.log("train/grad_norm", norm)
 
     # validation ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self):
@@ -127,13 +152,13 @@ class GPTLitModule(L.LightningModule):
             {"params": decay, "weight_decay": o["weight_decay"]},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        fused = o["fused"] if o["fused"] is not None else self.device.type == "cuda"
+        fused = o["fused"] if o["fused"] is not None else self.device.type in ("cuda", "cpu")
         opt = torch.optim.AdamW(
             groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], **({"fused": True} if fused else {})
         )
         if o["scheduler"] == "constant" and not o["warmup_steps"]:
             return opt
-        total = int(self.trainer.estimated_stepping_batches) if self.trainer else 0
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, o["warmup_steps"], total, o["scheduler"], o["min_lr_ratio"])
         )

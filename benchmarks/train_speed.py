@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""Training tokens/s: the book's GPTModel (llms-from-scratch) against gptlit's train.py machinery.
+
+Reference: llms_from_scratch.ch04.GPTModel, GPT-2 124M with context 256 (dropout 0.1, no
+qkv bias), AdamW(lr 4e-4, weight_decay 0.1) in fp32, stepped as ch05.train_model_simple
+does: zero_grad, calc_loss_batch (cross-entropy of the flattened logits), backward, step.
+gptlit: `experiment=book_ch05` (the same shape and optimizer) on the built-in pydocs corpus,
+run through gptlit.train.build and Trainer.fit with no logger, callbacks or samples.
+Both take batches of 2 x 256 tokens from the same loader and alternate step by step in one
+process, so both see the same machine load; tokens/s come from the median step time after
+the warm-up steps.
+
+  pip install --no-deps llms-from-scratch==1.0.19   # (its declared deps pull tensorflow and an old numpy)
+  python benchmarks/train_speed.py                   # gptlit as configured vs the reference
+  python benchmarks/train_speed.py compile=true      # extra Hydra overrides apply to gptlit
+  python benchmarks/train_speed.py --levers          # one run per lever (long: about 15-30 min)
+  python benchmarks/train_speed.py --ce              # chunked linear + cross-entropy vs plain, head only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from common import QUIET, Interleave, batches, compose, machine, median_tps, table
+
+BOOK = ["experiment=book_ch05", "data=pydocs"]
+GPT_CONFIG_124M = dict(vocab_size=50257, context_length=256, emb_dim=768, n_heads=12, n_layers=12,
+                       drop_rate=0.1, qkv_bias=False)
+
+# name: (gptlit overrides, environment for both models, extra flags)
+LEVERS = {
+    "gptlit as configured (eager, fused AdamW)": ([], {}, []),
+    "optim.fused=false (for-loop AdamW, as the reference)": (["optim.fused=false"], {}, []),
+    "compile=true": (["compile=true"], {}, []),
+    "compile=true + THP_MEM_ALLOC_ENABLE=1 (both)": (["compile=true"], {"THP_MEM_ALLOC_ENABLE": "1"}, []),
+    "compile=true + 1 thread (both)": (["compile=true"], {}, ["--threads", "1"]),
+}
+SLOW_LEVERS = {"trainer.precision=bf16-mixed (gptlit only)": (["trainer.precision=bf16-mixed"], {}, [])}
+
+
+def reference_step(loader, seed: int = 123):
+    """One train_model_simple step of the book's model per call."""
+    from llms_from_scratch.ch04 import GPTModel
+    from llms_from_scratch.ch05 import calc_loss_batch
+
+    torch.manual_seed(seed)
+    model = GPTModel(GPT_CONFIG_124M)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
+    data = batches(loader)
+
+    def step():
+        x, y = next(data)
+        opt.zero_grad()
+        loss = calc_loss_batch(x, y, model, "cpu")
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def measure(overrides: list[str], steps: int, warmup: int) -> dict:
+    from gptlit.train import build
+
+    cfg = compose([*BOOK, *QUIET, "trainer.accelerator=cpu", f"trainer.max_steps={warmup + steps + 1}", *overrides])
+    dm, module, trainer, _ = build(cfg)
+    cb = Interleave(reference_step(dm.train_dataloader()))
+    trainer.callbacks.append(cb)
+    trainer.fit(module, datamodule=dm)
+    tokens = cfg.data.batch_size * cfg.data.max_length
+    ref, lit = median_tps(cb.other, tokens, warmup), median_tps(cb.lit, tokens, warmup)
+    cpu_ratio = median_tps(cb.lit_cpu, tokens, warmup) / median_tps(cb.other_cpu, tokens, warmup)
+    return dict(reference=ref, gptlit=lit, ratio=lit / ref, cpu_ratio=cpu_ratio, steps=len(cb.lit[warmup:]),
+                precision=trainer.precision, threads=torch.get_num_threads())
+
+
+def row(name: str, r: dict) -> list:
+    return [name, r["steps"], f"{r['reference']:,.1f}", f"{r['gptlit']:,.1f}", f"{r['ratio']:.2f}x",
+            f"{r['cpu_ratio']:.2f}x"]
+
+
+HEADER = ["gptlit run", "steps", "reference tok/s", "gptlit tok/s", "gptlit/reference", "by CPU time"]
+
+
+def levers(names: dict, steps: int, warmup: int):
+    """Each lever in a fresh process (environment variables act at start-up), printed as one table."""
+    rows = []
+    for name, (over, env, flags) in names.items():
+        warm = max(warmup, 2) if "compile=true" in over else warmup  # compiling takes the first step
+        cmd = [sys.executable, __file__, "--json", "--steps", str(steps), "--warmup", str(warm), *flags, *over]
+        print(f"... {name}", flush=True)
+        p = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+        if p.returncode or not line:
+            print(p.stderr[-2000:], file=sys.stderr)
+            rows.append([name, "failed", "", "", "", ""])
+            continue
+        rows.append(row(name, json.loads(line[-1])))
+        print(table(rows[-1:], HEADER).splitlines()[-1], flush=True)
+    return rows
+
+
+# ---- chunked linear + cross-entropy (a lever that did not pay off on CPU) ---------------------------
+
+class ChunkedLinearCE(torch.autograd.Function):
+    """Mean cross-entropy of x @ w.T, a block of rows at a time: the (N, V) logits never exist whole.
+
+    The gradients are formed during the forward pass (softmax - one-hot per block) and only
+    scaled in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, y, vocab: int, rows: int):
+        gx, gw = torch.empty_like(x), torch.zeros_like(w)
+        total = x.new_zeros((), dtype=torch.float32)
+        for s in range(0, x.size(0), rows):
+            xb, yb = x[s : s + rows], y[s : s + rows]
+            z = (xb @ w.t()).float()
+            z[:, vocab:] = float("-inf")  # padded vocabulary rows
+            lse = z.logsumexp(1)
+            total += (lse - z.gather(1, yb[:, None]).squeeze(1)).sum()
+            g = z.sub_(lse[:, None]).exp_()  # softmax
+            g[torch.arange(len(yb)), yb] -= 1
+            g = g.to(x.dtype)
+            gx[s : s + rows] = g @ w
+            gw.addmm_(g.t(), xb)
+        ctx.save_for_backward(gx, gw)
+        return total / x.size(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gx, gw = ctx.saved_tensors
+        scale = grad / gx.size(0)
+        return gx * scale, gw * scale, None, None, None
+
+
+def ce_micro(repeats: int = 5):
+    """Output head + loss, forward and backward, at the 124M shape: plain vs chunked."""
+    import statistics
+    import time
+
+    torch.manual_seed(0)
+    N, C, V, Vp = 2 * 256, 768, 50257, 50304
+    x = torch.randn(N, C, requires_grad=True)
+    w = (torch.randn(Vp, C) * 0.02).requires_grad_()
+    y = torch.randint(0, V, (N,))
+
+    def plain():
+        z = x @ w.t()
+        z[:, V:] = float("-inf")
+        return F.cross_entropy(z, y)
+
+    fns = {"plain": plain, **{f"chunked {r}": (lambda r=r: ChunkedLinearCE.apply(x, w, y, V, r)) for r in (128, 512)}}
+    ref = plain()
+    for name, fn in fns.items():
+        assert torch.allclose(fn(), ref, atol=1e-5), name
+    times = {k: [] for k in fns}
+    for i in range(repeats + 1):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn().backward()
+            if i:  # the first round warms up
+                times[k].append(time.perf_counter() - t)
+            x.grad = w.grad = None
+    base = statistics.median(times["plain"])
+    rows = [[k, f"{1000 * statistics.median(v):.0f}", f"{base / statistics.median(v):.2f}x"] for k, v in times.items()]
+    print(table(rows, ["head + cross-entropy (512 x 768 -> 50304)", "ms", "speed-up"]))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=4, help="timed steps of each (default 4)")
+    p.add_argument("--warmup", type=int, default=1, help="steps left out at the start (default 1; compile needs 2)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for both")
+    p.add_argument("--levers", action="store_true", help="one run per lever, in fresh processes")
+    p.add_argument("--bf16", action="store_true", help="with --levers: add bf16-mixed (very slow without AVX512-BF16/AMX)")
+    p.add_argument("--ce", action="store_true", help="only the chunked cross-entropy micro-benchmark")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for gptlit, e.g. compile=true")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.ce:
+        return ce_micro()
+    if a.levers:
+        rows = levers({**LEVERS, **(SLOW_LEVERS if a.bf16 else {})}, a.steps, a.warmup)
+    else:
+        r = measure(a.overrides, a.steps, a.warmup)
+        if a.json:
+            print(json.dumps(r))
+            return
+        rows = [row(" ".join(["experiment=book_ch05", *a.overrides]) + f" ({r['precision']})", r)]
+    print(f"\nmachine: {machine()}")
+    print(table(rows, HEADER))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Throughput bookkeeping (FLOPs, peaks, MFU), scale-out configs, gradient accumulation, compile and bf16."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlit.config import GPTConfig
+from gptlit.model import GPT
+from gptlit.module import GPTLitModule
+from gptlit.perf import (PEAK_TFLOPS, flops_per_token, math_type, matmul_params, mfu, model_flops_per_token,
+                         peak_flops)
+from gptlit.train import build, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def block_params(C: int) -> int:
+    """One Block by hand: 2 LayerNorms, qkv (with bias), attention proj, MLP fc and proj."""
+    return 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_matmul_params_and_flops_by_hand(tied):
+    cfg = GPTConfig.from_name("nano", tie_embeddings=tied)
+    C, L, V = cfg.emb_dim, cfg.n_layers, cfg.vocab_size
+    n = L * block_params(C) + 2 * C + V * C  # blocks, final LayerNorm, the head (tied or not: one V x C matmul)
+    model = GPT(cfg)
+    assert matmul_params(model) == n
+    T = 48
+    assert model_flops_per_token(model, T) == 6 * n + 12 * L * cfg.n_heads * cfg.head_dim * T
+
+
+def test_gpt2_small_flops_per_token():
+    # GPT-2 124M: 124,439,808 parameters, of which 1024 x 768 are position embeddings
+    model = GPT(GPTConfig.from_name("small"))
+    n = matmul_params(model)
+    assert n == 124_439_808 - 1024 * 768
+    assert flops_per_token(n, 12, 12, 64, 1024) == 6 * n + 12 * 12 * 12 * 64 * 1024
+    assert model_flops_per_token(model, 1024) == pytest.approx(0.855e9, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "name, precision, tf32, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16-mixed", False, 989),
+        ("NVIDIA H100 PCIe", "bf16-mixed", False, 756),
+        ("NVIDIA H200", "32-true", True, 494),
+        ("NVIDIA H200", "32-true", False, 67),
+        ("NVIDIA A100-SXM4-80GB", "16-mixed", False, 312),
+        ("NVIDIA A100 80GB PCIe", "32-true", True, 156),
+        ("NVIDIA L4", "bf16-true", False, 121),
+        ("NVIDIA L40S", "bf16-mixed", False, 362),
+        ("Tesla V100-SXM2-16GB", "16-mixed", False, 125),
+        ("Tesla V100-SXM2-16GB", "bf16-mixed", False, None),  # no bf16 tensor cores
+        ("NVIDIA GeForce GTX 1080", "32-true", False, None),  # not in the table
+        ("NVIDIA A100-SXM4-40GB", "64-true", False, None),
+    ],
+)
+def test_peak_flops_lookup(name, precision, tf32, tflops):
+    got = peak_flops(name, precision, tf32)
+    assert got == (None if tflops is None else tflops * 1e12)
+
+
+def test_math_types_and_mfu():
+    assert [math_type(p) for p in ("bf16-mixed", "16-mixed", "32-true", "64-true")] == ["bf16", "fp16", "fp32", None]
+    assert math_type("32-true", tf32=True) == "tf32"
+    assert all(set(peaks) <= {"bf16", "fp16", "tf32", "fp32"} for _, peaks in PEAK_TFLOPS)
+    # 100k tokens/s of a 1 GFLOP/token model on a 312 TFLOP/s GPU
+    assert mfu(1e5, 1e9, 312e12) == pytest.approx(0.3205, rel=1e-3)
+
+
+def test_mfu_logged_only_with_a_known_peak(make_cfg, corpus, monkeypatch):
+    metrics = run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=3"))
+    assert "train/tokens_per_sec" in metrics and "train/mfu" not in metrics  # CPU: no peak, no MFU
+    assert torch.get_float32_matmul_precision() == "highest"  # TF32 is only switched on for CUDA
+
+    # pretend to be a GPU with a 1 TFLOP/s peak: MFU = tokens/s x FLOPs per token / peak
+    monkeypatch.setattr(GPTLitModule, "on_fit_start", lambda self: setattr(self, "_peak", 1e12))
+    dm, module, trainer, _ = build(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=3"))
+    trainer.fit(module, datamodule=dm)
+    m = trainer.callback_metrics
+    fpt = model_flops_per_token(module.model, 32)
+    assert float(m["train/mfu"]) == pytest.approx(float(m["train/tokens_per_sec"]) * fpt / 1e12, rel=1e-5)
+    assert "train/mfu" in trainer.progress_bar_metrics and "train/tokens_per_sec" in trainer.progress_bar_metrics
+
+
+def test_accumulate_grad_batches_counts_steps_and_tokens(make_cfg, corpus, tmp_path):
+    run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=3", "trainer.accumulate_grad_batches=2"))
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3  # optimizer steps
+    assert ckpt["gptlit"]["tokens_seen"] == 3 * 2 * 4 * 32  # every micro-batch's tokens
+
+
+def test_scale_out_configs(make_cfg):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from gptlit.model import Block
+    from gptlit.train import make
+
+    ddp = make_cfg("trainer=ddp", tiny=False).trainer
+    assert ddp.strategy == "ddp" and ddp.devices == "auto" and ddp.num_nodes == 1
+    fsdp = make_cfg("trainer=fsdp", "trainer.strategy.activation_checkpointing=true", tiny=False).trainer
+    s = make(fsdp.strategy)
+    assert isinstance(s, FSDPStrategy)
+    assert s.kwargs["auto_wrap_policy"]._module_classes == {Block}  # one FSDP unit per transformer block
+    assert s._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {Block}  # recomputed per block
+    assert not make(make_cfg("trainer=fsdp", tiny=False).trainer.strategy)._activation_checkpointing_kwargs
+    assert str(s.sharding_strategy).endswith("FULL_SHARD") and s._state_dict_type == "full"
+
+
+@pytest.mark.slow
+def test_compile_true_trains_like_eager(corpus, tmp_path):
+    from conftest import TINY, compose_cfg
+
+    common = [*TINY, "data=text", f"data.path={corpus}", "trainer.max_steps=2", "trainer.limit_val_batches=1"]
+    eager = run(compose_cfg(common, tmp_path / "eager"))
+    compiled = run(compose_cfg([*common, "compile=true"], tmp_path / "compiled"))
+    assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-3)
+    assert compiled["val/loss"] == pytest.approx(eager["val/loss"], rel=1e-3)
+    ckpt = torch.load(tmp_path / "compiled" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not any("_orig_mod" in k for k in ckpt["state_dict"])  # loads into an uncompiled GPT
+
+
+@pytest.mark.slow
+def test_bf16_learns_like_fp32():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bf16_parity import TOLERANCE, parity
+
+    r = parity("nano", steps=40, seed_run=False)
+    assert r["fp32"] < 10.0  # it learned something: the untrained loss is ln(50257) = 10.8
+    assert math.isfinite(r["bf16"]) and r["bf16_diff"] <= TOLERANCE, r
