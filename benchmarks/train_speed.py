@@ -15,6 +15,7 @@ the warm-up steps.
   python benchmarks/train_speed.py compile=true      # extra Hydra overrides apply to gptlit
   python benchmarks/train_speed.py --levers          # one run per lever (long: about 15-30 min)
   python benchmarks/train_speed.py --ce              # chunked linear + cross-entropy vs plain, head only
+  python benchmarks/train_speed.py --matmul          # one matmul in fp32 and bf16: is bf16 fast on this CPU?
 """
 
 from __future__ import annotations
@@ -39,16 +40,19 @@ LEVERS = {
     "gptlit as configured (eager, fused AdamW)": ([], {}, []),
     "optim.fused=false (for-loop AdamW, as the reference)": (["optim.fused=false"], {}, []),
     "compile=true": (["compile=true"], {}, []),
-    "compile=true + THP_MEM_ALLOC_ENABLE=1 (both)": (["compile=true"], {"THP_MEM_ALLOC_ENABLE": "1"}, []),
-    "compile=true + 1 thread (both)": (["compile=true"], {}, ["--threads", "1"]),
+    "THP_MEM_ALLOC_ENABLE=1: huge pages for tensors (both)": ([], {"THP_MEM_ALLOC_ENABLE": "1"}, []),
+    "1 thread (both)": ([], {}, ["--threads", "1"]),
 }
 SLOW_LEVERS = {"trainer.precision=bf16-mixed (gptlit only)": (["trainer.precision=bf16-mixed"], {}, [])}
 
 
 def reference_step(loader, seed: int = 123):
     """One train_model_simple step of the book's model per call."""
-    from llms_from_scratch.ch04 import GPTModel
-    from llms_from_scratch.ch05 import calc_loss_batch
+    try:
+        from llms_from_scratch.ch04 import GPTModel
+        from llms_from_scratch.ch05 import calc_loss_batch
+    except ImportError:
+        sys.exit("the reference needs llms-from-scratch: pip install --no-deps llms-from-scratch==1.0.19")
 
     torch.manual_seed(seed)
     model = GPTModel(GPT_CONFIG_124M)
@@ -174,6 +178,23 @@ def ce_micro(repeats: int = 5):
     print(table(rows, ["head + cross-entropy (512 x 768 -> 50304)", "ms", "speed-up"]))
 
 
+def matmul_micro(repeats: int = 3):
+    """One MLP-sized matmul (512 x 768 by 768 x 3072) in fp32 and bf16: does this CPU have fast bf16?"""
+    import time
+
+    a, b = torch.randn(512, 768), torch.randn(768, 3072)
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y  # warm-up
+        t = time.perf_counter()
+        for _ in range(repeats):
+            x @ y
+        s = (time.perf_counter() - t) / repeats
+        rows.append([str(dtype).removeprefix("torch."), f"{1000 * s:.1f}", f"{2 * 512 * 768 * 3072 / s / 1e9:.1f}"])
+    print(table(rows, ["matmul 512x768 @ 768x3072", "ms", "GFLOP/s"]))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=4, help="timed steps of each (default 4)")
@@ -182,6 +203,7 @@ def main():
     p.add_argument("--levers", action="store_true", help="one run per lever, in fresh processes")
     p.add_argument("--bf16", action="store_true", help="with --levers: add bf16-mixed (very slow without AVX512-BF16/AMX)")
     p.add_argument("--ce", action="store_true", help="only the chunked cross-entropy micro-benchmark")
+    p.add_argument("--matmul", action="store_true", help="only time one matmul in fp32 and bf16")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for gptlit, e.g. compile=true")
     a = p.parse_args()
@@ -189,6 +211,8 @@ def main():
         torch.set_num_threads(a.threads)
     if a.ce:
         return ce_micro()
+    if a.matmul:
+        return matmul_micro()
     if a.levers:
         rows = levers({**LEVERS, **(SLOW_LEVERS if a.bf16 else {})}, a.steps, a.warmup)
     else:

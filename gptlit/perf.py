@@ -8,7 +8,7 @@ import re
 # Matched against torch.cuda.get_device_name() in order, so specific names come first.
 PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     (r"H100.*PCIe", dict(bf16=756.0, fp16=756.0, tf32=378.0, fp32=51.0)),
-    (r"H100.*NVL", dict(bf16=835.0, fp16=835.0, tf32=418.0, fp32=60.0)),
+    (r"H[12]00.*NVL", dict(bf16=835.0, fp16=835.0, tf32=418.0, fp32=60.0)),
     (r"GH200|H200|H100", dict(bf16=989.0, fp16=989.0, tf32=494.0, fp32=67.0)),  # SXM / HBM3 parts
     (r"A100", dict(bf16=312.0, fp16=312.0, tf32=156.0, fp32=19.5)),
     (r"L40S", dict(bf16=362.0, fp16=362.0, tf32=183.0, fp32=91.6)),

@@ -48,6 +48,7 @@ def test_gpt2_small_flops_per_token():
         ("NVIDIA H100 80GB HBM3", "bf16-mixed", False, 989),
         ("NVIDIA H100 PCIe", "bf16-mixed", False, 756),
         ("NVIDIA H200", "32-true", True, 494),
+        ("NVIDIA H200 NVL", "bf16-mixed", False, 835),
         ("NVIDIA H200", "32-true", False, 67),
         ("NVIDIA A100-SXM4-80GB", "16-mixed", False, 312),
         ("NVIDIA A100 80GB PCIe", "32-true", True, 156),
