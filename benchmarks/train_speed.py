@@ -12,6 +12,7 @@ the warm-up steps.
 
   pip install --no-deps llms-from-scratch==1.0.19   # (its declared deps pull tensorflow and an old numpy)
   python benchmarks/train_speed.py                   # gptlit as configured vs the reference
+  python benchmarks/train_speed.py --separate        # each side alone in its own process, alternating
   python benchmarks/train_speed.py compile=true      # extra Hydra overrides apply to gptlit
   python benchmarks/train_speed.py --levers          # one run per lever (long: about 15-30 min)
   python benchmarks/train_speed.py --ce              # chunked linear + cross-entropy vs plain, head only
@@ -25,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +85,46 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict:
     cpu_ratio = median_tps(cb.lit_cpu, tokens, warmup) / median_tps(cb.other_cpu, tokens, warmup)
     return dict(reference=ref, gptlit=lit, ratio=lit / ref, cpu_ratio=cpu_ratio, steps=len(cb.lit[warmup:]),
                 precision=trainer.precision, threads=torch.get_num_threads())
+
+
+def measure_one(side: str, overrides: list[str], steps: int, warmup: int) -> list[float]:
+    """Step times of one side alone in this process: "reference" or "gptlit"."""
+    from gptlit.train import build
+
+    cfg = compose([*BOOK, *QUIET, "trainer.accelerator=cpu", f"trainer.max_steps={warmup + steps + 1}", *overrides])
+    dm, module, trainer, _ = build(cfg)
+    if side == "reference":
+        step, times = reference_step(dm.train_dataloader()), []
+        for _ in range(warmup + steps):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        return times[warmup:]
+    cb = Interleave(None)
+    trainer.callbacks.append(cb)
+    trainer.fit(module, datamodule=dm)
+    return cb.lit[warmup:]
+
+
+def measure_separate(overrides: list[str], steps: int, warmup: int, rounds: int) -> dict:
+    """Each side alone in a fresh process, reference and gptlit alternating `rounds` times.
+
+    Interleaving two 124M models step by step in one process makes each evict the other's
+    memory from the caches and the allocator; this is the setting a user actually runs.
+    """
+    times = {"reference": [], "gptlit": []}
+    for _ in range(rounds):
+        for side in times:
+            cmd = [sys.executable, __file__, "--only", side, "--steps", str(steps), "--warmup", str(warmup), *overrides]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("[")]
+            if p.returncode or not line:
+                sys.exit(f"{side} failed:\n{p.stderr[-2000:]}")
+            times[side] += json.loads(line[-1])
+    tokens = 2 * 256
+    ref, lit = median_tps(times["reference"], tokens, 0), median_tps(times["gptlit"], tokens, 0)
+    return dict(reference=ref, gptlit=lit, ratio=lit / ref, cpu_ratio=float("nan"), steps=len(times["gptlit"]),
+                precision="see gptlit", threads=torch.get_num_threads())
 
 
 def row(name: str, r: dict) -> list:
@@ -204,6 +246,10 @@ def main():
     p.add_argument("--bf16", action="store_true", help="with --levers: add bf16-mixed (very slow without AVX512-BF16/AMX)")
     p.add_argument("--ce", action="store_true", help="only the chunked cross-entropy micro-benchmark")
     p.add_argument("--matmul", action="store_true", help="only time one matmul in fp32 and bf16")
+    p.add_argument("--separate", action="store_true",
+                   help="each side alone in its own process, alternating (--rounds times) instead of step by step")
+    p.add_argument("--rounds", type=int, default=2, help="with --separate: reference/gptlit process pairs (default 2)")
+    p.add_argument("--only", choices=["reference", "gptlit"], help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for gptlit, e.g. compile=true")
     a = p.parse_args()
@@ -213,7 +259,12 @@ def main():
         return ce_micro()
     if a.matmul:
         return matmul_micro()
-    if a.levers:
+    if a.only:
+        return print(json.dumps(measure_one(a.only, a.overrides, a.steps, a.warmup)))
+    if a.separate:
+        r = measure_separate(a.overrides, a.steps, a.warmup, a.rounds)
+        rows = [row(" ".join(["experiment=book_ch05", *a.overrides]) + " (separate processes)", r)]
+    elif a.levers:
         rows = levers({**LEVERS, **(SLOW_LEVERS if a.bf16 else {})}, a.steps, a.warmup)
     else:
         r = measure(a.overrides, a.steps, a.warmup)

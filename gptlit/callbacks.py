@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -45,7 +46,9 @@ class SampleText(L.Callback):
         if step == self._last_step or not trainer.is_global_zero:
             return
         self._last_step = step
-        text = generate_text(pl_module.model, self.prompt, self.cfg, seed=self.seed)
+        paused = getattr(pl_module, "clock_paused", contextlib.nullcontext)  # not counted as training time
+        with paused():
+            text = generate_text(pl_module.model, self.prompt, self.cfg, seed=self.seed)
         self.samples.append((step, text))
         msg = f"[step {step}] {self.prompt}{text}".replace("\n", " ")
         bar = trainer.progress_bar_callback
@@ -74,6 +77,7 @@ class LossPlot(L.Callback):
         self.dirpath, self.filename = dirpath, filename
         self.train: list[tuple[int, int, float]] = []  # (step, tokens seen, loss)
         self.val: list[tuple[int, int, float]] = []
+        self.train_eval: list[tuple[int, int, float]] = []  # train windows evaluated with dropout off
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -86,29 +90,39 @@ class LossPlot(L.Callback):
         v = trainer.callback_metrics.get("val/loss")
         if v is not None:
             self.val.append((trainer.global_step, int(pl_module.tokens_seen), float(v)))
+        t = trainer.callback_metrics.get("train/eval_loss")
+        if t is not None:
+            self.train_eval.append((trainer.global_step, int(pl_module.tokens_seen), float(t)))
 
     def on_train_end(self, trainer, pl_module):
         if trainer.is_global_zero and self.train:
             path = Path(self.dirpath) / self.filename
-            plot_losses(self.train, self.val, path)
+            plot_losses(self.train, self.val, path, self.train_eval)
 
     def state_dict(self):
-        return {"train": [list(t) for t in self.train], "val": [list(t) for t in self.val]}
+        return {k: [list(t) for t in getattr(self, k)] for k in ("train", "val", "train_eval")}
 
     def load_state_dict(self, state):
         self.train = [tuple(t) for t in state.get("train", [])]
         self.val = [tuple(t) for t in state.get("val", [])]
+        self.train_eval = [tuple(t) for t in state.get("train_eval", [])]
 
 
-def plot_losses(train, val, path: Path):
-    """Train and val loss against steps, with tokens seen on a second x-axis (as the book plots it)."""
+def plot_losses(train, val, path: Path, train_eval=()):
+    """Train and val loss against steps, with tokens seen on a second x-axis (as the book plots it).
+
+    `train` is the loss of every training batch (train mode, dropout on); `train_eval` the loss of
+    the same train windows at each validation with dropout off, the book's "training loss".
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([t[0] for t in train], [t[2] for t in train], label="train loss", alpha=0.8)
+    ax.plot([t[0] for t in train], [t[2] for t in train], label="train loss (batches)", alpha=0.4 if train_eval else 0.8)
+    if train_eval:
+        ax.plot([t[0] for t in train_eval], [t[2] for t in train_eval], "s-", label="train loss (eval mode)")
     if val:
         ax.plot([v[0] for v in val], [v[2] for v in val], "o-", label="val loss")
     ax.set_xlabel("step")

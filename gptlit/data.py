@@ -19,7 +19,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from gptlit.config import ConfigError
 from gptlit.tokenizer import EOT_ID, encode
@@ -165,13 +165,14 @@ class GPTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         name: str | None = None,
         val_all: bool = False,  # validate on every window of the whole corpus (task=validate); no train split
+        eval_train_batches: int = 5,  # train batches also evaluated (eval mode) at each validation; 0 = off
     ):
         super().__init__()
         self.source, self.path, self.url, self.sha256 = source, path, url, sha256
         self.max_length = max_length
         self.stride = max_length if stride is None else stride
         self.val_fraction, self.batch_size, self.num_workers = val_fraction, batch_size, num_workers
-        self.val_all = val_all
+        self.val_all, self.eval_train_batches = val_all, eval_train_batches
         self.tokens: torch.Tensor | None = None
         self.train_set = self.val_set = None
         self.validate()
@@ -187,6 +188,8 @@ class GPTDataModule(L.LightningDataModule):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"data.{name}={v} must be a positive integer")
+        if not isinstance(self.eval_train_batches, int) or self.eval_train_batches < 0:
+            raise ConfigError(f"data.eval_train_batches={self.eval_train_batches} must be >= 0 (0 turns it off)")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
         if not 0.0 < self.val_fraction < 1.0:
@@ -279,5 +282,15 @@ class GPTDataModule(L.LightningDataModule):
     def train_dataloader(self):
         return self._loader(self.train_set, shuffle=True)
 
+    def train_eval_dataloader(self) -> DataLoader | None:
+        """The first `eval_train_batches` batches of the train windows, in order: the same windows at every
+        validation, evaluated with dropout off (the book's evaluate_model), so train and val loss compare."""
+        if self.val_all or not self.eval_train_batches:
+            return None
+        n = min(len(self.train_set), self.eval_train_batches * self.batch_size)
+        return self._loader(Subset(self.train_set, range(n)), shuffle=False)
+
     def val_dataloader(self):
-        return self._loader(self.val_set, shuffle=False)
+        """The val windows; with eval_train_batches > 0 a second loader of train windows follows."""
+        val, train_eval = self._loader(self.val_set, shuffle=False), self.train_eval_dataloader()
+        return val if train_eval is None else [val, train_eval]

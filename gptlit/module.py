@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -114,6 +115,16 @@ class GPTLitModule(L.LightningModule):
                 self.log("train/mfu", mfu(tps, fpt, self._peak * self.trainer.world_size), prog_bar=True)
             self._t_last, self._window = now, 0
 
+    @contextlib.contextmanager
+    def clock_paused(self):
+        """Time spent inside (sampling text, say) is left out of train/tokens_per_sec."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._t_last is not None:
+                self._t_last += time.perf_counter() - t
+
     def on_before_optimizer_step(self, optimizer):
         # Clip here rather than through Trainer(gradient_clip_val): it works with fused AdamW and any precision.
         clip = self.hparams.optim["grad_clip"]
@@ -124,22 +135,26 @@ class GPTLitModule(L.LightningModule):
 
     # validation ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self):
-        self._val_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        self._val_count = torch.zeros((), device=self.device, dtype=torch.float64)
+        # token-weighted loss sums and token counts per val loader: [val windows, train windows in eval mode]
+        self._val_sum = torch.zeros(2, device=self.device, dtype=torch.float64)
+        self._val_count = torch.zeros(2, device=self.device, dtype=torch.float64)
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
         x, y = batch
         loss = self.model(x, y)
-        self._val_sum += loss.double() * y.numel()
-        self._val_count += y.numel()
+        self._val_sum[dataloader_idx] += loss.double() * y.numel()
+        self._val_count[dataloader_idx] += y.numel()
         return loss
 
     def on_validation_epoch_end(self):
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
-        loss = (total / count.clamp_min(1)).float()  # token-weighted mean over every val batch
-        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", torch.exp(loss), prog_bar=True, sync_dist=False)
+        loss = (total / count.clamp_min(1)).float()  # token-weighted mean over every evaluated batch
+        self.log("val/loss", loss[0], prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(loss[0]), prog_bar=True, sync_dist=False)
+        if count[1] > 0:  # the same train windows, dropout off: comparable with val/loss (the book's train loss)
+            self.log("train/eval_loss", loss[1], prog_bar=True, sync_dist=False)
+            self.log("train/eval_ppl", torch.exp(loss[1]), sync_dist=False)
         self._t_last = None  # do not count validation time as a training step
 
     # optimizer ----------------------------------------------------------------------------------

@@ -58,10 +58,12 @@ def test_only_train_shuffled(corpus):
     torch.manual_seed(1)
     b = [x for x, _ in dm.train_dataloader()]
     assert not all(torch.equal(p, q) for p, q in zip(a, b))
-    v1 = [x for x, _ in dm.val_dataloader()]
-    v2 = [x for x, _ in dm.val_dataloader()]
+    val, train_eval = dm.val_dataloader()  # val windows, then the first train windows for train/eval_loss
+    v1, v2 = [x for x, _ in val], [x for x, _ in dm.val_dataloader()[0]]
     assert all(torch.equal(p, q) for p, q in zip(v1, v2))
     assert torch.equal(v1[0][0], dm.val_set[0][0])
+    te = torch.cat([x for x, _ in train_eval])  # in order, dm.eval_train_batches (5) batches of 4
+    assert torch.equal(te, torch.stack([dm.train_set[i][0] for i in range(5 * 4)]))
 
 
 def test_pydocs_default_corpus():

@@ -88,6 +88,23 @@ def test_mfu_logged_only_with_a_known_peak(make_cfg, corpus, monkeypatch):
     assert "train/mfu" in trainer.progress_bar_metrics and "train/tokens_per_sec" in trainer.progress_bar_metrics
 
 
+def test_sampling_time_is_not_counted_as_training(make_cfg, corpus, monkeypatch):
+    import time
+
+    import gptlit.callbacks
+
+    def slow_sample(*args, **kwargs):
+        time.sleep(0.5)
+        return " sample"
+
+    monkeypatch.setattr(gptlit.callbacks, "generate_text", slow_sample)
+    dm, module, trainer, _ = build(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=4",
+                                            "trainer.log_every_n_steps=1", "sampling.every_n_steps=1"))
+    trainer.fit(module, datamodule=dm)
+    # 4 x 32 tokens a step: counting a 0.5 s sample would cap tokens/s at 256
+    assert float(trainer.callback_metrics["train/tokens_per_sec"]) > 2 * 256
+
+
 def test_accumulate_grad_batches_counts_steps_and_tokens(make_cfg, corpus, tmp_path):
     run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=3", "trainer.accumulate_grad_batches=2"))
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

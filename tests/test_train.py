@@ -67,6 +67,39 @@ def test_val_ppl_is_token_weighted(make_cfg, corpus, tmp_path):
     assert not math.isclose(got, sum(per_batch) / len(per_batch), rel_tol=1e-4)
 
 
+def test_train_eval_loss_is_dropout_free_loss_on_first_train_batches(make_cfg, corpus, tmp_path):
+    # the book's "training loss": the same first train windows at each validation, dropout off
+    cfg = make_cfg("data=text", f"data.path={corpus}", "model.drop_rate=0.5", "data.eval_train_batches=2",
+                   "trainer.limit_val_batches=null", "trainer.max_steps=4", "trainer.val_check_interval=2",
+                   "trainer.log_every_n_steps=1")
+    dm, module, trainer, _ = build(cfg)
+    trainer.fit(module, datamodule=dm)  # validates after steps 2 and 4: the last one sees the final weights
+    windows = [dm.train_set[i] for i in range(2 * 4)]  # 2 batches of 4, in order
+    x, y = torch.stack([w[0] for w in windows]), torch.stack([w[1] for w in windows])
+    module.model.eval()
+    with torch.no_grad():
+        want = module.model(x, y).item()
+        module.model.train()
+        dropout_on = module.model(x, y).item()
+    got = float(trainer.callback_metrics["train/eval_loss"])
+    assert math.isclose(got, want, rel_tol=1e-5), (got, want)
+    assert not math.isclose(got, dropout_on, rel_tol=1e-3)  # drop_rate 0.5 changes the loss
+    assert math.isclose(float(trainer.callback_metrics["train/eval_ppl"]), math.exp(got), rel_tol=1e-5)
+    s = scalars(tmp_path / "run")
+    assert [step for step, _ in s["train/eval_loss"]] == [step for step, _ in s["val/loss"]]
+    assert len(s["train/eval_loss"]) == 2
+    plot = next(cb for cb in trainer.callbacks if type(cb).__name__ == "LossPlot")
+    assert [round(v[2], 5) for v in plot.train_eval] == [round(v, 5) for _, v in s["train/eval_loss"]]
+
+
+def test_train_eval_loss_off(make_cfg, corpus):
+    cfg = make_cfg("data=text", f"data.path={corpus}", "data.eval_train_batches=0", "trainer.max_steps=2")
+    dm, module, trainer, _ = build(cfg)
+    trainer.fit(module, datamodule=dm)
+    assert "val/loss" in trainer.callback_metrics and "train/eval_loss" not in trainer.callback_metrics
+    assert isinstance(dm.val_dataloader(), torch.utils.data.DataLoader)
+
+
 def losses(run_dir: Path) -> list[float]:
     return [v for _, v in scalars(run_dir)["train/loss"]]
 
@@ -105,6 +138,33 @@ def test_checkpoint_is_plain_and_resumes(make_cfg, corpus, tmp_path):
     ckpt2 = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt2["global_step"] == 5
     assert ckpt2["gptlit"]["tokens_seen"] == 5 * 4 * 32
+
+
+def test_last_checkpoint_follows_training_not_the_best(make_cfg, corpus, tmp_path):
+    # mode=max makes the first validation the "best" for good: last.ckpt must still follow every validation
+    run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=6", "trainer.val_check_interval=2",
+                 "callbacks.model_checkpoint.mode=max", "callbacks.early_stopping=null"))
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(ckpts / "best.ckpt", weights_only=True)["global_step"] == 2
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_interrupted_run_leaves_a_last_checkpoint(make_cfg, corpus, tmp_path):
+    import lightning as L
+
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:
+                raise RuntimeError("out of memory (simulated)")
+
+    dm, module, trainer, _ = build(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=8",
+                                            "trainer.val_check_interval=5"))
+    trainer.callbacks.append(Crash())
+    with pytest.raises(RuntimeError, match="simulated"):
+        trainer.fit(module, datamodule=dm)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3  # no validation had run yet: the work up to the crash is kept
 
 
 def test_resume_with_other_model_is_an_error(corpus, tmp_path):
@@ -177,6 +237,7 @@ def test_precision_follows_device():
         (["optim.lr=-1"], r"optim.lr=-1"),
         (["optim.scheduler=linear"], r"optim.scheduler=linear is unknown"),
         (["data.val_fraction=0"], r"data.val_fraction=0"),
+        (["data.eval_train_batches=-1"], r"data.eval_train_batches=-1 must be >= 0"),
         (["ckpt_path=missing.ckpt"], r"ckpt_path=missing.ckpt: no such checkpoint"),
         (["task=predict"], r"task=predict is unknown"),
         (["+trainer.gradient_clip_val=1.0"], r"use optim.grad_clip"),
@@ -228,8 +289,11 @@ FAST = ["model=nano", "data.max_length=32", "data.batch_size=4", "trainer.limit_
     "args, match",
     [
         (["model.n_heads=5"], "error: model.emb_dim=256 is not divisible by model.n_heads=5"),
-        (["sampling.temperature=-0.5"], "error: sampling.temperature=-0.5 must be"),
-        (["data=text", "data.path=no_such_file.txt"], "error: data.path=no_such_file.txt: no such file or folder"),
+        # the same errors are checked in-process (test_bad_values_fail_before_training); each subprocess
+        # costs ~10 s of imports on 2 cores, so the other command-line cases run in the slow suite
+        pytest.param(["sampling.temperature=-0.5"], "error: sampling.temperature=-0.5 must be", marks=pytest.mark.slow),
+        pytest.param(["data=text", "data.path=no_such_file.txt"],
+                     "error: data.path=no_such_file.txt: no such file or folder", marks=pytest.mark.slow),
     ],
 )
 def test_cli_errors_are_one_line(args, match, tmp_path):
