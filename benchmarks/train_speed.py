@@ -124,12 +124,12 @@ def measure_separate(overrides: list[str], steps: int, warmup: int, rounds: int)
     tokens = 2 * 256
     ref, lit = median_tps(times["reference"], tokens, 0), median_tps(times["gptlit"], tokens, 0)
     return dict(reference=ref, gptlit=lit, ratio=lit / ref, cpu_ratio=float("nan"), steps=len(times["gptlit"]),
-                precision="see gptlit", threads=torch.get_num_threads())
+                threads=torch.get_num_threads())
 
 
 def row(name: str, r: dict) -> list:
     return [name, r["steps"], f"{r['reference']:,.1f}", f"{r['gptlit']:,.1f}", f"{r['ratio']:.2f}x",
-            f"{r['cpu_ratio']:.2f}x"]
+            "-" if r["cpu_ratio"] != r["cpu_ratio"] else f"{r['cpu_ratio']:.2f}x"]  # NaN: not measured
 
 
 HEADER = ["gptlit run", "steps", "reference tok/s", "gptlit tok/s", "gptlit/reference", "by CPU time"]

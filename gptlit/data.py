@@ -282,13 +282,17 @@ class GPTDataModule(L.LightningDataModule):
     def train_dataloader(self):
         return self._loader(self.train_set, shuffle=True)
 
+    def train_eval_indices(self) -> list[int]:
+        """`eval_train_batches` batches' worth of train windows spread evenly over the train split."""
+        n, k = len(self.train_set), min(len(self.train_set), self.eval_train_batches * self.batch_size)
+        return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
+
     def train_eval_dataloader(self) -> DataLoader | None:
-        """The first `eval_train_batches` batches of the train windows, in order: the same windows at every
-        validation, evaluated with dropout off (the book's evaluate_model), so train and val loss compare."""
+        """Train windows evaluated at every validation with dropout off (the book's evaluate_model "train
+        loss"): always the same windows, spread over the whole train split, so train and val loss compare."""
         if self.val_all or not self.eval_train_batches:
             return None
-        n = min(len(self.train_set), self.eval_train_batches * self.batch_size)
-        return self._loader(Subset(self.train_set, range(n)), shuffle=False)
+        return self._loader(Subset(self.train_set, self.train_eval_indices()), shuffle=False)
 
     def val_dataloader(self):
         """The val windows; with eval_train_batches > 0 a second loader of train windows follows."""

@@ -84,6 +84,37 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class FusedHeadLoss(torch.autograd.Function):
+    """Mean cross-entropy of x @ w.T over the first `vocab` columns, gradients formed in the forward pass.
+
+    x (N, C), w (padded V, C), y (N,). The (N, V) logits are made once and turned into the softmax
+    gradient in place, instead of passing through log-softmax, the loss and both their backward
+    passes: on CPUs, where these passes are memory-bound, that is faster and holds no logits for
+    backward. Used for CPU training in fp32; GPUs, autocast and torch.compile take the plain path.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, y, vocab: int):
+        N = y.numel()
+        z = x @ w.t()  # (N, padded V) logits
+        z[:, vocab:] = float("-inf")  # padding ids can never be predicted
+        lse = torch.logsumexp(z, dim=1)  # (N,)
+        loss = (lse - z.gather(1, y[:, None]).squeeze(1)).mean()
+        g = z.sub_((lse + math.log(N))[:, None]).exp_()  # softmax / N, in place: d loss / d logits ...
+        g[torch.arange(N, device=y.device), y] -= 1.0 / N  # ... minus one-hot / N
+        gx = g @ w if ctx.needs_input_grad[0] else None  # (N, C)
+        gw = g.t() @ x if ctx.needs_input_grad[1] else None  # (padded V, C)
+        ctx.save_for_backward(gx, gw)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        gx, gw = ctx.saved_tensors
+        if not bool(grad == 1):  # e.g. a loss divided for gradient accumulation
+            gx, gw = (None if t is None else t * grad for t in (gx, gw))
+        return gx, gw, None, None
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -105,6 +136,7 @@ class GPT(nn.Module):
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
         # "torch" keeps PyTorch's defaults, as the book's GPTModel does (embeddings N(0, 1))
         self.zero_padding_rows()
+        self.fused_loss = True  # FusedHeadLoss where it applies (see fused_loss_applies)
 
     @staticmethod
     def _init_weights(m: nn.Module):
@@ -153,10 +185,23 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             return self.head(x)[..., : self.cfg.vocab_size]  # (B, T, V)
+        if self.fused_loss_applies(x):
+            return FusedHeadLoss.apply(x.flatten(0, 1), self.head.weight, targets.flatten(), self.cfg.vocab_size)
         logits = self.head(x)  # (B, T, padded V)
         if logits.size(-1) > self.cfg.vocab_size:
             logits[..., self.cfg.vocab_size :] = float("-inf")  # padding ids can never be predicted
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def fused_loss_applies(self, x: torch.Tensor) -> bool:
+        """Whether the loss takes FusedHeadLoss: CPU training in fp32, outside torch.compile."""
+        return (
+            self.fused_loss
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+        )
 
     def new_cache(self, batch_size: int) -> list[KVCache]:
         p = self.pos_emb.weight

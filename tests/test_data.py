@@ -62,8 +62,12 @@ def test_only_train_shuffled(corpus):
     v1, v2 = [x for x, _ in val], [x for x, _ in dm.val_dataloader()[0]]
     assert all(torch.equal(p, q) for p, q in zip(v1, v2))
     assert torch.equal(v1[0][0], dm.val_set[0][0])
-    te = torch.cat([x for x, _ in train_eval])  # in order, dm.eval_train_batches (5) batches of 4
-    assert torch.equal(te, torch.stack([dm.train_set[i][0] for i in range(5 * 4)]))
+    te = torch.cat([x for x, _ in train_eval])  # dm.eval_train_batches (5) batches of 4, spread over the split
+    idx = dm.train_eval_indices()
+    assert len(idx) == 5 * 4 and idx[0] == 0 and idx[-1] == len(dm.train_set) - 1 and idx == sorted(set(idx))
+    assert torch.equal(te, torch.stack([dm.train_set[i][0] for i in idx]))
+    dm.eval_train_batches = 1000  # more than the split holds: every train window once
+    assert dm.train_eval_indices() == list(range(len(dm.train_set)))
 
 
 def test_pydocs_default_corpus():

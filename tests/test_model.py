@@ -127,3 +127,38 @@ def test_init_schemes():
     assert abs(book.tok_emb.weight[:50257].std().item() - 1.0) < 0.05  # PyTorch's N(0, 1), as the book
     with pytest.raises(ConfigError, match="model.init=xavier is unknown"):
         GPTConfig.from_name("nano", init="xavier")
+
+
+@pytest.mark.parametrize("tie, pad, scale", [(True, 64, 1.0), (False, 64, 0.5), (False, 1, 1.0)])
+def test_fused_head_loss_matches_plain_loss_and_gradients(tie, pad, scale):
+    from gptlit.model import FusedHeadLoss
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("nano", tie_embeddings=tie, pad_vocab_multiple=pad, drop_rate=0.0))
+    x = torch.randint(0, 50257, (3, 17))
+    y = torch.randint(0, 50257, (3, 17))
+    y[0, 0] = 50256  # the last real id, next to the padding
+    called = []
+    orig = FusedHeadLoss.apply
+    FusedHeadLoss.apply = lambda *a: called.append(1) or orig(*a)
+    try:
+        results = []
+        for fused in (True, False):
+            model.fused_loss = fused
+            model.zero_grad(set_to_none=True)
+            loss = model(x, y)
+            (loss * scale).backward()
+            results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    finally:
+        FusedHeadLoss.apply = orig
+    assert called == [1]  # the fused path ran once, the plain path did not use it
+    (lf, gf), (lp, gp) = results
+    assert torch.allclose(lf, lp, atol=1e-5), (lf, lp)
+    for n in gp:
+        assert torch.allclose(gf[n], gp[n], atol=1e-6, rtol=1e-4), n
+    head = gf["tok_emb.weight" if tie else "head.weight"]
+    assert head.shape[0] == (50304 if pad == 64 else 50257)
+    assert head[50257:].abs().sum() == 0  # padding rows get no gradient
+    with torch.no_grad():  # evaluation takes the plain path and gives the same loss
+        model.fused_loss = True
+        assert torch.allclose(model(x, y), lp, atol=1e-5)

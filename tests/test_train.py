@@ -67,14 +67,15 @@ def test_val_ppl_is_token_weighted(make_cfg, corpus, tmp_path):
     assert not math.isclose(got, sum(per_batch) / len(per_batch), rel_tol=1e-4)
 
 
-def test_train_eval_loss_is_dropout_free_loss_on_first_train_batches(make_cfg, corpus, tmp_path):
-    # the book's "training loss": the same first train windows at each validation, dropout off
+def test_train_eval_loss_is_dropout_free_loss_on_fixed_train_windows(make_cfg, corpus, tmp_path):
+    # the book's "training loss": the same train windows at each validation, dropout off
     cfg = make_cfg("data=text", f"data.path={corpus}", "model.drop_rate=0.5", "data.eval_train_batches=2",
                    "trainer.limit_val_batches=null", "trainer.max_steps=4", "trainer.val_check_interval=2",
                    "trainer.log_every_n_steps=1")
     dm, module, trainer, _ = build(cfg)
     trainer.fit(module, datamodule=dm)  # validates after steps 2 and 4: the last one sees the final weights
-    windows = [dm.train_set[i] for i in range(2 * 4)]  # 2 batches of 4, in order
+    windows = [dm.train_set[i] for i in dm.train_eval_indices()]  # 2 batches of 4, spread over the split
+    assert len(windows) == 8
     x, y = torch.stack([w[0] for w in windows]), torch.stack([w[1] for w in windows])
     module.model.eval()
     with torch.no_grad():
