@@ -15,7 +15,6 @@ the warm-up steps.
   python benchmarks/train_speed.py --separate        # each side alone in its own process, alternating
   python benchmarks/train_speed.py compile=true      # extra Hydra overrides apply to gptlit
   python benchmarks/train_speed.py --levers          # one run per lever (long: about 15-30 min)
-  python benchmarks/train_speed.py --ce              # chunked linear + cross-entropy vs plain, head only
   python benchmarks/train_speed.py --matmul          # one matmul in fp32 and bf16: is bf16 fast on this CPU?
 """
 
@@ -29,7 +28,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from common import QUIET, Interleave, batches, compose, machine, median_tps, table
 
@@ -153,73 +151,6 @@ def levers(names: dict, steps: int, warmup: int):
     return rows
 
 
-# ---- chunked linear + cross-entropy (a lever that did not pay off on CPU) ---------------------------
-
-class ChunkedLinearCE(torch.autograd.Function):
-    """Mean cross-entropy of x @ w.T, a block of rows at a time: the (N, V) logits never exist whole.
-
-    The gradients are formed during the forward pass (softmax - one-hot per block) and only
-    scaled in backward.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w, y, vocab: int, rows: int):
-        gx, gw = torch.empty_like(x), torch.zeros_like(w)
-        total = x.new_zeros((), dtype=torch.float32)
-        for s in range(0, x.size(0), rows):
-            xb, yb = x[s : s + rows], y[s : s + rows]
-            z = (xb @ w.t()).float()
-            z[:, vocab:] = float("-inf")  # padded vocabulary rows
-            lse = z.logsumexp(1)
-            total += (lse - z.gather(1, yb[:, None]).squeeze(1)).sum()
-            g = z.sub_(lse[:, None]).exp_()  # softmax
-            g[torch.arange(len(yb)), yb] -= 1
-            g = g.to(x.dtype)
-            gx[s : s + rows] = g @ w
-            gw.addmm_(g.t(), xb)
-        ctx.save_for_backward(gx, gw)
-        return total / x.size(0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        gx, gw = ctx.saved_tensors
-        scale = grad / gx.size(0)
-        return gx * scale, gw * scale, None, None, None
-
-
-def ce_micro(repeats: int = 5):
-    """Output head + loss, forward and backward, at the 124M shape: plain vs chunked."""
-    import statistics
-    import time
-
-    torch.manual_seed(0)
-    N, C, V, Vp = 2 * 256, 768, 50257, 50304
-    x = torch.randn(N, C, requires_grad=True)
-    w = (torch.randn(Vp, C) * 0.02).requires_grad_()
-    y = torch.randint(0, V, (N,))
-
-    def plain():
-        z = x @ w.t()
-        z[:, V:] = float("-inf")
-        return F.cross_entropy(z, y)
-
-    fns = {"plain": plain, **{f"chunked {r}": (lambda r=r: ChunkedLinearCE.apply(x, w, y, V, r)) for r in (128, 512)}}
-    ref = plain()
-    for name, fn in fns.items():
-        assert torch.allclose(fn(), ref, atol=1e-5), name
-    times = {k: [] for k in fns}
-    for i in range(repeats + 1):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn().backward()
-            if i:  # the first round warms up
-                times[k].append(time.perf_counter() - t)
-            x.grad = w.grad = None
-    base = statistics.median(times["plain"])
-    rows = [[k, f"{1000 * statistics.median(v):.0f}", f"{base / statistics.median(v):.2f}x"] for k, v in times.items()]
-    print(table(rows, ["head + cross-entropy (512 x 768 -> 50304)", "ms", "speed-up"]))
-
-
 def matmul_micro(repeats: int = 3):
     """One MLP-sized matmul (512 x 768 by 768 x 3072) in fp32 and bf16: does this CPU have fast bf16?"""
     import time
@@ -244,7 +175,6 @@ def main():
     p.add_argument("--threads", type=int, help="torch.set_num_threads for both")
     p.add_argument("--levers", action="store_true", help="one run per lever, in fresh processes")
     p.add_argument("--bf16", action="store_true", help="with --levers: add bf16-mixed (very slow without AVX512-BF16/AMX)")
-    p.add_argument("--ce", action="store_true", help="only the chunked cross-entropy micro-benchmark")
     p.add_argument("--matmul", action="store_true", help="only time one matmul in fp32 and bf16")
     p.add_argument("--separate", action="store_true",
                    help="each side alone in its own process, alternating (--rounds times) instead of step by step")
@@ -255,8 +185,6 @@ def main():
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.ce:
-        return ce_micro()
     if a.matmul:
         return matmul_micro()
     if a.only:
