@@ -85,23 +85,26 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict:
                 precision=trainer.precision, threads=torch.get_num_threads())
 
 
-def measure_one(side: str, overrides: list[str], steps: int, warmup: int) -> list[float]:
-    """Step times of one side alone in this process: "reference" or "gptlit"."""
-    from gptlit.train import build
+def measure_one(side: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    """Step times of one side alone in this process ("reference" or "gptlit") and its tokens per step."""
+    from gptlit.train import build, make
 
     cfg = compose([*BOOK, *QUIET, "trainer.accelerator=cpu", f"trainer.max_steps={warmup + steps + 1}", *overrides])
-    dm, module, trainer, _ = build(cfg)
-    if side == "reference":
+    tokens = cfg.data.batch_size * cfg.data.max_length
+    if side == "reference":  # only the data: no gptlit model in this process
+        dm = make(cfg.data)
+        dm.setup("fit")
         step, times = reference_step(dm.train_dataloader()), []
         for _ in range(warmup + steps):
             t = time.perf_counter()
             step()
             times.append(time.perf_counter() - t)
-        return times[warmup:]
+        return dict(times=times[warmup:], tokens=tokens)
+    dm, module, trainer, _ = build(cfg)
     cb = Interleave(None)
     trainer.callbacks.append(cb)
     trainer.fit(module, datamodule=dm)
-    return cb.lit[warmup:]
+    return dict(times=cb.lit[warmup:], tokens=tokens)
 
 
 def measure_separate(overrides: list[str], steps: int, warmup: int, rounds: int) -> dict:
@@ -110,17 +113,18 @@ def measure_separate(overrides: list[str], steps: int, warmup: int, rounds: int)
     Interleaving two 124M models step by step in one process makes each evict the other's
     memory from the caches and the allocator; this is the setting a user actually runs.
     """
-    times = {"reference": [], "gptlit": []}
+    times, tokens = {"reference": [], "gptlit": []}, {}
     for _ in range(rounds):
         for side in times:
             cmd = [sys.executable, __file__, "--only", side, "--steps", str(steps), "--warmup", str(warmup), *overrides]
             p = subprocess.run(cmd, capture_output=True, text=True)
-            line = [ln for ln in p.stdout.splitlines() if ln.startswith("[")]
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
             if p.returncode or not line:
                 sys.exit(f"{side} failed:\n{p.stderr[-2000:]}")
-            times[side] += json.loads(line[-1])
-    tokens = 2 * 256
-    ref, lit = median_tps(times["reference"], tokens, 0), median_tps(times["gptlit"], tokens, 0)
+            r = json.loads(line[-1])
+            times[side] += r["times"]
+            tokens[side] = r["tokens"]
+    ref, lit = (median_tps(times[k], tokens[k], 0) for k in ("reference", "gptlit"))
     return dict(reference=ref, gptlit=lit, ratio=lit / ref, cpu_ratio=float("nan"), steps=len(times["gptlit"]),
                 threads=torch.get_num_threads())
 

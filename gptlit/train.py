@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -155,6 +156,8 @@ def build(cfg: DictConfig):
             f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "
             f"(it also works with fused AdamW)"
         )
+    if tcfg.get("enable_progress_bar") is False:  # one flag is enough: drop the configured bar callback too
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: L.Trainer = make(tcfg, callbacks=callbacks, logger=loggers or False)
     rank_zero_info(f"precision: {tcfg['precision']}, output: {cfg.paths.output_dir}")
     return dm, module, trainer, ckpt_path

@@ -141,6 +141,19 @@ def test_checkpoint_is_plain_and_resumes(make_cfg, corpus, tmp_path):
     assert ckpt2["gptlit"]["tokens_seen"] == 5 * 4 * 32
 
 
+def test_progress_bar_off_with_one_flag(corpus, tmp_path):
+    from conftest import compose_cfg
+
+    from lightning.pytorch.callbacks import ProgressBar
+
+    # trainer.enable_progress_bar=false alone (the configured TQDM callback would otherwise clash)
+    cfg = compose_cfg(["model=nano", "data=text", f"data.path={corpus}", "data.max_length=32", "trainer.max_steps=1",
+                       "sampling.every_n_steps=0", "trainer.enable_progress_bar=false"], tmp_path / "run")
+    _, _, trainer, _ = build(cfg)
+    assert trainer.progress_bar_callback is None
+    assert not any(isinstance(c, ProgressBar) for c in trainer.callbacks)
+
+
 def test_last_checkpoint_follows_training_not_the_best(make_cfg, corpus, tmp_path):
     # mode=max makes the first validation the "best" for good: last.ckpt must still follow every validation
     run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=6", "trainer.val_check_interval=2",
@@ -149,6 +162,19 @@ def test_last_checkpoint_follows_training_not_the_best(make_cfg, corpus, tmp_pat
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert torch.load(ckpts / "best.ckpt", weights_only=True)["global_step"] == 2
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_last_checkpoint_keeps_steps_after_the_last_validation(corpus, tmp_path):
+    from conftest import TINY, compose_cfg
+
+    common = [*TINY, "data=text", f"data.path={corpus}", "trainer.val_check_interval=3"]
+    run(compose_cfg([*common, "trainer.max_steps=5"], tmp_path / "first"))  # validates at step 3 only
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 5
+    # a resumed run too short to validate still leaves its own last.ckpt (a checkpoint written when
+    # training ends counts its epoch as done, as Lightning's own end-of-training checkpoints do)
+    run(compose_cfg([*common, "trainer.max_steps=7", "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "second"))
+    assert torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 7
 
 
 def test_interrupted_run_leaves_a_last_checkpoint(make_cfg, corpus, tmp_path):
@@ -251,10 +277,14 @@ def test_bad_values_fail_before_training(make_cfg, overrides, match, tmp_path):
 
 
 def test_not_a_checkpoint(make_cfg, tmp_path):
+    import random
+
     bad = tmp_path / "bad.ckpt"
-    bad.write_bytes(os.urandom(200))
-    with pytest.raises(ConfigError, match="is not a readable checkpoint"):
-        build(make_cfg(f"ckpt_path={bad}"))
+    rng = random.Random(0)
+    for _ in range(30):  # random bytes fail in many places of the unpickler: every one is a ConfigError
+        bad.write_bytes(rng.randbytes(200))
+        with pytest.raises(ConfigError, match="is not a readable checkpoint"):
+            build(make_cfg(f"ckpt_path={bad}"))
     other = tmp_path / "other.ckpt"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(ConfigError, match="is not a gptlit checkpoint"):
