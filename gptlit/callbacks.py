@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -87,6 +88,56 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+class StepTime(L.Callback):
+    """After the first optimizer steps, print the measured time per step and the estimated time to the end.
+
+    The first `warmup_steps` steps (one-time allocations, kernel choices) are left out; the next
+    `measure_steps` are timed from batch start to batch end, so validation and samples do not count.
+    """
+
+    def __init__(self, warmup_steps: int = 1, measure_steps: int = 2):
+        if warmup_steps < 0 or measure_steps < 1:
+            raise ConfigError(
+                f"callbacks.step_time: warmup_steps={warmup_steps} must be >= 0 and measure_steps={measure_steps} >= 1"
+            )
+        self.warmup_steps, self.measure_steps = warmup_steps, measure_steps
+        self.seconds = 0.0  # measured time of the timed steps so far
+        self.per_step: float | None = None
+        self._start = self._t = None
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = trainer.global_step  # a resumed run counts from where it resumes
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t, self._step = time.perf_counter(), trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.per_step is not None or self._t is None:
+            return
+        if self._step - self._start >= self.warmup_steps:  # this (micro-)batch belongs to a timed step
+            self.seconds += time.perf_counter() - self._t
+        if trainer.global_step - self._start < self.warmup_steps + self.measure_steps:
+            return
+        self.per_step = self.seconds / self.measure_steps
+        left = max(0, int(trainer.estimated_stepping_batches) - trainer.global_step)
+        limit = f"max_steps={trainer.max_steps}" if (trainer.max_steps or -1) > 0 else f"max_epochs={trainer.max_epochs}"
+        msg = (f"time: {self.per_step:.2f} s per optimizer step; {left} more to {limit}: "
+               f"~{duration(left * self.per_step)} (validation not included)")
+        bar = trainer.progress_bar_callback
+        if bar is not None and hasattr(bar, "print") and bar.is_enabled:
+            bar.print(msg)
+        else:
+            print(msg, flush=True)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class LossPlot(L.Callback):
     """Collects train and val loss against steps and tokens seen; writes `loss_plot.png` at the end."""
 
@@ -96,9 +147,17 @@ class LossPlot(L.Callback):
         self.val: list[tuple[int, int, float]] = []
         self.train_eval: list[tuple[int, int, float]] = []  # train windows evaluated with dropout off
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step_before = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and trainer.is_global_zero:
+        # once per optimizer step, the loss of its whole batch (with micro-batches, Lightning's
+        # `outputs` hold the last micro-batch's loss divided by the accumulation)
+        done = trainer.global_step > getattr(self, "_step_before", -1)
+        loss = getattr(pl_module, "step_loss", None)
+        if loss is None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and done and trainer.is_global_zero:
             self.train.append((trainer.global_step, int(pl_module.tokens_seen), float(loss.detach())))
 
     def on_validation_end(self, trainer, pl_module):

@@ -22,6 +22,7 @@ class GPTConfig:
     tie_embeddings: bool = True  # output head shares the token-embedding matrix
     pad_vocab_multiple: int = 64  # embedding/head rows padded to a multiple of this (fast matmuls)
     init: str = "gpt2"  # "gpt2": normal(0, 0.02), scaled residual projections; "torch": PyTorch defaults (the book)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more time
 
     @property
     def padded_vocab_size(self) -> int:
@@ -45,6 +46,8 @@ class GPTConfig:
             raise ConfigError(f"model.drop_rate={self.drop_rate} must be in [0, 1)")
         if self.init not in ("gpt2", "torch"):
             raise ConfigError(f"model.init={self.init} is unknown: use gpt2 or torch")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ConfigError(f"model.activation_checkpointing={self.activation_checkpointing} must be true or false")
         if self.pad_vocab_multiple < 1:
             raise ConfigError(f"model.pad_vocab_multiple={self.pad_vocab_multiple} must be >= 1 (1 = no padding)")
         return self

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
 
 from gptlit.config import ConfigError
 from gptlit.tokenizer import EOT_ID, encode
@@ -144,6 +144,31 @@ def download(url: str, sha256: str | None, dest: Path, timeout: float = 30.0) ->
             os.remove(tmp)
 
 
+class MicroBatchSampler(BatchSampler):
+    """The batches of a BatchSampler, each cut into batch_size // micro_batch_size micro-batches.
+
+    Samples and their order are those of the whole batches (drop_last drops an incomplete
+    batch, not a micro-batch), so a run with micro-batches sees exactly the data it would
+    without. A BatchSampler subclass, so Lightning can swap in a distributed sampler.
+    """
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool, micro_batch_size: int):
+        super().__init__(sampler, batch_size, drop_last)
+        self.micro_batch_size = micro_batch_size
+
+    def __iter__(self):
+        m = self.micro_batch_size
+        for batch in super().__iter__():
+            for i in range(0, len(batch), m):
+                yield batch[i : i + m]
+
+    def __len__(self):
+        n, m = len(self.sampler), self.micro_batch_size
+        if self.drop_last:
+            return n // self.batch_size * (self.batch_size // m)
+        return n // self.batch_size * (self.batch_size // m) + -(-(n % self.batch_size) // m)
+
+
 class GPTDataModule(L.LightningDataModule):
     """Sliding windows over a tokenized corpus.
 
@@ -162,6 +187,7 @@ class GPTDataModule(L.LightningDataModule):
         stride: int | None = None,
         val_fraction: float = 0.1,
         batch_size: int = 16,
+        micro_batch_size: int | str = "auto",  # samples per forward/backward; batch_size is per optimizer step
         num_workers: int = 0,
         name: str | None = None,
         val_all: bool = False,  # validate on every window of the whole corpus (task=validate); no train split
@@ -173,6 +199,8 @@ class GPTDataModule(L.LightningDataModule):
         self.stride = max_length if stride is None else stride
         self.val_fraction, self.batch_size, self.num_workers = val_fraction, batch_size, num_workers
         self.val_all, self.eval_train_batches = val_all, eval_train_batches
+        self.micro_batch_size = micro_batch_size
+        self.loader_batch_size = batch_size  # what a DataLoader batch holds: the micro-batch, once planned
         self.tokens: torch.Tensor | None = None
         self.train_set = self.val_set = None
         self.validate()
@@ -188,6 +216,9 @@ class GPTDataModule(L.LightningDataModule):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"data.{name}={v} must be a positive integer")
+        m = self.micro_batch_size
+        if m != "auto" and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ConfigError(f"data.micro_batch_size={m} must be auto or a positive integer")
         if not isinstance(self.eval_train_batches, int) or self.eval_train_batches < 0:
             raise ConfigError(f"data.eval_train_batches={self.eval_train_batches} must be >= 0 (0 turns it off)")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
@@ -269,15 +300,11 @@ class GPTDataModule(L.LightningDataModule):
         )
 
     def _loader(self, ds, shuffle: bool):
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(ds) >= self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        b, m = self.batch_size, self.loader_batch_size  # samples per optimizer step, per DataLoader batch
+        kw = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        if shuffle and m < b:  # whole batches shuffled (and dropped) as without micro-batches, then cut
+            return DataLoader(ds, batch_sampler=MicroBatchSampler(RandomSampler(ds), b, len(ds) >= b, m), **kw)
+        return DataLoader(ds, batch_size=m, shuffle=shuffle, drop_last=shuffle and len(ds) >= m, **kw)
 
     def train_dataloader(self):
         return self._loader(self.train_set, shuffle=True)

@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gptlit.config import GPTConfig
 
@@ -84,27 +85,71 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+def head_chunk_rows(padded_vocab: int) -> int:
+    """Rows of logits made at a time by the fused loss: about 128 MB of fp32 logits per chunk."""
+    return max(64, (HEAD_CHUNK_BYTES // (4 * padded_vocab)) // 64 * 64)
+
+
+HEAD_CHUNK_BYTES = 1 << 27
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls of x run in: the autocast dtype where autocast is on for x's device."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
+def chunked_head_loss(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, vocab: int, grads: bool = False):
+    """Mean cross-entropy of x @ w.T over the first `vocab` columns, a chunk of rows at a time.
+
+    x (N, C), w (padded V, C), y (N,). Only one chunk of (rows, padded V) logits exists at a
+    time, so memory does not grow with the batch. The matmuls run in the autocast dtype where
+    autocast is on (as the plain path's head does), the softmax in fp32. With `grads`, also
+    returns d loss / d x (N, C) and d loss / d w (padded V, C, fp32): the softmax turns into
+    the logits' gradient in place, chunk by chunk.
+    """
+    N = y.numel()
+    dt = compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):  # explicit dtypes below
+        xc, wc = x.to(dt), w.to(dt)
+        total = torch.zeros((), device=x.device, dtype=torch.float32)
+        gx = torch.empty(x.shape, device=x.device, dtype=x.dtype) if grads else None
+        gw = torch.zeros(w.shape, device=w.device, dtype=torch.float32) if grads else None
+        step = head_chunk_rows(w.size(0))
+        for s in range(0, N, step):
+            xs, ys = xc[s : s + step], y[s : s + step]
+            z = (xs @ wc.t()).float()  # (rows, padded V) logits; no copy in fp32
+            z[:, vocab:] = float("-inf")  # padding ids can never be predicted
+            lse = torch.logsumexp(z, dim=1)  # (rows,)
+            total += (lse - z.gather(1, ys[:, None]).squeeze(1)).sum()
+            if not grads:
+                continue
+            g = z.sub_((lse + math.log(N))[:, None]).exp_()  # softmax / N, in place: d loss / d logits ...
+            g[torch.arange(len(ys), device=y.device), ys] -= 1.0 / N  # ... minus one-hot / N
+            g = g.to(dt)
+            gx[s : s + step] = g @ wc
+            if dt == torch.float32:
+                gw.addmm_(g.t(), xs)  # (padded V, C), accumulated in place
+            else:
+                gw += g.t() @ xs  # bf16 product (as the plain path's), summed in fp32
+    return total / N, gx, gw
+
+
 class FusedHeadLoss(torch.autograd.Function):
     """Mean cross-entropy of x @ w.T over the first `vocab` columns, gradients formed in the forward pass.
 
-    x (N, C), w (padded V, C), y (N,). The (N, V) logits are made once and turned into the softmax
-    gradient in place, instead of passing through log-softmax, the loss and both their backward
-    passes: on CPUs, where these passes are memory-bound, that is faster and holds no logits for
-    backward. Used for CPU training in fp32; GPUs, autocast and torch.compile take the plain path.
+    x (N, C), w (padded V, C), y (N,). The logits are made a chunk of rows at a time and turned
+    into the softmax gradient in place (chunked_head_loss), instead of passing through
+    log-softmax, the loss and both their backward passes: on CPUs, where these passes are
+    memory-bound, that is faster, and no (N, V) logits are kept for backward, in fp32 or under
+    bf16 autocast. The plain path is taken under fp16 autocast (a gradient formed before the
+    loss scale is applied could underflow), on fp32 GPUs and inside torch.compile.
     """
 
     @staticmethod
     def forward(ctx, x, w, y, vocab: int):
-        N = y.numel()
-        z = x @ w.t()  # (N, padded V) logits
-        z[:, vocab:] = float("-inf")  # padding ids can never be predicted
-        lse = torch.logsumexp(z, dim=1)  # (N,)
-        loss = (lse - z.gather(1, y[:, None]).squeeze(1)).mean()
-        g = z.sub_((lse + math.log(N))[:, None]).exp_()  # softmax / N, in place: d loss / d logits ...
-        g[torch.arange(N, device=y.device), y] -= 1.0 / N  # ... minus one-hot / N
-        gx = g @ w if ctx.needs_input_grad[0] else None  # (N, C)
-        gw = g.t() @ x if ctx.needs_input_grad[1] else None  # (padded V, C)
-        ctx.save_for_backward(gx, gw)
+        loss, gx, gw = chunked_head_loss(x, w, y, vocab, grads=True)
+        ctx.save_for_backward(gx if ctx.needs_input_grad[0] else None, gw.to(w.dtype) if ctx.needs_input_grad[1] else None)
         return loss
 
     @staticmethod
@@ -178,8 +223,12 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds model.context_length={self.cfg.context_length}")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        recompute = self.cfg.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, cache[i] if cache is not None else None)
+            if recompute:  # keep only each block's input; its activations are recomputed in backward
+                x = checkpoint(block, x, use_reentrant=False)  # restores the RNG state: same dropout masks
+            else:
+                x = block(x, cache[i] if cache is not None else None)
         if last_only and targets is None:
             x = x[:, -1:, :]
         x = self.ln_f(x)
@@ -187,20 +236,24 @@ class GPT(nn.Module):
             return self.head(x)[..., : self.cfg.vocab_size]  # (B, T, V)
         if self.fused_loss_applies(x):
             return FusedHeadLoss.apply(x.flatten(0, 1), self.head.weight, targets.flatten(), self.cfg.vocab_size)
+        if self.fused_loss and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # evaluation: the same loss without the whole (B, T, V) logits in memory
+            return chunked_head_loss(x.flatten(0, 1), self.head.weight, targets.flatten(), self.cfg.vocab_size)[0]
         logits = self.head(x)  # (B, T, padded V)
         if logits.size(-1) > self.cfg.vocab_size:
             logits[..., self.cfg.vocab_size :] = float("-inf")  # padding ids can never be predicted
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
     def fused_loss_applies(self, x: torch.Tensor) -> bool:
-        """Whether the loss takes FusedHeadLoss: CPU training in fp32, outside torch.compile."""
+        """Whether the training loss takes FusedHeadLoss: CPU training in fp32 or under bf16 autocast, GPU
+        training under bf16 autocast, outside torch.compile."""
+        dev = x.device.type
+        autocast = torch.is_autocast_enabled(dev)
         return (
             self.fused_loss
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
             and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()
+            and (torch.get_autocast_dtype(dev) == torch.bfloat16 if autocast else (dev == "cpu" and x.dtype == torch.float32))
         )
 
     def new_cache(self, batch_size: int) -> list[KVCache]:

@@ -68,6 +68,8 @@ class GPTLitModule(L.LightningModule):
         self._log_extras = True  # whether this step logs more than the loss
         self._n_matmul = matmul_params(self.model)  # counted before any sharding; for MFU
         self._peak = None  # peak FLOP/s of the GPU (set on CUDA with a known peak)
+        self._step_losses = None  # (optimizer step, losses of its micro-batches so far)
+        self.step_loss = None  # their mean: the batch's loss once the step's last micro-batch ran
 
     def setup(self, stage):
         if self.trainer.strategy.root_device.type == "cuda":
@@ -89,13 +91,19 @@ class GPTLitModule(L.LightningModule):
         x, y = batch
         loss = self.model(x, y)
         self.tokens_seen += y.numel() * self.trainer.world_size
-        self.log("train/loss", loss, prog_bar=True)
+        # train/loss is the mean over the micro-batches of this optimizer step so far (Lightning writes
+        # the value of the step's last one): the loss of the whole batch, with or without micro-batches
+        if self._step_losses is None or self._step_losses[0] != self.global_step:
+            self._step_losses = (self.global_step, [])
+        self._step_losses[1].append(loss.detach())
+        self.step_loss = torch.stack(self._step_losses[1]).mean()
+        self.log("train/loss", self.step_loss, prog_bar=True)
         # Each self.log call costs about a millisecond of Python, so the other metrics are only
         # logged on the steps the logger writes (every trainer.log_every_n_steps) and on the last.
         step, n = self.global_step + 1, self.trainer.log_every_n_steps
         self._log_extras = bool(n and step % n == 0) or step == self.trainer.max_steps
         if self._log_extras:
-            self.log("train/ppl", torch.exp(loss.detach().float()), prog_bar=True)
+            self.log("train/ppl", torch.exp(self.step_loss.float()), prog_bar=True)
             self.log("train/tokens_seen", float(self.tokens_seen))
         return loss
 

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from gptlit import memory
 from gptlit.callbacks import SampleText
 from gptlit.config import ConfigError, GPTConfig
 from gptlit.data import GPTDataModule, resolve_path
@@ -69,6 +70,10 @@ def instantiate_dict(node, kind: str) -> list:
     return out
 
 
+# model fields that change how a step runs, not the weights: a run may resume with another value
+RUNTIME_FIELDS = ("activation_checkpointing",)
+
+
 def check_checkpoint(path: str, model_cfg: GPTConfig) -> str:
     """Resolve ckpt_path and check that it is a gptlit checkpoint for this model config."""
     p = resolve_path(path)
@@ -84,7 +89,7 @@ def check_checkpoint(path: str, model_cfg: GPTConfig) -> str:
     ckpt = load_checkpoint(p)
     saved = ckpt["hyper_parameters"]["model"]
     for k, v in model_cfg.to_dict().items():
-        if k in saved and saved[k] != v:
+        if k in saved and saved[k] != v and k not in RUNTIME_FIELDS:
             raise ConfigError(
                 f"ckpt_path={path} was trained with model.{k}={saved[k]} but this run has model.{k}={v}; "
                 f"pass model.{k}={saved[k]} (or the same model= preset) to resume"
@@ -92,8 +97,11 @@ def check_checkpoint(path: str, model_cfg: GPTConfig) -> str:
     return str(p)
 
 
-def val_interval(tcfg: dict, batches_per_epoch: int):
-    """An integer val_check_interval, capped at one epoch and at max_steps, so every run validates."""
+def val_interval(tcfg: dict, batches_per_epoch: int, micro_batches: int = 1):
+    """An integer val_check_interval, capped at one epoch and at max_steps, so every run validates.
+
+    The user's value counts batches of data.batch_size; with micro-batches the loader yields
+    `micro_batches` per batch, so the interval Lightning gets is that many times larger."""
     v = tcfg.get("val_check_interval")
     cap = batches_per_epoch
     if (tcfg.get("max_steps") or -1) > 0:
@@ -104,7 +112,18 @@ def val_interval(tcfg: dict, batches_per_epoch: int):
         return v
     if v < 1:
         raise ConfigError(f"trainer.val_check_interval={v} must be >= 1 batches (or a fraction like 0.5)")
-    return max(1, min(v, cap))
+    return max(1, min(v * micro_batches, cap))
+
+
+def plan_training_memory(cfg: DictConfig, model_cfg: GPTConfig, dm: GPTDataModule, tcfg: dict):
+    """gptlit.memory's micro-batch plan for this run (raises ConfigError when one sample does not fit)."""
+    devices, nodes = tcfg.get("devices", 1), int(tcfg.get("num_nodes") or 1)
+    local = devices if isinstance(devices, int) and devices > 0 else 1
+    return memory.plan_for_training(
+        model_cfg, str(cfg.model.get("name", "custom")), dm.batch_size, dm.max_length, dm.micro_batch_size,
+        tcfg["precision"], str(tcfg.get("accelerator", "auto")), processes_per_machine=local,
+        fused_loss=not cfg.get("compile", False), world_size=local * nodes,
+    )
 
 
 def build(cfg: DictConfig):
@@ -138,6 +157,15 @@ def build(cfg: DictConfig):
     dm.setup("fit")  # tokenize now: a corpus too short fails before the model is built
     rank_zero_info(dm.summary())
 
+    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    tcfg["precision"] = resolve_precision(tcfg.get("precision"), str(tcfg.get("accelerator", "auto")))
+    micro = 1
+    if task == "train":  # data.batch_size per optimizer step, in micro-batches that fit (checked before the model exists)
+        dm.memory_plan = plan = plan_training_memory(cfg, model_cfg, dm, tcfg)
+        rank_zero_info(plan.line())
+        dm.loader_batch_size, micro = plan.micro_batch_size, plan.accumulate
+        tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * micro
+
     module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=bool(cfg.get("compile", False)))
     if init_state is not None:
         load_weights(module.model, init_state)
@@ -148,9 +176,7 @@ def build(cfg: DictConfig):
         callbacks.append(sampler)
     loggers = instantiate_dict(cfg.get("logger"), "logger")
 
-    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()))
-    tcfg["precision"] = resolve_precision(tcfg.get("precision"), str(tcfg.get("accelerator", "auto")))
+    tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()), micro)
     if tcfg.get("gradient_clip_val"):
         raise ConfigError(
             f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "

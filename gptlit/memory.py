@@ -1,0 +1,277 @@
+"""How much memory a training step needs, how much the device has, and the micro-batch that fits.
+
+The estimate of a step's peak, in bytes:
+
+  fixed       weights (fp32), their gradients, AdamW's two moments, the autocast copies of the
+              weights, the fused head's weight gradient and one chunk of logits, and what the
+              process allocates after the estimate (trainer, logger, first-step workspaces)
+  per sample  the activations kept for backward, per token of the context: each block's
+              tensors (a function of emb_dim, the compute dtype and dropout), the T x T
+              attention probabilities where attention takes the math path (CPU with attention
+              dropout), the head and the loss (a full row of logits per token on the plain
+              path, next to nothing with the fused loss)
+
+The per-token coefficients count the tensors autograd saves in gptlit's GPT (counted with
+torch.autograd.graph.saved_tensors_hooks) times a factor for what backward holds at its peak,
+calibrated against measured peak RSS: `python benchmarks/memory.py` prints estimate against
+measurement for nano, mini and small.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptlit.config import ConfigError, GPTConfig
+
+GB = 1e9
+MARGIN = 0.9  # plan with 90% of the available memory: the estimate may be up to ~10% low
+OVERHEAD = 400e6  # bytes the process adds after the estimate besides the step: trainer, logger, allocator slack
+BACKWARD_FACTOR = 1.25  # peak / activations saved for backward: gradients of activations live beside them
+ADAMW_STATES = 2  # exp_avg and exp_avg_sq, fp32
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Peak bytes of one training step: fixed + micro_batch * per_sample."""
+
+    fixed: float
+    per_sample: float
+
+    def total(self, micro_batch: int) -> float:
+        return self.fixed + micro_batch * self.per_sample
+
+
+def num_params(cfg: GPTConfig) -> int:
+    """Every parameter as allocated (vocabulary padding rows included, a tied matrix once)."""
+    C, V = cfg.emb_dim, cfg.padded_vocab_size
+    block = 12 * C * C + 13 * C  # qkv 3C^2+3C, proj C^2+C, fc 4C^2+4C, proj 4C^2+C, two LayerNorms 4C
+    return V * C * (1 if cfg.tie_embeddings else 2) + cfg.context_length * C + cfg.n_layers * block + 2 * C
+
+
+def math_attention(cfg: GPTConfig, device_type: str) -> bool:
+    """Whether training attention materializes T x T probabilities: on CPU, attention dropout sends
+    scaled_dot_product_attention to its math path (CUDA's flash and memory-efficient kernels do dropout)."""
+    return device_type == "cpu" and cfg.drop_rate > 0
+
+
+def estimate_step_memory(
+    cfg: GPTConfig, seq_len: int, precision: str, device_type: str = "cpu", fused_loss: bool = True
+) -> StepMemory:
+    """Peak memory of one training step (forward, backward, AdamW) of a GPT on windows of seq_len tokens.
+
+    precision: Lightning's precision string ("32-true", "bf16-mixed", "16-mixed", ...).
+    """
+    C, L, H, V, T = cfg.emb_dim, cfg.n_layers, cfg.n_heads, cfg.padded_vocab_size, seq_len
+    P = num_params(cfg)
+    mixed = "mixed" in str(precision)
+    half = mixed or str(precision).startswith(("bf16", "16"))  # matmuls in a 2-byte dtype
+    fused = fused_loss and (
+        (device_type == "cpu" and not half) or (mixed and str(precision).startswith("bf16"))
+    )
+
+    # fp32 weights, gradients and AdamW moments; under autocast a 2-byte copy of each weight for the step
+    fixed = P * 4 * (2 + ADAMW_STATES) + (P * 2 if mixed else 0)
+    if fused:
+        from gptlit.model import head_chunk_rows
+
+        # the head's fp32 weight gradient made in forward, its sum with the tied embedding's, one chunk of logits
+        fixed += V * C * 4 * 2 + head_chunk_rows(V) * V * (4 + (2 if half else 0))
+    fixed += OVERHEAD
+
+    # bytes kept per token by one block (counted with saved_tensors_hooks): 36 C in bf16, 64 C in fp32,
+    # 2 C more for the dropout masks, and with the math-path attention its T x T probabilities,
+    # dropout mask and dropped probabilities (12 bytes each per head) plus 6 C of upcast inputs
+    block = (36 if half else 64) * C
+    if cfg.drop_rate > 0:
+        block += 2 * C
+    if math_attention(cfg, device_type):
+        block += 6 * C + 12 * H * T
+    if cfg.activation_checkpointing:  # each block's input only, and one block's activations at a time
+        blocks = L * 4 * C + block
+    else:
+        blocks = L * block
+    # embeddings and final LayerNorm (fp32 residual stream); the head and loss
+    rest = 3 * 4 * C
+    if fused:
+        rest += 4 * C  # the gradient of the head's input
+    else:
+        rest += (10 if half else 12) * V  # logits, their fp32 log-softmax kept for backward and its gradient
+    per_sample = T * (blocks + rest) * BACKWARD_FACTOR
+    return StepMemory(fixed=fixed, per_sample=per_sample)
+
+
+def _meminfo_available() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup_room() -> float | None:
+    """Room left under a cgroup v2 memory limit (containers), if one is set."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return float(limit) - float(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device_type: str = "cpu", device_index: int | None = None) -> float:
+    """Bytes a new allocation can use now: free GPU memory on CUDA; on CPU the kernel's MemAvailable
+    (within a cgroup limit, where one is set).
+
+    Read from /proc rather than through psutil, which is not a dependency and reads the same file.
+    """
+    if device_type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device_index)
+        return float(free)
+    room = [v for v in (_meminfo_available(), _cgroup_room()) if v is not None]
+    if not room:  # not Linux: free physical pages
+        room = [float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))]
+    return min(room)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def gb(x: float) -> str:
+    return f"{x / GB:.1f} GB" if x < 10 * GB else f"{x / GB:.0f} GB"
+
+
+@dataclass(frozen=True)
+class MicroBatchPlan:
+    """data.batch_size samples per optimizer step, run as `accumulate` micro-batches of micro_batch_size."""
+
+    batch_size: int
+    micro_batch_size: int
+    seq_len: int
+    memory: StepMemory
+    available: float
+    note: str = ""
+
+    @property
+    def accumulate(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+    def line(self) -> str:
+        need = self.memory.total(self.batch_size)
+        head = f"memory: batch {self.batch_size} x {self.seq_len} needs ~{gb(need)}, {gb(self.available)} available"
+        if self.accumulate == 1:
+            out = f"{head}: one batch per step"
+        else:
+            out = (f"{head}: {self.accumulate} micro-batches of {self.micro_batch_size} "
+                   f"(~{gb(self.memory.total(self.micro_batch_size))} each, same effective batch)")
+        return out + (f"; {self.note}" if self.note else "")
+
+
+def plan_micro_batches(
+    batch_size: int,
+    requested: int | str,
+    memory: StepMemory,
+    available: float,
+    seq_len: int,
+    what: str = "this model",
+    fixes: str = "",
+) -> MicroBatchPlan:
+    """The micro-batch: `requested` if an integer (the nearest divisor of batch_size below it), else
+    the largest divisor of batch_size whose step fits MARGIN of the available memory.
+
+    Raises ConfigError when not even one sample fits, naming `what` (e.g. "model=small") and `fixes`.
+    """
+    usable = available * MARGIN
+    if requested == "auto":
+        fits = [d for d in divisors(batch_size) if memory.total(d) <= usable]
+        if not fits:
+            raise ConfigError(
+                f"{what} at context {seq_len} needs ~{gb(memory.total(1))} for one sample; "
+                f"{gb(available)} available" + (f": {fixes}" if fixes else "")
+            )
+        return MicroBatchPlan(batch_size, max(fits), seq_len, memory, available)
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ConfigError(f"data.micro_batch_size={requested} must be auto or a positive integer")
+    micro, note = min(requested, batch_size), ""
+    if batch_size % micro:
+        micro = max(d for d in divisors(batch_size) if d <= micro)
+        note = f"data.micro_batch_size={requested} does not divide data.batch_size={batch_size}, using {micro}"
+    if memory.total(micro) > usable:
+        note = (note + "; " if note else "") + (
+            f"data.micro_batch_size={micro} may not fit (~{gb(memory.total(micro))}): "
+            f"data.micro_batch_size=auto picks one that does"
+        )
+    return MicroBatchPlan(batch_size, micro, seq_len, memory, available, note)
+
+
+PLAN_ENV = "GPTLIT_MICRO_BATCH"  # the launching process's choice, read by the processes DDP starts
+
+
+def device_type_for(accelerator: str) -> str:
+    import torch
+
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def plan_for_training(
+    model_cfg: GPTConfig,
+    model_name: str,
+    batch_size: int,
+    seq_len: int,
+    requested: int | str,
+    precision: str,
+    accelerator: str = "auto",
+    processes_per_machine: int = 1,
+    fused_loss: bool = True,
+    world_size: int = 1,
+) -> MicroBatchPlan:
+    """The micro-batch for a training run on this machine (see plan_micro_batches).
+
+    On CPU, processes_per_machine (DDP ranks on one host) share its RAM. Processes that DDP
+    starts reuse the launching process's choice, passed in PLAN_ENV, so every rank accumulates
+    the same number of micro-batches whatever memory it sees when it starts.
+    """
+    device = device_type_for(str(accelerator))
+    memory = estimate_step_memory(model_cfg, seq_len, precision, device, fused_loss)
+    available = available_memory(device)
+    if device == "cpu":
+        available /= max(1, processes_per_machine)
+    key = f"{batch_size}x{seq_len}:{requested}:{precision}:{sorted(model_cfg.to_dict().items())}"
+    inherited = os.environ.get(PLAN_ENV, "") if world_size > 1 else ""
+    if inherited.startswith(key + "="):
+        return MicroBatchPlan(batch_size, int(inherited.rsplit("=", 1)[1]), seq_len, memory, available,
+                              "as the launching process chose")
+
+    def fits_one(**change) -> bool:
+        cfg = GPTConfig.from_dict({**model_cfg.to_dict(), **change})
+        T = change.get("context_length", seq_len)
+        return estimate_step_memory(cfg, T, precision, device, fused_loss).total(1) <= available * MARGIN
+
+    fixes = []
+    if model_name not in ("nano", "mini"):
+        fixes.append("model=mini")
+    T = seq_len // 2
+    while T >= 32 and not fits_one(context_length=T):
+        T //= 2
+    if T >= 32:
+        fixes.append(f"data.max_length={T}")
+    if not model_cfg.activation_checkpointing and fits_one(activation_checkpointing=True):
+        fixes.append("model.activation_checkpointing=true")
+    if math_attention(model_cfg, device) and fits_one(drop_rate=0.0):
+        fixes.append("model.drop_rate=0.0")
+    fix = "use " + (", ".join(fixes[:-1]) + " or " + fixes[-1] if len(fixes) > 1 else "".join(fixes)) if fixes else (
+        "free some memory or use a machine with more"
+    )
+    plan = plan_micro_batches(batch_size, requested, memory, available, seq_len, f"model={model_name}", fix)
+    if world_size > 1:
+        os.environ[PLAN_ENV] = f"{key}={plan.micro_batch_size}"
+    return plan
