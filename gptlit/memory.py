@@ -27,20 +27,23 @@ from gptlit.config import ConfigError, GPTConfig
 
 GB = 1e9
 MARGIN = 0.9  # plan with 90% of the available memory: the estimate may be up to ~10% low
-OVERHEAD = 400e6  # bytes the process adds after the estimate besides the step: trainer, logger, allocator slack
+OVERHEAD = 100e6  # bytes the process adds after the estimate besides the step: trainer, logger, allocator slack
 BACKWARD_FACTOR = 1.25  # peak / activations saved for backward: gradients of activations live beside them
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq, fp32
 
 
 @dataclass(frozen=True)
 class StepMemory:
-    """Peak bytes of one training step: fixed + micro_batch * per_sample."""
+    """Peak bytes of one training step: fixed + micro_batch * per_sample, plus what grows with the
+    batch up to a cap (the fused loss's chunk of logits): min(micro_batch * per_sample_capped, cap)."""
 
     fixed: float
     per_sample: float
+    per_sample_capped: float = 0.0
+    cap: float = 0.0
 
-    def total(self, micro_batch: int) -> float:
-        return self.fixed + micro_batch * self.per_sample
+    def total(self, micro_batch: float) -> float:
+        return self.fixed + micro_batch * self.per_sample + min(micro_batch * self.per_sample_capped, self.cap)
 
 
 def num_params(cfg: GPTConfig) -> int:
@@ -72,13 +75,16 @@ def estimate_step_memory(
     )
 
     # fp32 weights, gradients and AdamW moments; under autocast a 2-byte copy of each weight for the step
-    fixed = P * 4 * (2 + ADAMW_STATES) + (P * 2 if mixed else 0)
+    fixed = P * 4 * (2 + ADAMW_STATES) + (P * 2 if mixed else 0) + OVERHEAD
+    capped = cap = 0.0
     if fused:
         from gptlit.model import head_chunk_rows
 
-        # the head's fp32 weight gradient made in forward, its sum with the tied embedding's, one chunk of logits
-        fixed += V * C * 4 * 2 + head_chunk_rows(V) * V * (4 + (2 if half else 0))
-    fixed += OVERHEAD
+        # the head's fp32 weight gradient made in forward and its sum with the tied embedding's; one chunk
+        # of logits: fp32, with the 2-byte matmul output or gradient beside it under autocast
+        fixed += V * C * 4 * 2
+        row = V * (4 + (2 if half else 0))
+        capped, cap = T * row, head_chunk_rows(V) * row
 
     # bytes kept per token by one block (counted with saved_tensors_hooks): 36 C in bf16, 64 C in fp32,
     # 2 C more for the dropout masks, and with the math-path attention its T x T probabilities,
@@ -99,7 +105,7 @@ def estimate_step_memory(
     else:
         rest += (10 if half else 12) * V  # logits, their fp32 log-softmax kept for backward and its gradient
     per_sample = T * (blocks + rest) * BACKWARD_FACTOR
-    return StepMemory(fixed=fixed, per_sample=per_sample)
+    return StepMemory(fixed=fixed, per_sample=per_sample, per_sample_capped=capped, cap=cap)
 
 
 def _meminfo_available() -> float | None:

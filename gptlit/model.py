@@ -120,11 +120,15 @@ def chunked_head_loss(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, vocab: 
             xs, ys = xc[s : s + step], y[s : s + step]
             z = (xs @ wc.t()).float()  # (rows, padded V) logits; no copy in fp32
             z[:, vocab:] = float("-inf")  # padding ids can never be predicted
-            lse = torch.logsumexp(z, dim=1)  # (rows,)
-            total += (lse - z.gather(1, ys[:, None]).squeeze(1)).sum()
+            zy = z.gather(1, ys[:, None]).squeeze(1)  # logits of the targets
+            # log-sum-exp in place (torch.logsumexp would allocate another chunk of logits)
+            m = z.amax(dim=1, keepdim=True)
+            e = z.sub_(m).exp_()  # exp(z - max)
+            s_ = e.sum(dim=1, keepdim=True)
+            total += (m + s_.log()).squeeze(1).sub_(zy).sum()
             if not grads:
                 continue
-            g = z.sub_((lse + math.log(N))[:, None]).exp_()  # softmax / N, in place: d loss / d logits ...
+            g = e.div_(s_ * N)  # softmax / N, in place: d loss / d logits ...
             g[torch.arange(len(ys), device=y.device), ys] -= 1.0 / N  # ... minus one-hot / N
             g = g.to(dt)
             gx[s : s + step] = g @ wc

@@ -1,0 +1,226 @@
+"""Micro-batches chosen to fit memory, the memory-saving paths (fused loss under autocast, chunked
+logits, activation checkpointing) and the nothing-fits error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gptlit.memory as memory
+import gptlit.model as model_mod
+from gptlit.config import ConfigError, GPTConfig
+from gptlit.data import MicroBatchSampler
+from gptlit.memory import StepMemory, estimate_step_memory, plan_micro_batches
+from gptlit.model import GPT, FusedHeadLoss
+
+GB = 1e9
+
+
+# the choice -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "batch, available, micro",
+    [(16, 100 * GB, 16), (16, 6 * GB, 4), (12, 6 * GB, 4), (12, 8 * GB, 6), (7, 6 * GB, 1), (16, 2.3 * GB, 1)],
+)
+def test_plan_picks_the_largest_divisor_that_fits(batch, available, micro):
+    mem = StepMemory(fixed=1 * GB, per_sample=1 * GB)  # 1 + b GB; 90% of the available is used
+    plan = plan_micro_batches(batch, "auto", mem, available, 1024)
+    assert plan.micro_batch_size == micro
+    assert plan.accumulate * plan.micro_batch_size == batch
+    if micro < batch:
+        assert f"{batch // micro} micro-batches of {micro}" in plan.line()
+        assert f"batch {batch} x 1024 needs ~{batch + 1:.0f}" in plan.line()
+    else:
+        assert plan.line().endswith("one batch per step")
+
+
+def test_plan_with_a_given_micro_batch():
+    mem = StepMemory(fixed=1 * GB, per_sample=1 * GB)
+    plan = plan_micro_batches(16, 6, mem, 100 * GB, 128)
+    assert (plan.micro_batch_size, plan.accumulate) == (4, 4)  # 6 does not divide 16: the divisor below
+    assert "data.micro_batch_size=6 does not divide data.batch_size=16, using 4" in plan.line()
+    plan = plan_micro_batches(16, 8, mem, 5 * GB, 128)  # the user's number is kept, with a warning
+    assert plan.micro_batch_size == 8 and "may not fit" in plan.line()
+    with pytest.raises(ConfigError, match="data.micro_batch_size=0 must be auto or a positive integer"):
+        plan_micro_batches(16, 0, mem, 5 * GB, 128)
+
+
+def test_nothing_fits_names_the_need_and_the_fixes():
+    mem = StepMemory(fixed=2 * GB, per_sample=4 * GB)
+    with pytest.raises(ConfigError) as e:
+        plan_micro_batches(16, "auto", mem, 4 * GB, 1024, "model=small", "use model=mini")
+    assert str(e.value) == "model=small at context 1024 needs ~6.0 GB for one sample; 4.0 GB available: use model=mini"
+
+
+def test_estimate_follows_the_model_and_the_paths():
+    small = GPTConfig.from_name("small")
+    drop = estimate_step_memory(small, 1024, "bf16-mixed", "cpu")
+    nodrop = estimate_step_memory(GPTConfig.from_name("small", drop_rate=0.0), 1024, "bf16-mixed", "cpu")
+    ckpt = estimate_step_memory(GPTConfig.from_name("small", activation_checkpointing=True), 1024, "bf16-mixed", "cpu")
+    gpu = estimate_step_memory(small, 1024, "bf16-mixed", "cuda")
+    plain = estimate_step_memory(small, 1024, "bf16-mixed", "cpu", fused_loss=False)
+    # the CPU math path's T x T probabilities (12 bytes x 12 heads x 1024^2 x 12 layers) are most of a sample
+    assert drop.per_sample - nodrop.per_sample > 12 * 12 * 1024**2 * 12
+    assert gpu.per_sample < drop.per_sample / 3  # CUDA kernels apply dropout without the T x T matrix
+    assert ckpt.per_sample < drop.per_sample / 5
+    assert plain.per_sample - drop.per_sample > 1024 * 10 * 50304  # the full logits per token
+    # weights, gradients, AdamW moments (16 bytes a parameter) are in the fixed part
+    assert drop.fixed > 16 * memory.num_params(small)
+
+
+def test_num_params_counts_what_is_allocated():
+    for name in ("nano", "mini"):
+        for tie in (True, False):
+            cfg = GPTConfig.from_name(name, tie_embeddings=tie)
+            assert memory.num_params(cfg) == sum(p.numel() for p in GPT(cfg).parameters())
+
+
+def test_micro_batch_sampler_yields_the_same_samples_in_the_same_order():
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    data = range(50)
+    for drop in (True, False):
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        whole = list(BatchSampler(RandomSampler(data, generator=g1), 8, drop))
+        micro = list(MicroBatchSampler(RandomSampler(data, generator=g2), 8, drop, 2))
+        assert [i for b in micro for i in b] == [i for b in whole for i in b]
+        assert all(len(b) <= 2 for b in micro)
+        assert len(micro) == len(list(MicroBatchSampler(RandomSampler(data), 8, drop, 2)))
+    assert len(MicroBatchSampler(RandomSampler(data), 8, True, 2)) == 6 * 4  # the 2 left over are dropped
+
+
+# the fused loss under autocast, and in chunks ---------------------------------------------------
+def _loss_and_grads(model, x, y, fused: bool, autocast: bool):
+    model.fused_loss = fused
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(x, y)
+    loss.backward()
+    return loss.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_fused_loss_under_bf16_autocast_matches_the_plain_path(tie, monkeypatch):
+    monkeypatch.setattr(model_mod, "HEAD_CHUNK_BYTES", 64 * 4 * 50304)  # 64-row chunks: 3 of them here
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("nano", tie_embeddings=tie))
+    x, y = torch.randint(0, 50257, (3, 50)), torch.randint(0, 50257, (3, 50))
+    calls, orig = [], FusedHeadLoss.apply
+    monkeypatch.setattr(FusedHeadLoss, "apply", lambda *a: calls.append(1) or orig(*a))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        lf, gf = _loss_and_grads(model, x, y, fused=True, autocast=True)
+    assert calls == [1]
+    assert max(saved) < 150 * 50304  # nothing of the size of the (150, V) logits is kept for backward
+    lp, gp = _loss_and_grads(model, x, y, fused=False, autocast=True)
+    l32, g32 = _loss_and_grads(model, x, y, fused=False, autocast=False)
+    assert abs(lf - lp) < 2e-3 and abs(lf - l32) < 2e-2, (lf, lp, l32)
+    for n in gp:  # as close to fp32 as the plain bf16 path is, within bf16 rounding
+        scale = g32[n].abs().max().item() + 1e-12
+        assert (gf[n] - g32[n]).abs().max().item() <= 2 * (gp[n] - g32[n]).abs().max().item() + 0.02 * scale, n
+    head = gf["tok_emb.weight" if tie else "head.weight"]
+    assert head[50257:].abs().sum() == 0  # padding rows get no gradient
+
+
+def test_chunked_fp32_loss_and_eval_loss_equal_the_plain_path(monkeypatch):
+    monkeypatch.setattr(model_mod, "HEAD_CHUNK_BYTES", 64 * 4 * 50304)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("nano"))
+    x, y = torch.randint(0, 50257, (4, 40)), torch.randint(0, 50257, (4, 40))
+    lf, gf = _loss_and_grads(model, x, y, fused=True, autocast=False)
+    lp, gp = _loss_and_grads(model, x, y, fused=False, autocast=False)
+    assert torch.allclose(lf, lp, atol=1e-5)
+    for n in gp:
+        assert torch.allclose(gf[n], gp[n], atol=1e-6, rtol=1e-4), n
+    with torch.no_grad():  # evaluation: chunked, no (B, T, V) logits, same value
+        model.fused_loss = True
+        for autocast in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                chunked = model(x, y).float()
+                model.fused_loss = False
+                plain = model(x, y).float()
+                model.fused_loss = True
+            assert torch.allclose(chunked, plain, atol=1e-5 if not autocast else 2e-3), (autocast, chunked, plain)
+
+
+# activation checkpointing ---------------------------------------------------------------------
+def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_less_kept():
+    x, y = torch.randint(0, 50257, (2, 48)), torch.randint(0, 50257, (2, 48))
+    out = {}
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig.from_name("nano", drop_rate=0.1, activation_checkpointing=ckpt)).train()
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        kept = {}  # activations kept for backward: storages other than the weights and the head's gradient
+
+        def keep(t):
+            if t.untyped_storage().data_ptr() not in weights and t.numel() < 50304 * 64:
+                kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        torch.manual_seed(1)  # the same dropout masks, also when the blocks are recomputed
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            loss = model(x, y)
+        loss.backward()
+        out[ckpt] = (loss.item(), {n: p.grad for n, p in model.named_parameters()}, sum(kept.values()))
+    assert out[True][0] == out[False][0]
+    for n, g in out[False][1].items():
+        assert torch.equal(out[True][1][n], g), n
+    assert out[True][2] < out[False][2] / 2
+    with pytest.raises(ConfigError, match="model.activation_checkpointing=yes must be true or false"):
+        GPTConfig.from_name("nano", activation_checkpointing="yes")
+
+
+# through train.py -------------------------------------------------------------------------------
+def fake_memory(monkeypatch, gb: float):
+    monkeypatch.setattr(memory, "available_memory", lambda *a, **k: gb * GB)
+
+
+def test_build_runs_the_batch_as_micro_batches(make_cfg, monkeypatch):
+    from gptlit.train import build
+
+    cfg = make_cfg("data.batch_size=8", "trainer.val_check_interval=3", "trainer.accumulate_grad_batches=2",
+                   "trainer.precision=32-true")
+    est = memory.estimate_step_memory(GPTConfig.from_name("nano"), 32, "32-true", "cpu")
+    fake_memory(monkeypatch, est.total(2.5) / memory.MARGIN / GB)  # 2 samples fit, 4 do not
+    dm, module, trainer, _ = build(cfg)
+    assert (dm.batch_size, dm.loader_batch_size) == (8, 2)
+    assert trainer.accumulate_grad_batches == 2 * 4  # the user's 2 times 4 micro-batches
+    assert trainer.val_check_interval == 3 * 4  # still every 3 batches of 8
+    loader = dm.train_dataloader()
+    assert len(loader) == len(dm.train_set) // 8 * 4
+    assert next(iter(loader))[0].shape == (2, 32)
+
+
+@pytest.mark.slow  # two trainings
+def test_same_losses_with_and_without_micro_batches(make_cfg, capsys):
+    from gptlit.callbacks import LossPlot
+    from gptlit.train import build
+
+    runs = {}
+    for micro in (8, 2):  # validation: the same 16 windows, in batches of 8 or 2
+        cfg = make_cfg("data.batch_size=8", f"data.micro_batch_size={micro}", "trainer.precision=32-true",
+                       "trainer.max_steps=3", f"trainer.limit_val_batches={16 // micro}")
+        dm, module, trainer, _ = build(cfg)
+        trainer.fit(module, datamodule=dm)
+        plot = next(c for c in trainer.callbacks if isinstance(c, LossPlot))
+        runs[micro] = (plot.train, trainer.global_step, module.tokens_seen, float(trainer.callback_metrics["val/loss"]),
+                       trainer.estimated_stepping_batches)
+    (whole, s1, t1, v1, e1), (micro, s2, t2, v2, e2) = runs[8], runs[2]
+    assert (s1, t1, e1) == (s2, t2, e2) == (3, 3 * 8 * 32, e1)
+    assert [r[:2] for r in whole] == [r[:2] for r in micro]  # one entry per optimizer step
+    assert [r[2] for r in micro] == pytest.approx([r[2] for r in whole], abs=1e-5)
+    assert v2 == pytest.approx(v1, abs=1e-5)
+    out = capsys.readouterr().out  # callbacks.step_time: 1 step left out, 2 timed, then the line
+    assert out.count(" s per optimizer step; 0 more to max_steps=3: ~") == 2
+
+
+def test_nothing_fits_is_one_line_and_exit_2(make_cfg, monkeypatch, capsys):
+    from gptlit.train import main
+
+    fake_memory(monkeypatch, 0.05)
+    with pytest.raises(SystemExit) as e:
+        main(make_cfg())
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: model=nano at context 32 needs ~") and "0.1 GB available" in err
