@@ -10,6 +10,7 @@ data.batch_size (no micro-batches). Reported per configuration:
   measured  peak RSS (ru_maxrss) of the whole process
   ratio     (base + estimate) / measured; target: within 0.9 .. 1.2
   growth    estimate / (measured - base): the same on what the step adds alone
+  s/step    wall time of the second step (machine load makes it vary; compare rows of one run)
 
   python benchmarks/memory.py                  # nano, mini and small; 2 contexts, 2 batch sizes, dropout 0 / 0.1
   python benchmarks/memory.py --models nano mini
@@ -66,10 +67,14 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
          f"data.micro_batch_size={batch}", f"model.drop_rate={drop}", "trainer.max_steps=2", *extra]
     )
     dm, module, trainer, _ = build(cfg)
+    from gptlit.callbacks import StepTime
+
+    timer = StepTime(warmup_steps=1, measure_steps=1)  # the second step's time
+    trainer.callbacks.append(timer)
     trainer.fit(module, datamodule=dm)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
     return dict(base=seen["base"], estimate=dm.memory_plan.memory.total(batch), measured=float(peak),
-                precision=str(trainer.precision))
+                precision=str(trainer.precision), seconds=timer.per_step)
 
 
 def estimate_only(model: str, T: int, batch: int, drop: float, precision: str) -> float:
@@ -102,7 +107,7 @@ def main():
 
     precision = resolve_precision("auto", "cpu")
     rows, skipped = [], []
-    header = ["model", "T", "batch", "drop", "base GB", "estimate GB", "measured GB", "ratio", "growth"]
+    header = ["model", "T", "batch", "drop", "base GB", "estimate GB", "measured GB", "ratio", "growth", "s/step"]
     env = {**os.environ, "GPTLIT_CACHE": os.environ.get("GPTLIT_CACHE") or tempfile.mkdtemp(prefix="gptlit-mem-")}
     for model in a.models:
         contexts, batches = GRID[model]
@@ -128,7 +133,8 @@ def main():
                     ratio = (r["base"] + r["estimate"]) / r["measured"]
                     growth = r["estimate"] / max(r["measured"] - r["base"], 1)
                     rows.append([model, T, b, d, f"{r['base'] / 1e9:.2f}", f"{r['estimate'] / 1e9:.2f}",
-                                 f"{r['measured'] / 1e9:.2f}", f"{ratio:.2f}", f"{growth:.2f}"])
+                                 f"{r['measured'] / 1e9:.2f}", f"{ratio:.2f}", f"{growth:.2f}",
+                                 f"{r.get('seconds') or float('nan'):.1f}"])
                     print(table(rows[-1:], header).splitlines()[-1], flush=True)
     print(f"\nmachine: {machine()}, precision {precision}, extra overrides: {' '.join(a.extra) or 'none'}")
     print(table(rows, header))

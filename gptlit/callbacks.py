@@ -95,7 +95,7 @@ class StepTime(L.Callback):
     `measure_steps` are timed from batch start to batch end, so validation and samples do not count.
     """
 
-    def __init__(self, warmup_steps: int = 1, measure_steps: int = 2):
+    def __init__(self, warmup_steps: int = 1, measure_steps: int = 1):
         if warmup_steps < 0 or measure_steps < 1:
             raise ConfigError(
                 f"callbacks.step_time: warmup_steps={warmup_steps} must be >= 0 and measure_steps={measure_steps} >= 1"

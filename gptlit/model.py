@@ -117,26 +117,33 @@ def chunked_head_loss(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, vocab: 
         gw = torch.zeros(w.shape, device=w.device, dtype=torch.float32) if grads else None
         step = head_chunk_rows(w.size(0))
         for s in range(0, N, step):
-            xs, ys = xc[s : s + step], y[s : s + step]
-            z = (xs @ wc.t()).float()  # (rows, padded V) logits; no copy in fp32
-            z[:, vocab:] = float("-inf")  # padding ids can never be predicted
-            zy = z.gather(1, ys[:, None]).squeeze(1)  # logits of the targets
-            # log-sum-exp in place (torch.logsumexp would allocate another chunk of logits)
-            m = z.amax(dim=1, keepdim=True)
-            e = z.sub_(m).exp_()  # exp(z - max)
-            s_ = e.sum(dim=1, keepdim=True)
-            total += (m + s_.log()).squeeze(1).sub_(zy).sum()
-            if not grads:
-                continue
-            g = e.div_(s_ * N)  # softmax / N, in place: d loss / d logits ...
-            g[torch.arange(len(ys), device=y.device), ys] -= 1.0 / N  # ... minus one-hot / N
-            g = g.to(dt)
-            gx[s : s + step] = g @ wc
-            if dt == torch.float32:
-                gw.addmm_(g.t(), xs)  # (padded V, C), accumulated in place
-            else:
-                gw += g.t() @ xs  # bf16 product (as the plain path's), summed in fp32
+            total += _head_chunk(xc[s : s + step], wc, y[s : s + step], vocab, N, gx[s : s + step] if grads else None, gw)
     return total / N, gx, gw
+
+
+def _head_chunk(xs, wc, ys, vocab: int, N: int, gx, gw) -> torch.Tensor:
+    """Summed cross-entropy of one chunk of rows; with gx, gw given, writes d loss / d xs into gx and adds
+    d loss / d w into gw. A function of its own so that the chunk's logits are freed before the next."""
+    z = (xs @ wc.t()).float()  # (rows, padded V) logits; no copy in fp32
+    z[:, vocab:] = float("-inf")  # padding ids can never be predicted
+    zy = z.gather(1, ys[:, None]).squeeze(1)  # logits of the targets
+    # log-sum-exp in place (torch.logsumexp would allocate another chunk of logits)
+    m = z.amax(dim=1, keepdim=True)
+    e = z.sub_(m).exp_()  # exp(z - max)
+    s = e.sum(dim=1, keepdim=True)
+    loss = (m + s.log()).squeeze(1).sub_(zy).sum()
+    if gx is None:
+        return loss
+    g = e.div_(s * N)  # softmax / N, in place: d loss / d logits ...
+    g[torch.arange(len(ys), device=ys.device), ys] -= 1.0 / N  # ... minus one-hot / N
+    del z, e
+    g = g.to(wc.dtype)  # frees the fp32 chunk when it is a copy
+    gx.copy_(g @ wc)
+    if g.dtype == torch.float32:
+        gw.addmm_(g.t(), xs)  # (padded V, C), accumulated in place
+    else:
+        gw += g.t() @ xs  # a 2-byte product (as the plain path's), summed in fp32
+    return loss
 
 
 class FusedHeadLoss(torch.autograd.Function):

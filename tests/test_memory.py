@@ -210,8 +210,8 @@ def test_same_losses_with_and_without_micro_batches(make_cfg, capsys):
     assert [r[:2] for r in whole] == [r[:2] for r in micro]  # one entry per optimizer step
     assert [r[2] for r in micro] == pytest.approx([r[2] for r in whole], abs=1e-5)
     assert v2 == pytest.approx(v1, abs=1e-5)
-    out = capsys.readouterr().out  # callbacks.step_time: 1 step left out, 2 timed, then the line
-    assert out.count(" s per optimizer step; 0 more to max_steps=3: ~") == 2
+    out = capsys.readouterr().out  # callbacks.step_time: 1 step left out, 1 timed, then the line
+    assert out.count(" s per optimizer step; 1 more to max_steps=3: ~") == 2
 
 
 def test_nothing_fits_is_one_line_and_exit_2(make_cfg, monkeypatch, capsys):
