@@ -15,6 +15,7 @@ data.batch_size (no micro-batches). Reported per configuration:
   python benchmarks/memory.py                  # nano, mini and small; 2 contexts, 2 batch sizes, dropout 0 / 0.1
   python benchmarks/memory.py --models nano mini
   python benchmarks/memory.py --max-gb 8       # skip configurations estimated above 8 GB (shared machines)
+  python benchmarks/memory.py --models small --contexts 1024 --extra model.activation_checkpointing=true
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def mem_available() -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(GRID), choices=list(GRID))
+    p.add_argument("--contexts", nargs="+", type=int, help="only these contexts (default: two per model)")
+    p.add_argument("--drops", nargs="+", type=float, default=[0.0, 0.1], help="model.drop_rate values (default 0 0.1)")
     p.add_argument("--max-gb", type=float, default=8.0, help="skip configurations estimated above this (default 8)")
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. model.activation_checkpointing=true")
     p.add_argument("--one", nargs=4, metavar=("MODEL", "T", "BATCH", "DROP"), help=argparse.SUPPRESS)
@@ -111,9 +114,9 @@ def main():
     env = {**os.environ, "GPTLIT_CACHE": os.environ.get("GPTLIT_CACHE") or tempfile.mkdtemp(prefix="gptlit-mem-")}
     for model in a.models:
         contexts, batches = GRID[model]
-        for T in contexts:
+        for T in a.contexts or contexts:
             for b in batches:
-                for d in (0.0, 0.1):
+                for d in a.drops:
                     name = f"{model} T={T} batch={b} drop={d}"
                     est = estimate_only(model, T, b, d, precision) + 0.7e9  # + about the base RSS
                     avail = mem_available()

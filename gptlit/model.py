@@ -85,12 +85,12 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+HEAD_CHUNK_BYTES = 1 << 27  # fp32 logits made at a time by the fused loss (128 MB: 640 rows of GPT-2's vocabulary)
+
+
 def head_chunk_rows(padded_vocab: int) -> int:
-    """Rows of logits made at a time by the fused loss: about 128 MB of fp32 logits per chunk."""
+    """Rows of logits made at a time by the fused loss, a multiple of 64."""
     return max(64, (HEAD_CHUNK_BYTES // (4 * padded_vocab)) // 64 * 64)
-
-
-HEAD_CHUNK_BYTES = 1 << 27
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

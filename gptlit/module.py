@@ -114,7 +114,8 @@ class GPTLitModule(L.LightningModule):
             self._t_last, self._window = now, 0
             return
         self._window += batch[1].numel() * self.trainer.world_size
-        if self._log_extras:
+        stepped = self.global_step > self._step_losses[0]  # the last micro-batch of an optimizer step
+        if self._log_extras and stepped:
             tps = self._window / max(now - self._t_last, 1e-9)
             self.log("train/tokens_per_sec", tps, prog_bar=True)
             if self._peak:  # model FLOPs utilization, on GPUs whose peak is known
