@@ -11,14 +11,19 @@
 import hydra
 from omegaconf import DictConfig
 
+from gptlit.config_store import register_configs
+
+register_configs()  # the model, optim and sampling groups' values live in Python dataclasses
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig):
-    from gptlit.train import main as run
+    from gptlit.build import main as run
 
     metrics = run(cfg)
     return (metrics or {}).get("val/loss")  # the value a sweeper optimizes
 
 
 if __name__ == "__main__":
+    register_configs()  # the model, optim and sampling groups' values (Python dataclasses)
     main()

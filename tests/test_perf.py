@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptlit.build import build, run
 from gptlit.config import GPTConfig
+from gptlit.flops import (PEAK_TFLOPS, flops_per_token, math_type, matmul_params, mfu, model_flops_per_token,
+                          peak_flops)
+from gptlit.lit_module import GPTLitModule
 from gptlit.model import GPT
-from gptlit.module import GPTLitModule
-from gptlit.perf import (PEAK_TFLOPS, flops_per_token, math_type, matmul_params, mfu, model_flops_per_token,
-                         peak_flops)
-from gptlit.train import build, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_scale_out_configs(make_cfg):
     from lightning.pytorch.strategies import FSDPStrategy
 
     from gptlit.model import Block
-    from gptlit.train import make
+    from gptlit.build import make
 
     ddp = make_cfg("trainer=ddp", tiny=False).trainer
     assert ddp.strategy == "ddp" and ddp.devices == "auto" and ddp.num_nodes == 1
