@@ -101,7 +101,7 @@ def val_interval(tcfg: dict, batches_per_epoch: int):
 
 
 def build(cfg: DictConfig):
-    """Validate the config and build (datamodule, module, trainer). Raises UserError before any training."""
+    """Validate the config and build (datamodule, module, trainer, ckpt_path). Raises UserError before any training."""
     task = cfg.get("task", "train")
     if task not in ("train", "validate"):
         raise UserError(f"task={cfg.task} is unknown: use task=train or task=validate")
@@ -113,8 +113,7 @@ def build(cfg: DictConfig):
             f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "
             f"(it also works with fused AdamW)"
         )
-    # The model config, from the config alone or from the files it names (checkpoint, pretrained weights).
-    # (Validating a checkpoint or starting from pretrained weights takes the architecture from the files.)
+    # the model config, from the config alone or from the files it names (checkpoint, pretrained weights)
     run_model = model_for_run(cfg)
     model_cfg, ckpt_path, init_state = run_model.config, run_model.ckpt_path, run_model.init_state
     if run_model.source:  # write it back, so ${model.context_length} (data.max_length's default) follows the files
