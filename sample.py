@@ -25,6 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from gptlit.checkpoint import find_checkpoint, model_from_checkpoint
 from gptlit.config import ConfigError
 from gptlit.generate import SamplingConfig, generate_text
+from gptlit.launch_env import register_resolvers
+
+register_resolvers()  # conf/hydra/job_logging/gptlit.yaml (train.log from rank 0 only) uses one
 
 
 def user_path(path: str) -> Path:

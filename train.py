@@ -11,6 +11,10 @@
 import hydra
 from omegaconf import DictConfig
 
+from gptlit.launch_env import register_resolvers
+
+register_resolvers()  # ${gptlit.run_dir:...} in conf/train.yaml: known before Hydra composes
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig):

@@ -203,3 +203,11 @@ def main(cfg: DictConfig) -> dict | None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # another node gone: one line that says how to resume, not a traceback
+        from gptlit.launch_env import lost_peer_message
+
+        msg = lost_peer_message(e, cfg.paths.output_dir)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(1)
