@@ -56,6 +56,13 @@ def _int(name: str, default: int = 0) -> int:
         return default
 
 
+def _srun_started_this() -> bool:
+    """Lightning's rule: srun started this process, not an interactive shell (job name bash/interactive)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect()
+
+
 def detect() -> LaunchEnv:
     """Read the launcher's variables: torchrun's (RANK, GROUP_RANK, ...), srun's (SLURM_PROCID, ...),
     or the LOCAL_RANK/NODE_RANK that Lightning gives the processes it starts itself."""
@@ -67,9 +74,7 @@ def detect() -> LaunchEnv:
             "torchrun", _int("RANK"), _int("LOCAL_RANK"), _int("GROUP_RANK"),
             _int("WORLD_SIZE", 1), _int("GROUP_WORLD_SIZE", 1), job,
         )
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    if SLURMEnvironment.detect():  # srun started this process (not an interactive shell)
+    if "SLURM_NTASKS" in env and _srun_started_this():
         job = env.get("SLURM_JOB_ID")
         step = env.get("SLURM_STEP_ID")
         if job and step not in (None, "", "0"):
@@ -99,8 +104,8 @@ def prepares_data(per_node: bool) -> bool:
 
 
 def _fail(msg: str):
-    # Raised while Hydra composes, before gptlit's own error handling exists: print the one line
-    # here and exit 2 (SystemExit passes through Hydra's error reporting).
+    # Called while Hydra resolves hydra.run.dir, before gptlit's own error handling runs: print the
+    # one line here and exit 2 (SystemExit passes through Hydra's error reporting; nothing is written yet).
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
