@@ -98,36 +98,43 @@ def test_two_nodes_share_one_run_directory(tmp_path, corpus):
     assert r.returncode == 0 and "Every effort moves you" in r.stdout, r.stderr[-2000:]
 
 
-@pytest.mark.slow
-def test_hung_node_stops_the_other_within_the_timeout_and_the_rerun_resumes(tmp_path, corpus):
-    timeout, steps = 20, 8
+def stop_node_one(tmp_path, corpus, how: str, timeout: int, steps: int):
+    """Two nodes (c10d rendezvous, id t14); rank 1 gets `how` (SIGSTOP/SIGKILL) after 3 steps.
+    Returns node 0's exit code, seconds from the stop to node 0's exit, node 0's stderr, the launch."""
     rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "t14"]
     args = [*ARGS, "data=text", f"data.path={corpus}", f"trainer.max_steps={steps}", f"dist_timeout_s={timeout}"]
-    # rank 1 freezes (SIGSTOP) after 3 steps: its sockets stay open, as a hung or unplugged machine's
     stop = ["+callbacks.stop._target_=ddp_probe.StopRank", f"+callbacks.stop.dirpath={tmp_path}",
-            "+callbacks.stop.at_step=3"]
+            "+callbacks.stop.at_step=3", f"+callbacks.stop.signal={how}"]
     nodes = [tmp_path / f"node{i}" for i in range(2)]
     procs = [launch(i, rendezvous, [*args, *stop], node) for i, node in enumerate(nodes)]
+    stopped = tmp_path / "stopped_rank1.json"
     try:
         rc0 = procs[0].wait(timeout=300)
         exited = time.time()
     finally:
-        stopped = tmp_path / "stopped_rank1.json"
-        if stopped.is_file():
+        if stopped.is_file() and how == "SIGSTOP":
             os.kill(json.loads(stopped.read_text())["pid"], signal.SIGKILL)  # torchrun gives it its own session
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-    froze = json.loads(stopped.read_text())["time"]
-    err = (nodes[0] / "stderr.txt").read_text()
+            p.wait()
+    waited = exited - json.loads(stopped.read_text())["time"]
+    print(f"rank 1 got {how}; node 0 exited {waited:.1f} s later with code {rc0} (dist_timeout_s={timeout})")
+    return rc0, waited, (nodes[0] / "stderr.txt").read_text(), rendezvous, args
+
+
+@pytest.mark.slow
+def test_hung_node_stops_the_other_within_the_timeout_and_the_rerun_resumes(tmp_path, corpus):
+    timeout, steps = 20, 8
+    # rank 1 freezes (SIGSTOP): its sockets stay open, as a hung or unplugged machine's
+    rc0, waited, err, rendezvous, args = stop_node_one(tmp_path, corpus, "SIGSTOP", timeout, steps)
     assert rc0 != 0
     # node 0 waited the configured timeout for the frozen rank, then stopped (60 s margin: 2 loaded cores)
-    assert timeout - 1 <= exited - froze <= timeout + 60, (exited - froze, err[-3000:])
-    run = nodes[0] / "outputs" / "torchrun-t14"  # named after the rendezvous id
+    assert timeout - 1 <= waited <= timeout + 60, (waited, err[-3000:])
+    run = tmp_path / "node0" / "outputs" / "torchrun-t14"  # named after the rendezvous id
     last = run / "checkpoints" / "last.ckpt"
     assert f"error: rank 0 of 2: lost contact with another process of the run (Timed out waiting {timeout * 1000}ms" in err
-    assert f"ckpt_path={run}/checkpoints/last.ckpt" in err and "Error executing job" not in err  # ours, not Hydra's
+    assert f"ckpt_path={last}" in err and "Error executing job" not in err  # our one line, not Hydra's report
     saved_step = torch.load(last, weights_only=True)["global_step"]
     assert saved_step in (2, 3)  # the validation at step 2, or rank 0's state when the step failed
 
@@ -140,3 +147,11 @@ def test_hung_node_stops_the_other_within_the_timeout_and_the_rerun_resumes(tmp_
     assert p0["first_step"] == p1["first_step"] == saved_step
     assert p0["steps"] == p1["steps"] == steps and p0["weights"] == p1["weights"]
     assert torch.load(last, weights_only=True)["global_step"] == steps
+
+
+@pytest.mark.slow
+def test_killed_node_stops_the_other_at_once(tmp_path, corpus):
+    # rank 1's process dies (SIGKILL): its connections close, node 0 need not wait for the timeout
+    rc0, waited, err, _, _ = stop_node_one(tmp_path, corpus, "SIGKILL", timeout=300, steps=8)
+    assert rc0 != 0 and waited < 60, (waited, err[-3000:])
+    assert "error: rank 0 of 2: lost contact with another process of the run" in err, err[-3000:]
