@@ -26,6 +26,9 @@ from gptlit.checkpoints import find_checkpoint, model_from_checkpoint, user_path
 from gptlit.config_store import register_configs
 from gptlit.errors import UserError, exit_on_user_error
 from gptlit.generate import SamplingConfig, generate_text
+from gptlit.launch_env import register_resolvers
+
+register_resolvers()  # conf/hydra/job_logging/gptlit.yaml (train.log from rank 0 only) uses one
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:

@@ -12,8 +12,10 @@ import hydra
 from omegaconf import DictConfig
 
 from gptlit.config_store import register_configs
+from gptlit.launch_env import register_resolvers
 
 register_configs()  # the model, optim and sampling groups' values live in Python dataclasses
+register_resolvers()  # ${gptlit.run_dir:...} in conf/train.yaml: known before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -25,5 +27,4 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    register_configs()  # the model, optim and sampling groups' values (Python dataclasses)
     main()

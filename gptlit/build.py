@@ -6,6 +6,7 @@ so a bad one ends as a one-line UserError. train.py is the command-line front.
 
 from __future__ import annotations
 
+import sys
 
 import lightning as L
 import torch
@@ -192,4 +193,15 @@ def _quiet_logs():
 def main(cfg: DictConfig) -> dict | None:
     """Entry point used by train.py: a bad value ends with one line on stderr and exit code 2."""
     _quiet_logs()
-    return run(cfg)
+    try:
+        return run(cfg)
+    except UserError:
+        raise
+    except Exception as e:  # another node gone: one line that says how to resume, not a traceback
+        from gptlit.launch_env import lost_peer_message
+
+        msg = lost_peer_message(e, cfg.paths.output_dir)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(1)

@@ -113,13 +113,13 @@ def test_accumulate_grad_batches_counts_steps_and_tokens(make_cfg, corpus, tmp_p
 
 
 def test_scale_out_configs(make_cfg):
-    from lightning.pytorch.strategies import FSDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
     from gptlit.model import Block
     from gptlit.build import make
 
     ddp = make_cfg("trainer=ddp", tiny=False).trainer
-    assert ddp.strategy == "ddp" and ddp.devices == "auto" and ddp.num_nodes == 1
+    assert isinstance(make(ddp.strategy), DDPStrategy) and ddp.devices == "auto" and ddp.num_nodes == 1
     fsdp = make_cfg("trainer=fsdp", "trainer.strategy.activation_checkpointing=true", tiny=False).trainer
     s = make(fsdp.strategy)
     assert isinstance(s, FSDPStrategy)
