@@ -53,7 +53,7 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
     from common import QUIET, compose
 
     import gptlit.memory as memory
-    from gptlit.train import build
+    from gptlit.build import build
 
     seen = {}
     real = memory.available_memory
@@ -106,7 +106,7 @@ def main():
         print("RESULT " + json.dumps(measure_one(m, int(T), int(b), float(d), a.extra)), flush=True)
         return
 
-    from gptlit.train import resolve_precision
+    from gptlit.build import resolve_precision
 
     precision = resolve_precision("auto", "cpu")
     rows, skipped = [], []

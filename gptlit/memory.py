@@ -23,7 +23,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptlit.config import ConfigError, GPTConfig
+from gptlit.config import GPTConfig
+from gptlit.errors import UserError
 
 GB = 1e9
 MARGIN = 0.9  # plan with 90% of the available memory: the estimate may be up to ~10% low
@@ -192,19 +193,19 @@ def plan_micro_batches(
     """The micro-batch: `requested` if an integer (the nearest divisor of batch_size below it), else
     the largest divisor of batch_size whose step fits MARGIN of the available memory.
 
-    Raises ConfigError when not even one sample fits, naming `what` (e.g. "model=small") and `fixes`.
+    Raises UserError when not even one sample fits, naming `what` (e.g. "model=small") and `fixes`.
     """
     usable = available * MARGIN
     if requested == "auto":
         fits = [d for d in divisors(batch_size) if memory.total(d) <= usable]
         if not fits:
-            raise ConfigError(
+            raise UserError(
                 f"{what} at context {seq_len} needs ~{gb(memory.total(1))} for one sample; "
                 f"{gb(available)} available" + (f": {fixes}" if fixes else "")
             )
         return MicroBatchPlan(batch_size, max(fits), seq_len, memory, available)
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-        raise ConfigError(f"data.micro_batch_size={requested} must be auto or a positive integer")
+        raise UserError(f"data.micro_batch_size={requested} must be auto or a positive integer")
     micro, note = min(requested, batch_size), ""
     if batch_size % micro:
         micro = max(d for d in divisors(batch_size) if d <= micro)

@@ -8,7 +8,8 @@ import torch
 
 import gptlit.memory as memory
 import gptlit.model as model_mod
-from gptlit.config import ConfigError, GPTConfig
+from gptlit.config import GPTConfig
+from gptlit.errors import UserError
 from gptlit.data import MicroBatchSampler
 from gptlit.memory import StepMemory, estimate_step_memory, plan_micro_batches
 from gptlit.model import GPT, FusedHeadLoss
@@ -40,13 +41,13 @@ def test_plan_with_a_given_micro_batch():
     assert "data.micro_batch_size=6 does not divide data.batch_size=16, using 4" in plan.line()
     plan = plan_micro_batches(16, 8, mem, 5 * GB, 128)  # the user's number is kept, with a warning
     assert plan.micro_batch_size == 8 and "may not fit" in plan.line()
-    with pytest.raises(ConfigError, match="data.micro_batch_size=0 must be auto or a positive integer"):
+    with pytest.raises(UserError, match="data.micro_batch_size=0 must be auto or a positive integer"):
         plan_micro_batches(16, 0, mem, 5 * GB, 128)
 
 
 def test_nothing_fits_names_the_need_and_the_fixes():
     mem = StepMemory(fixed=2 * GB, per_sample=4 * GB)
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(UserError) as e:
         plan_micro_batches(16, "auto", mem, 4 * GB, 1024, "model=small", "use model=mini")
     assert str(e.value) == "model=small at context 1024 needs ~6.0 GB for one sample; 4.0 GB available: use model=mini"
 
@@ -166,7 +167,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_less_ke
     for n, g in out[False][1].items():
         assert torch.equal(out[True][1][n], g), n
     assert out[True][2] < out[False][2] / 2
-    with pytest.raises(ConfigError, match="model.activation_checkpointing=yes must be true or false"):
+    with pytest.raises(UserError, match="model.activation_checkpointing=yes must be true or false"):
         GPTConfig.from_name("nano", activation_checkpointing="yes")
 
 
@@ -176,7 +177,7 @@ def fake_memory(monkeypatch, gb: float):
 
 
 def test_build_runs_the_batch_as_micro_batches(make_cfg, monkeypatch):
-    from gptlit.train import build
+    from gptlit.build import build
 
     cfg = make_cfg("data.batch_size=8", "trainer.val_check_interval=3", "trainer.accumulate_grad_batches=2",
                    "trainer.precision=32-true")
@@ -194,7 +195,7 @@ def test_build_runs_the_batch_as_micro_batches(make_cfg, monkeypatch):
 @pytest.mark.slow  # two trainings
 def test_same_losses_with_and_without_micro_batches(make_cfg, capsys):
     from gptlit.callbacks import LossPlot
-    from gptlit.train import build
+    from gptlit.build import build
 
     runs = {}
     for micro in (8, 2):  # validation: the same 16 windows, in batches of 8 or 2
@@ -215,7 +216,7 @@ def test_same_losses_with_and_without_micro_batches(make_cfg, capsys):
 
 
 def test_nothing_fits_is_one_line_and_exit_2(make_cfg, monkeypatch, capsys):
-    from gptlit.train import main
+    from gptlit.build import main
 
     fake_memory(monkeypatch, 0.05)
     with pytest.raises(SystemExit) as e:
