@@ -70,7 +70,7 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
     dm, module, trainer, _ = build(cfg)
     from gptlit.callbacks import StepTime
 
-    timer = StepTime(warmup_steps=1, measure_steps=1)  # the second step's time
+    timer = StepTime(skip_steps=1, timed_steps=1)  # the second step's time
     trainer.callbacks.append(timer)
     trainer.fit(module, datamodule=dm)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux

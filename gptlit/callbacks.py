@@ -87,16 +87,16 @@ class LastCheckpoint(ModelCheckpoint):
 class StepTime(L.Callback):
     """After the first optimizer steps, print the measured time per step and the estimated time to the end.
 
-    The first `warmup_steps` steps (one-time allocations, kernel choices) are left out; the next
-    `measure_steps` are timed from batch start to batch end, so validation and samples do not count.
+    The first `skip_steps` steps (one-time allocations, kernel choices) are left out; the next
+    `timed_steps` are timed from batch start to batch end, so validation and samples do not count.
     """
 
-    def __init__(self, warmup_steps: int = 1, measure_steps: int = 1):
-        if warmup_steps < 0 or measure_steps < 1:
+    def __init__(self, skip_steps: int = 1, timed_steps: int = 1):
+        if skip_steps < 0 or timed_steps < 1:
             raise UserError(
-                f"callbacks.step_time: warmup_steps={warmup_steps} must be >= 0 and measure_steps={measure_steps} >= 1"
+                f"callbacks.step_time: skip_steps={skip_steps} must be >= 0 and timed_steps={timed_steps} >= 1"
             )
-        self.warmup_steps, self.measure_steps = warmup_steps, measure_steps
+        self.skip_steps, self.timed_steps = skip_steps, timed_steps
         self.seconds = 0.0  # measured time of the timed steps so far
         self.per_step: float | None = None
         self._start = self._t = None
@@ -110,11 +110,11 @@ class StepTime(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.per_step is not None or self._t is None:
             return
-        if self._step - self._start >= self.warmup_steps:  # this (micro-)batch belongs to a timed step
+        if self._step - self._start >= self.skip_steps:  # this (micro-)batch belongs to a timed step
             self.seconds += time.perf_counter() - self._t
-        if trainer.global_step - self._start < self.warmup_steps + self.measure_steps:
+        if trainer.global_step - self._start < self.skip_steps + self.timed_steps:
             return
-        self.per_step = self.seconds / self.measure_steps
+        self.per_step = self.seconds / self.timed_steps
         left = max(0, int(trainer.estimated_stepping_batches) - trainer.global_step)
         limit = f"max_steps={trainer.max_steps}" if (trainer.max_steps or -1) > 0 else f"max_epochs={trainer.max_epochs}"
         msg = (f"time: {self.per_step:.2f} s per optimizer step; {left} more to {limit}: "

@@ -25,6 +25,7 @@ NODES = config_nodes()
 # Literal defaults that share a name with a config key but mean something else (checked by hand).
 OTHER_MEANING = {
     ("hf.py", "load_pretrained", "drop_rate"),  # pretrained weights loaded for inference: dropout off
+    ("strategies.py", "fsdp_strategy", "activation_checkpointing"),  # FSDP's own wrapper (trainer.strategy.*), not the model's
 }
 
 
