@@ -93,19 +93,21 @@ def estimate_step_memory(
     block = (36 if half else 64) * C
     if cfg.drop_rate > 0:
         block += 2 * C
+    scores = 0  # T x T attention bytes per token of one block, kept for backward
     if math_attention(cfg, device_type):
-        block += 6 * C + 12 * H * T
-    if cfg.activation_checkpointing:  # each block's input only, and one block's activations at a time
-        blocks = L * 4 * C + block
-    else:
-        blocks = L * block
+        block += 6 * C
+        scores = 12 * H * T
+    kept = L if not cfg.activation_checkpointing else 1  # checkpointing: one block's activations at a time ...
+    blocks = kept * block + (L * 4 * C if cfg.activation_checkpointing else 0)  # ... and each block's input
     # embeddings and final LayerNorm (fp32 residual stream); the head and loss
     rest = 3 * 4 * C
     if fused:
         rest += 4 * C  # the gradient of the head's input
     else:
         rest += (10 if half else 12) * V  # logits, their fp32 log-softmax kept for backward and its gradient
-    per_sample = T * (blocks + rest) * BACKWARD_FACTOR
+    # backward's gradients of activations live beside the kept ones: BACKWARD_FACTOR on the per-token
+    # tensors; the T x T probabilities are taken as they are, plus the gradients of one block's (8 bytes)
+    per_sample = T * (blocks + rest) * BACKWARD_FACTOR + T * (kept * scores + (8 * H * T if scores else 0))
     return StepMemory(fixed=fixed, per_sample=per_sample, per_sample_capped=capped, cap=cap)
 
 
