@@ -78,11 +78,14 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
                 precision=str(trainer.precision), seconds=timer.per_step)
 
 
-def estimate_only(model: str, T: int, batch: int, drop: float, precision: str) -> float:
+def estimate_only(model: str, T: int, batch: int, drop: float, precision: str, extra: list[str]) -> float:
+    import yaml
+
     from gptlit.config import GPTConfig
     from gptlit.memory import estimate_step_memory
 
-    cfg = GPTConfig.from_name(model, drop_rate=drop)
+    fields = {k[len("model."):]: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in extra) if k.startswith("model.")}
+    cfg = GPTConfig.from_name(model, **{**fields, "drop_rate": drop})
     return estimate_step_memory(cfg, T, precision, "cpu").total(batch)
 
 
@@ -118,7 +121,7 @@ def main():
             for b in batches:
                 for d in a.drops:
                     name = f"{model} T={T} batch={b} drop={d}"
-                    est = estimate_only(model, T, b, d, precision) + 0.7e9  # + about the base RSS
+                    est = estimate_only(model, T, b, d, precision, a.extra) + 0.7e9  # + about the base RSS
                     avail = mem_available()
                     if est > a.max_gb * 1e9 or est > 0.8 * avail:
                         skipped.append(f"{name}: estimated {est / 1e9:.1f} GB > --max-gb {a.max_gb:g} "
