@@ -110,8 +110,8 @@ def val_interval(tcfg: dict, batches_per_epoch: int):
 def build(cfg: DictConfig):
     """Validate the config and build (datamodule, module, trainer). Raises ConfigError before any training."""
     task = cfg.get("task", "train")
-    if task not in ("train", "validate"):
-        raise ConfigError(f"task={cfg.task} is unknown: use task=train or task=validate")
+    if task not in ("train", "validate", "prepare"):
+        raise ConfigError(f"task={cfg.task} is unknown: use task=train, task=validate or task=prepare")
     model_cfg = GPTConfig.from_dict(_plain(cfg.model))
     init_state, ckpt_path = None, None
     if task == "validate" and cfg.get("ckpt_path"):  # the model config comes from the checkpoint
@@ -163,8 +163,19 @@ def build(cfg: DictConfig):
     return dm, module, trainer, ckpt_path
 
 
+def prepare(cfg: DictConfig) -> dict:
+    """task=prepare: tokenize the corpus into the token cache (or find it there) and say where it is."""
+    dm: GPTDataModule = make(cfg.data)
+    got = dm.prepare_tokens()
+    how = "tokenized in" if got.built else "already in the cache; checked in"
+    print(f"token file: {got.path}\ntokens: {got.n_tokens:,} ({got.n_documents:,} documents)\n{how} {got.seconds:.1f} s")
+    return {}
+
+
 def run(cfg: DictConfig) -> dict:
     """Train (or validate) as the config says; returns the final metrics."""
+    if cfg.get("task", "train") == "prepare":
+        return prepare(cfg)
     dm, module, trainer, ckpt_path = build(cfg)
     if cfg.get("task", "train") == "validate":
         trainer.validate(module, datamodule=dm, ckpt_path=ckpt_path)
