@@ -137,10 +137,11 @@ def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_b
     from filelock import FileLock, Timeout
 
     t0 = time.perf_counter()
-    cache_dir = writable_dir(Path(cache_dir))
+    cache_dir = Path(cache_dir)
     bin_path, meta_path = file_paths(corpus, cache_dir)
-    meta, _ = read_meta(bin_path, meta_path)
+    meta, _ = read_meta(bin_path, meta_path)  # a complete file is used even from a read-only folder
     if meta is None:
+        writable_dir(cache_dir)
         lock = FileLock(str(bin_path) + ".lock")
         try:
             lock.acquire(timeout=0)

@@ -168,7 +168,8 @@ def prepare(cfg: DictConfig) -> dict:
     dm: GPTDataModule = make(cfg.data)
     got = dm.prepare_tokens()
     how = "tokenized in" if got.built else "already in the cache; checked in"
-    print(f"token file: {got.path}\ntokens: {got.n_tokens:,} ({got.n_documents:,} documents)\n{how} {got.seconds:.1f} s")
+    docs = f"{got.n_documents:,} document{'s' if got.n_documents != 1 else ''}"
+    print(f"token file: {got.path}\ntokens: {got.n_tokens:,} ({docs})\n{how} {got.seconds:.1f} s")
     return {}
 
 

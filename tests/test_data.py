@@ -118,6 +118,9 @@ def test_relative_path_resolves_against_cwd(tmp_path, monkeypatch, corpus):
         (dict(batch_size=-1), r"data.batch_size=-1"),
         (dict(val_fraction=1.0), r"data.val_fraction=1.0 must be between 0 and 1"),
         (dict(num_workers=-2), r"data.num_workers=-2"),
+        (dict(num_proc=0), r"data.num_proc=0 must be a positive integer or null"),
+        (dict(max_val_windows=0), r"data.max_val_windows=0 must be a positive integer or null"),
+        (dict(text_key=""), r"data.text_key= must be the JSON key of the text"),
     ],
 )
 def test_bad_values(kwargs, match):

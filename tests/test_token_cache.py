@@ -291,7 +291,7 @@ def test_prepare_task_prints_file_tokens_and_time(make_cfg, corpus, capsys):
     run(cfg)
     second = capsys.readouterr().out
     n = len(encode(corpus.read_text()))
-    assert f"tokens: {n:,} (1 documents)" in first and "tokenized in" in first
+    assert f"tokens: {n:,} (1 document)" in first and "tokenized in" in first
     assert "already in the cache" in second
     path = first.splitlines()[0].removeprefix("token file: ")
     assert np.fromfile(path, dtype="<u2").tolist() == encode(corpus.read_text())
