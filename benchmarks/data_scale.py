@@ -120,7 +120,7 @@ def training_speed(f: Path, cache: Path, steps: int, warmup: int) -> tuple[float
     from common import QUIET, compose
 
     from gptlit.data import WindowDataset
-    from gptlit.train import build
+    from gptlit.build import build
 
     B, T = 16, 64  # nano: context 64
     cfg = compose([*QUIET, "model=nano", "data=text", f"data.path={f}", f"data.cache_dir={cache}",

@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import re
+import socket
 import time
 import zlib
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Iterator
 
 import numpy as np
 
-from gptlit.config import ConfigError
+from gptlit.errors import UserError
 from gptlit.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, encode, fingerprint, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def writable_dir(d: Path) -> Path:
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"the token cache directory {d} is not writable ({e.strerror}); {fix}") from None
+        raise UserError(f"the token cache directory {d} is not writable ({e.strerror}); {fix}") from None
     return d
 
 
@@ -213,9 +214,9 @@ def tasks(corpus: Corpus, piece_bytes: int) -> Iterator[Task]:
             with raw, stream:
                 yield from (_jsonl_tasks if is_jsonl(f) else _text_tasks)(f, stream, raw, piece_bytes)
         except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise ConfigError(f"data.path: {f} is not a complete gzip file ({e}); re-download it or decompress it") from None
+            raise UserError(f"data.path: {f} is not a complete gzip file ({e}); re-download it or decompress it") from None
         except OSError as e:
-            raise ConfigError(f"data.path: cannot read {f} ({e.strerror or e}); check the file and its permissions") from None
+            raise UserError(f"data.path: cannot read {f} ({e.strerror or e}); check the file and its permissions") from None
 
 
 def _text_tasks(f: Path, stream, raw, piece_bytes: int) -> Iterator[Task]:
@@ -230,7 +231,7 @@ def _text_tasks(f: Path, stream, raw, piece_bytes: int) -> Iterator[Task]:
         yield Task("text", data[:cut], str(f), offset, first, pos - seen)
         first, offset, carry, seen = False, offset + cut, data[cut:], pos
     if first and not carry:
-        raise ConfigError(f"data.path: {f} is empty; delete it or add text to it")
+        raise UserError(f"data.path: {f} is empty; delete it or add text to it")
     if carry:
         yield Task("text", carry, str(f), offset, first, raw.tell() - seen)
 
@@ -248,7 +249,7 @@ def _jsonl_tasks(f: Path, stream, raw, piece_bytes: int) -> Iterator[Task]:
             yield Task("jsonl", b"".join(lines), str(f), first_line, True, pos - seen)
             lines, size, seen = [], 0, pos
     if not any_doc:
-        raise ConfigError(f"data.path: {f} is empty (no JSON lines); delete it or add documents to it")
+        raise UserError(f"data.path: {f} is empty (no JSON lines); delete it or add documents to it")
     if lines:
         yield Task("jsonl", b"".join(lines), str(f), first_line, True, raw.tell() - seen)
 
@@ -260,7 +261,7 @@ def _decode(data: bytes, label: str, offset: int) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(
+        raise UserError(
             f"data.path: {label} is not UTF-8 text ({e.reason} at byte {offset + e.start}); convert it to UTF-8"
         ) from None
     # universal newlines, as Python's text mode reads files: "\r\n" and "\r" become "\n"
@@ -281,11 +282,11 @@ def tokenize_task(task: Task, text_key: str = "text") -> tuple[np.ndarray, int]:
         try:
             record = json.loads(_decode(line, f"line {n} of {task.label}", 0))
         except ValueError as e:
-            raise ConfigError(f"data.path: line {n} of {task.label} is not JSON ({e}); fix or remove that line") from None
+            raise UserError(f"data.path: line {n} of {task.label} is not JSON ({e}); fix or remove that line") from None
         text = record.get(text_key) if isinstance(record, dict) else None
         if not isinstance(text, str):
             keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
-            raise ConfigError(
+            raise UserError(
                 f"data.text_key={text_key}: line {n} of {task.label} has no text under {text_key!r} (it holds: {keys}); "
                 f"set data.text_key to the key of the text"
             )
@@ -321,11 +322,11 @@ def _ordered(corpus: Corpus, num_proc: int, piece_bytes: int) -> Iterator[tuple[
             yield (t0, *r.get())
 
 
-def _disk_error(e: OSError, path: Path) -> ConfigError:
+def _disk_error(e: OSError, path: Path) -> UserError:
     fix = "set data.cache_dir=<a folder on a disk with room> or the GPTLIT_CACHE environment variable"
     if e.errno in DISK_FULL:
-        return ConfigError(f"the disk filled while writing the token cache {path} ({e.strerror}); free space or {fix}")
-    return ConfigError(f"could not write the token cache {path} ({e.strerror or e}); {fix}")
+        return UserError(f"the disk filled while writing the token cache {path} ({e.strerror}); free space or {fix}")
+    return UserError(f"could not write the token cache {path} ({e.strerror or e}); {fix}")
 
 
 def build(corpus: Corpus, bin_path: Path, meta_path: Path, num_proc: int, piece_bytes: int = PIECE_BYTES) -> dict:
@@ -334,8 +335,8 @@ def build(corpus: Corpus, bin_path: Path, meta_path: Path, num_proc: int, piece_
 
     total = sum(f.stat().st_size for f in corpus.files) + sum(len(d) for d in corpus.documents or ())
     use = max(1, min(num_proc, total // piece_bytes + 1))
-    tmp_bin = bin_path.with_name(f"{bin_path.name}.{os.getpid()}.tmp")
-    tmp_meta = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
+    tmp_bin = bin_path.with_name(f"{bin_path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+    tmp_meta = meta_path.with_name(f"{meta_path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
     t0 = time.perf_counter()
     n_tokens = n_docs = 0
     try:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptlit.config import ConfigError
+from gptlit.errors import UserError
 from gptlit.data import GPTDataModule, WindowDataset, split_point
 from gptlit.token_cache import Corpus, TokenFile, ensure, file_paths, safe_cut
 from gptlit.tokenizer import EOT_ID, encode
@@ -258,7 +258,7 @@ def test_bad_corpus_file(tmp_path, case):
     (d / name).write_bytes(data)
     cache = tmp_path / "cache"
     dm = GPTDataModule(source="files", path=str(d), max_length=8, cache_dir=str(cache), num_proc=1)
-    with pytest.raises(ConfigError, match=match) as e:
+    with pytest.raises(UserError, match=match) as e:
         dm.setup()
     assert "\n" not in str(e.value) and str(d / name) in str(e.value)
     assert cache_files(cache) == []
@@ -269,7 +269,7 @@ def test_bad_utf8_found_by_a_pool_process(tmp_path):
     good = "plenty of good text before the bad byte.\n" * 3000
     f.write_bytes(good.encode() + b"\xff tail\n" + b"more\n" * 100)
     cache = tmp_path / "cache"
-    with pytest.raises(ConfigError, match=rf"late.txt is not UTF-8 text \(invalid start byte at byte {len(good)}\)"):
+    with pytest.raises(UserError, match=rf"late.txt is not UTF-8 text \(invalid start byte at byte {len(good)}\)"):
         ensure(Corpus("late", files=(f,)), cache, num_proc=2, piece_bytes=4096)
     assert cache_files(cache) == []
 
@@ -278,12 +278,12 @@ def test_unwritable_cache_dir(tmp_path, corpus):
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a cache dir under a file can never be created, even by root
     dm = GPTDataModule(source="files", path=str(corpus), max_length=8, cache_dir=str(blocker / "cache"))
-    with pytest.raises(ConfigError, match=rf"the token cache directory {blocker / 'cache'} is not writable \(Not a directory\); set data.cache_dir="):
+    with pytest.raises(UserError, match=rf"the token cache directory {blocker / 'cache'} is not writable \(Not a directory\); set data.cache_dir="):
         dm.setup()
 
 
 def test_prepare_task_prints_file_tokens_and_time(make_cfg, corpus, capsys):
-    from gptlit.train import run
+    from gptlit.build import run
 
     cfg = make_cfg("task=prepare", "data=text", f"data.path={corpus}")
     run(cfg)
