@@ -18,7 +18,7 @@ from gptlit.config import ConfigError, GPTConfig
 from gptlit.data import GPTDataModule, resolve_path
 from gptlit.hf import adopt_checkpoint, adopt_pretrained, load_weights
 from gptlit.module import GPTLitModule, validate_optim
-from gptlit.trackers import check_logger_packages
+from gptlit.trackers import prepare_loggers
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -147,7 +147,7 @@ def build(cfg: DictConfig):
     callbacks = instantiate_dict(cfg.get("callbacks"), "callbacks")
     if sampler.every_n_steps:
         callbacks.append(sampler)
-    check_logger_packages(cfg.get("logger"))  # logger=wandb without wandb: one line saying what to install
+    prepare_loggers(cfg.get("logger"))  # logger=wandb without wandb: one line saying what to install
     loggers = instantiate_dict(cfg.get("logger"), "logger")
 
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)

@@ -238,7 +238,9 @@ def test_wandb_offline(make_cfg, corpus, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not has_module("mlflow"),
                     reason="mlflow is not installed (pip install -e '.[trackers]')")
-def test_mlflow_local_file_store(make_cfg, corpus, tmp_path):
+def test_mlflow_local_file_store(make_cfg, corpus, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # restored after the test
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = tmp_path / "mlruns"
     cfg = make_cfg("data=text", f"data.path={corpus}", "logger=mlflow", f"logger.mlflow.save_dir={store}",
                    "trainer.max_steps=2", "trainer.val_check_interval=2")
@@ -248,7 +250,7 @@ def test_mlflow_local_file_store(make_cfg, corpus, tmp_path):
     from mlflow.tracking import MlflowClient
 
     logger = trainer.loggers[0]
-    got = MlflowClient(tracking_uri=logger._tracking_uri).get_run(logger.run_id).data
+    got = MlflowClient(tracking_uri=f"file:{store}").get_run(logger.run_id).data
     assert got.params["optim.lr"] == "0.001"
     assert got.metrics["hparams/best_val_loss"] == pytest.approx(trainer.callback_metrics["val/loss"].item())
     assert "val/loss" in got.metrics
