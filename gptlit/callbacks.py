@@ -258,7 +258,10 @@ class JobResult(L.Callback):
     def on_exception(self, trainer, pl_module, exception):
         if trainer.is_global_zero:
             self._progress(trainer, pl_module)
-            self.status = "failed: " + one_line(f"{type(exception).__name__}: {exception}")
+            if isinstance(exception, KeyboardInterrupt):  # Ctrl-C: the job did not fail, it was stopped
+                self.status = "interrupted"
+            else:
+                self.status = "failed: " + one_line(f"{type(exception).__name__}: {exception}".rstrip(": "))
             self.write()
 
     @rank_zero_only

@@ -188,8 +188,9 @@ def markdown(report: Report) -> str:
     best = report.best
     lines.append("")
     if best is not None:
-        lines.append(f"best: job {best['job']} ({label(best, report.varying)}): val/loss {best['best_val_loss']:.4f} "
-                     f"at step {best['best_step']}, {best['dir']}")
+        name = label(best, report.varying)
+        name = f"job {best['job']}" + (f" ({name})" if name != f"job {best['job']}" else "")
+        lines.append(f"best: {name}: val/loss {best['best_val_loss']:.4f} at step {best['best_step']}, {best['dir']}")
     else:
         lines.append("best: none (no job reached a finite val/loss)")
     return "\n".join(lines) + "\n"
@@ -258,7 +259,7 @@ def build_report(sweep_dir: Path, echo: bool = True) -> Report:
     if plot(report, sweep_dir / PLOT_FILE):
         report.files.append(sweep_dir / PLOT_FILE)
     if echo:
-        print(f"sweep summary ({len(rows)} jobs, sorted by best val/loss): {sweep_dir}")
+        print(f"sweep summary ({len(rows)} job{'s' if len(rows) != 1 else ''}, sorted by best val/loss): {sweep_dir}")
         print(md, end="")
         print("wrote " + ", ".join(p.name for p in report.files))
     return report

@@ -114,7 +114,7 @@ def run_job(cfg: DictConfig) -> float:
         mark_failed(out, str(e), job)
         return math.nan
     except Exception as e:
-        reason = one_line(f"{type(e).__name__}: {e}")
+        reason = one_line(f"{type(e).__name__}: {e}".rstrip(": "))
         _traceback_to_log_files(f"job {job.get('num')} failed")
         log.error(f"job {job.get('num')} failed: {reason} (traceback in {out / 'train.log'}); the sweep goes on")
         mark_failed(out, reason, job)

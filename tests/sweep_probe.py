@@ -14,11 +14,13 @@ def _matches(pl_module, lr, drop_rate) -> bool:
 class CrashAt(L.Callback):
     """Raise at optimizer step `step` in the jobs whose lr and drop_rate match (None matches any)."""
 
-    def __init__(self, step=None, lr=None, drop_rate=None):
-        self.step, self.lr, self.drop_rate = step, lr, drop_rate
+    def __init__(self, step=None, lr=None, drop_rate=None, ctrl_c=False):
+        self.step, self.lr, self.drop_rate, self.ctrl_c = step, lr, drop_rate, ctrl_c
 
     def on_train_batch_end(self, trainer, pl_module, *args):
         if self.step is not None and trainer.global_step == self.step and _matches(pl_module, self.lr, self.drop_rate):
+            if self.ctrl_c:
+                raise KeyboardInterrupt
             raise RuntimeError(f"simulated crash at step {self.step}")
 
 

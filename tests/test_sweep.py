@@ -184,6 +184,23 @@ def test_exception_is_recorded(make_cfg, corpus, tmp_path, monkeypatch):
     assert r["steps"] == 3 and [c[0] for c in r["val_curve"]] == [2]
 
 
+def test_ctrl_c_is_interrupted_not_failed(make_cfg, corpus, tmp_path, monkeypatch):
+    import signal
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=10", "trainer.val_check_interval=2",
+                   "+callbacks.crash._target_=sweep_probe.CrashAt", "+callbacks.crash.step=3",
+                   "+callbacks.crash.ctrl_c=true")
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown on Ctrl-C
+            run(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C
+    r = json.loads((tmp_path / "run" / "job_result.json").read_text())
+    assert r["status"] == "interrupted" and r["steps"] == 3 and r["best_step"] == 2
+
+
 # ---- loggers ------------------------------------------------------------------------------------
 
 def test_several_loggers_at_once(make_cfg, corpus, tmp_path):
