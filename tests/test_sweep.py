@@ -357,14 +357,18 @@ def test_config_errors_in_a_sweep(tmp_path, corpus):
 
 @pytest.mark.slow
 def test_ddp_jobs_in_a_sweep(tmp_path, corpus):
-    sweep = tmp_path / "sweep"
+    # Lightning starts rank 1 by re-running the command line: left alone, each rank 1 would run the
+    # whole sweep (-m and every value) as a sweep of its own, in a sweep directory of its own
     r = cli("-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "optim.lr=1e-3,3e-4",
-            "trainer.max_steps=4", "trainer.val_check_interval=2", *FAST, f"data.path={corpus}",
-            f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+            "trainer.max_steps=4", "trainer.val_check_interval=2", *FAST, f"data.path={corpus}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("Launching 2 jobs locally") == 1  # one sweep
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["multirun"]  # no single-run directory
+    sweeps = list((tmp_path / "outputs").glob("multirun/*/*"))
+    assert len(sweeps) == 1, sweeps
+    sweep = sweeps[0]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name.split("_")[0] for p in jobs] == ["0", "1"]  # exactly one directory per job
-    assert not (tmp_path / "outputs").exists()  # and none elsewhere
     for job in jobs:
         assert len(list(job.rglob("events.out.tfevents.*"))) == 1
         res = json.loads((job / "job_result.json").read_text())
