@@ -186,7 +186,7 @@ class JobResult(L.Callback):
         self.path = Path(dirpath) / RESULT_FILE
         job = hydra_job()
         self.job, self.overrides = job.get("num"), job.get("overrides", [])
-        self.hparams = {}  # set in setup from the composed config
+        self.hparams = {}  # what the HPARAMS tab shows: set in setup from the job's overrides
         self.curve: list[list] = []  # [step, tokens seen, val/loss]
         self.started = time.time()
         self.status = "running"
@@ -264,6 +264,12 @@ class JobResult(L.Callback):
                 self.status = "failed: " + one_line(f"{type(exception).__name__}: {exception}".rstrip(": "))
             self.write()
 
+    def state_dict(self):  # a resumed job keeps its val curve
+        return {"curve": [list(c) for c in self.curve]}
+
+    def load_state_dict(self, state):
+        self.curve = [list(c) for c in state.get("curve", [])]
+
     @rank_zero_only
     def log_hparams(self, trainer):
         """The job's overrides with its best and final val/loss, through each logger's hyperparameter API."""
@@ -273,8 +279,6 @@ class JobResult(L.Callback):
         if not metrics:
             return
         params = dict(self.hparams) or {"run": "default"}  # the HPARAMS tab needs one column at least
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(params, metrics, step=self.steps)  # the hparams summary with its metrics

@@ -159,6 +159,19 @@ def test_job_result_and_hparams(make_cfg, corpus, tmp_path):
     assert scalars["hparams/final_val_loss"] == [pytest.approx(losses[-1])]
 
 
+def test_resumed_job_keeps_its_val_curve(corpus, tmp_path):
+    from conftest import TINY, compose_cfg
+
+    common = [*TINY, "data=text", f"data.path={corpus}", "trainer.val_check_interval=2"]
+    run(compose_cfg([*common, "trainer.max_steps=4"], tmp_path / "first"))
+    first = json.loads((tmp_path / "first" / "job_result.json").read_text())
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    run(compose_cfg([*common, "trainer.max_steps=6", f"ckpt_path={last}"], tmp_path / "second"))
+    second = json.loads((tmp_path / "second" / "job_result.json").read_text())
+    assert [c[0] for c in second["val_curve"]] == [2, 4, 6]
+    assert second["val_curve"][:2] == first["val_curve"] and second["tokens"] == 6 * 4 * 32
+
+
 def test_nan_loss_is_a_failed_job(make_cfg, corpus, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "tests"))
     cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=10", "trainer.val_check_interval=2",
