@@ -9,15 +9,18 @@
   python train.py --help                            # config groups and every value
 """
 
-import os
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-# A sweep job's directory is named after its overrides (conf/train.yaml, hydra.sweep.subdir): cut the
-# name short of the file system's 255-byte limit (the job number in front keeps names unique).
-OmegaConf.register_new_resolver("gptlit.cut", lambda s, n=120: s if len(s) <= n else s[:n] + "...", replace=True)
+from gptlit.config_store import register_configs
+from gptlit.launch_env import register_resolvers
+from gptlit.sweep import register_sweep_resolvers
+
+register_configs()  # the model, optim and sampling groups' values live in Python dataclasses
+register_resolvers()  # ${gptlit.run_dir:...} in conf/train.yaml: known before Hydra composes
+register_sweep_resolvers()  # ${gptlit.cut:...}: sweep job directory names kept short
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -28,12 +31,8 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    if any("hparams_search=" in a for a in sys.argv[1:]):
-        from gptlit.sweep import check_search_plugin
+    from gptlit.sweep import check_search_plugin, ddp_child_argv
 
-        check_search_plugin(sys.argv[1:])  # hparams_search=optuna without its plugin: one line, exit 2
-    if os.environ.get("GPTLIT_SWEEP_DDP_JOB"):
-        from gptlit.sweep import ddp_child_argv
-
-        sys.argv = ddp_child_argv(sys.argv)  # a DDP rank started inside a sweep runs its own job only
+    check_search_plugin(sys.argv[1:])  # hparams_search=optuna without its plugin: one line, exit 2
+    sys.argv = ddp_child_argv(sys.argv)  # a DDP rank started inside a sweep runs its own job only
     main()

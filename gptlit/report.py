@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptlit.errors import EXIT_USER_ERROR
+
 
 RESULT_FILE = "job_result.json"  # written by each job (gptlit.sweep.JobResult)
 CSV_FILE, MD_FILE, PLOT_FILE = "sweep_summary.csv", "sweep_summary.md", "sweep_val_loss.png"
@@ -276,11 +278,11 @@ def main(argv=None):
     if not d.is_dir():
         print(f"error: {args.sweep_dir}: no such directory; give a sweep directory "
               f"(outputs/multirun/<date>/<time>)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
     if not find_jobs(d):
         print(f"error: {args.sweep_dir} holds no sweep jobs (no subdirectory with {RESULT_FILE} or .hydra/); "
               f"give a sweep directory (outputs/multirun/<date>/<time>)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
     build_report(d, echo=True)
 
 

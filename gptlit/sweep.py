@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from gptlit.config import ConfigError
+from gptlit.errors import EXIT_USER_ERROR, UserError
 from gptlit.report import RESULT_FILE, read_result, write_json
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,19 @@ DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"
 def one_line(text: str, limit: int = 200) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def cut(name: str, n: int = 120) -> str:
+    """A sweep job's directory is named after its overrides (conf/train.yaml, hydra.sweep.subdir): cut
+    the name short of the file system's 255-byte limit (the job number in front keeps names unique)."""
+    return name if len(name) <= int(n) else name[: int(n)] + "..."
+
+
+def register_sweep_resolvers() -> None:
+    """${gptlit.cut:...} in conf/train.yaml; train.py calls this before Hydra composes its config."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("gptlit.cut", cut, replace=True)
 
 
 def hydra_job() -> dict:
@@ -94,22 +107,22 @@ def run_job(cfg: DictConfig) -> float:
     stops the sweep at once, with one line and exit code 2: every job shares it, or the user learns
     of it before waiting for the others.
     """
-    from gptlit.train import main as train_main
+    from gptlit.build import main as train_main
 
     job = hydra_job()
     if not job.get("multirun"):
         return best_val_loss(cfg.paths.output_dir, train_main(cfg))
-    from gptlit.train import _quiet_logs, run
+    from gptlit.build import _quiet_logs, run
 
     _quiet_logs()
     out = Path(cfg.paths.output_dir)
     try:
         with ddp_in_sweep(cfg, job):
             metrics = run(cfg)
-    except ConfigError as e:
+    except UserError as e:
         if not job.get("num"):
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_USER_ERROR)
         log.error(f"job {job['num']} failed: {e}")
         mark_failed(out, str(e), job)
         return math.nan
@@ -191,7 +204,7 @@ def check_search_plugin(args: list[str]):
         if not found:
             print(f"error: hparams_search={value} needs Hydra's {value} sweeper plugin, which is not installed: "
                   f"{install}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_USER_ERROR)
 
 
 # ---- the end of a sweep -------------------------------------------------------------------------

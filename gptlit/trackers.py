@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from importlib.util import find_spec
 
-from gptlit.config import ConfigError
+from gptlit.errors import UserError
 
 # Lightning logger class -> (the module it imports, the package to install)
 PACKAGES = {
@@ -27,7 +27,7 @@ def prepare_loggers(loggers) -> None:
             continue
         module, package = PACKAGES[cls]
         if find_spec(module) is None:
-            raise ConfigError(
+            raise UserError(
                 f"logger.{key} ({cls}) needs the {package} package, which is not installed: pip install {package} "
                 f"(or pip install -e \".[trackers]\"), or choose another logger (e.g. logger=tensorboard)"
             )

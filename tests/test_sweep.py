@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gptlit.config import ConfigError
+from gptlit.errors import UserError
 from gptlit.report import build_report, label, main as report_main, read_jobs
-from gptlit.train import build, run
+from gptlit.build import build, run
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -237,7 +237,7 @@ def test_missing_tracker_package_is_one_line(make_cfg, monkeypatch):
 
     monkeypatch.setattr(gptlit.trackers, "find_spec", lambda name: None)
     for choice, package in [("wandb", "wandb"), ("mlflow", "mlflow")]:
-        with pytest.raises(ConfigError, match=rf"logger.{choice} \(\w+\) needs the {package} package, which is not "
+        with pytest.raises(UserError, match=rf"logger.{choice} \(\w+\) needs the {package} package, which is not "
                                               rf"installed: pip install {package}"):
             build(make_cfg(f"logger={choice}"))
 
