@@ -23,6 +23,7 @@ from gptlit.errors import UserError, exit_on_user_error
 from gptlit.hf import load_weights
 from gptlit.lit_module import GPTLitModule
 from gptlit.trainer_args import check_trainer_args
+from gptlit.trackers import prepare_loggers
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -147,6 +148,7 @@ def build(cfg: DictConfig):
     callbacks = instantiate_dict(cfg.get("callbacks"), "callbacks")
     if sampler.every_n_steps:
         callbacks.append(sampler)
+    prepare_loggers(cfg.get("logger"))  # logger=wandb without wandb: one line saying what to install
     loggers = instantiate_dict(cfg.get("logger"), "logger")
 
     tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()))
