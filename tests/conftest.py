@@ -54,3 +54,17 @@ def corpus(tmp_path) -> Path:
     p = tmp_path / "corpus.txt"
     p.write_text("\n".join(lines), encoding="utf-8")
     return p
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_token_cache(tmp_path_factory):
+    """Token files (and downloads) go to a folder of the test session, never to ~/.cache/gptlit."""
+    import os
+
+    old = os.environ.get("GPTLIT_CACHE")
+    os.environ["GPTLIT_CACHE"] = str(tmp_path_factory.mktemp("gptlit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GPTLIT_CACHE", None)
+    else:
+        os.environ["GPTLIT_CACHE"] = old
