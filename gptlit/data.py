@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from gptlit.config import ConfigError
+from gptlit.resumable_sampler import TrainOrder
 from gptlit.tokenizer import EOT_ID, encode
 
 SOURCES = ("pydocs", "files", "url")
@@ -175,6 +176,7 @@ class GPTDataModule(L.LightningDataModule):
         self.val_all, self.eval_train_batches = val_all, eval_train_batches
         self.tokens: torch.Tensor | None = None
         self.train_set = self.val_set = None
+        self.order = TrainOrder()  # shuffle seed and resume position of the train loader (set by train.build)
         self.validate()
 
     def validate(self):
@@ -268,19 +270,29 @@ class GPTDataModule(L.LightningDataModule):
             f"(max_length {self.max_length}, stride {self.stride})"
         )
 
-    def _loader(self, ds, shuffle: bool):
+    def _loader(self, ds, shuffle: bool, sampler=None):
+        # generator: iter() draws the loader's base seed from it, not from the global RNG that dropout
+        # uses, so a resumed run's dropout masks match the uninterrupted run's
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             drop_last=shuffle and len(ds) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator(),
         )
 
+    def train_sampler(self, trainer=None):
+        """The training order: shuffled per epoch with the seed, each rank its shard, resumable mid-epoch
+        (gptlit/resumable_sampler.py)."""
+        return self.order.sampler(self.train_set, self.batch_size, len(self.train_set) >= self.batch_size,
+                                  trainer if trainer is not None else self.trainer)
+
     def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, shuffle=True, sampler=self.train_sampler())
 
     def train_eval_indices(self) -> list[int]:
         """`eval_train_batches` batches' worth of train windows spread evenly over the train split."""

@@ -9,15 +9,17 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from gptlit.callbacks import SampleText
+from gptlit.checkpoint_callbacks import AtomicCheckpointIO
 from gptlit.config import ConfigError, GPTConfig
 from gptlit.data import GPTDataModule, resolve_path
 from gptlit.hf import adopt_checkpoint, adopt_pretrained, load_weights
 from gptlit.module import GPTLitModule, validate_optim
+from gptlit.resume import setup_exact_resume
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -158,7 +160,11 @@ def build(cfg: DictConfig):
         )
     if tcfg.get("enable_progress_bar") is False:  # one flag is enough: drop the configured bar callback too
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer: L.Trainer = make(tcfg, callbacks=callbacks, logger=loggers or False)
+    # no checkpoint callback configured: no checkpoints (Lightning would otherwise add its own)
+    tcfg["enable_checkpointing"] = any(isinstance(c, Checkpoint) for c in callbacks)
+    trainer: L.Trainer = make(tcfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    if task == "train":  # the data order and RNG states that make a resume exact (gptlit/resume.py)
+        setup_exact_resume(dm, trainer, cfg.get("seed"), ckpt_path, bool(cfg.get("resume_inexact", False)))
     rank_zero_info(f"precision: {tcfg['precision']}, output: {cfg.paths.output_dir}")
     return dm, module, trainer, ckpt_path
 
@@ -170,8 +176,8 @@ def run(cfg: DictConfig) -> dict:
         trainer.validate(module, datamodule=dm, ckpt_path=ckpt_path)
     else:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None and ckpt.best_model_path:
+        ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
+        if ckpt is not None:
             score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""
             rank_zero_info(f"best checkpoint: {ckpt.best_model_path}{score}")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
