@@ -22,14 +22,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gptlit.checkpoint import find_checkpoint, model_from_checkpoint
-from gptlit.config import ConfigError
+from gptlit.checkpoints import find_checkpoint, model_from_checkpoint, user_path
+from gptlit.config_store import register_configs
+from gptlit.errors import UserError, exit_on_user_error
 from gptlit.generate import SamplingConfig, generate_text
+from gptlit.launch_env import register_resolvers
 
-
-def user_path(path: str) -> Path:
-    """A path as the user typed it: relative to where they ran the command (like gptlit.data.resolve_path)."""
-    return Path(hydra.utils.to_absolute_path(os.path.expanduser(str(path))))
+register_resolvers()  # conf/hydra/job_logging/gptlit.yaml (train.log from rank 0 only) uses one
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:
@@ -38,10 +37,10 @@ def read_prompts(cfg: DictConfig) -> list[str]:
         return [str(cfg.prompt or "")]
     p = user_path(cfg.prompt_file)
     if not p.is_file():
-        raise ConfigError(f"prompt_file={cfg.prompt_file}: no such file ({p})")
+        raise UserError(f"prompt_file={cfg.prompt_file}: no such file ({p})")
     prompts = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
-        raise ConfigError(f"prompt_file={cfg.prompt_file} has no prompts (every line is blank)")
+        raise UserError(f"prompt_file={cfg.prompt_file} has no prompts (every line is blank)")
     return prompts
 
 
@@ -50,9 +49,9 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"device={name} is unknown: use auto, cpu, cuda or cuda:N")
+        raise UserError(f"device={name} is unknown: use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but this machine has no CUDA GPU: use device=cpu or device=auto")
+        raise UserError(f"device={name} but this machine has no CUDA GPU: use device=cpu or device=auto")
     return name
 
 
@@ -67,7 +66,7 @@ def shown(path: Path) -> str:
 def run(cfg: DictConfig) -> None:
     init_from = cfg.get("init_from")
     if init_from is None and (OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt):
-        raise ConfigError(
+        raise UserError(
             "ckpt is required: ckpt=<a .ckpt file, or a run directory such as outputs/2026-01-01/12-00-00>, "
             "or init_from=<a Hugging Face GPT-2 folder or a book .pth file>"
         )
@@ -75,10 +74,10 @@ def run(cfg: DictConfig) -> None:
     scfg = SamplingConfig.from_dict({**sampling, "max_new_tokens": cfg.max_new_tokens})
     n = cfg.num_samples
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"num_samples={n} must be an integer >= 1")
+        raise UserError(f"num_samples={n} must be an integer >= 1")
     seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
     if not isinstance(seed, int):
-        raise ConfigError(f"seed={seed} must be an integer, or null for a random one")
+        raise UserError(f"seed={seed} must be an integer, or null for a random one")
     prompts = read_prompts(cfg)
     device = pick_device(cfg.device)
     if init_from is not None:
@@ -87,7 +86,7 @@ def run(cfg: DictConfig) -> None:
         path = user_path(init_from)
         model = load_pretrained(path).to(device)  # fp32, eval mode, config from config.json / the shapes
     else:
-        path = find_checkpoint(user_path(cfg.ckpt))
+        path = find_checkpoint(cfg.ckpt, prefer="best")
         model, _ = model_from_checkpoint(path, device)  # fp32, eval mode, config from the checkpoint
 
     def warn(msg: str) -> None:
@@ -108,14 +107,15 @@ def run(cfg: DictConfig) -> None:
             print(flush=True)
 
 
+register_configs()  # the sampling group's values (gptlit.generate.SampleTextConfig)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     """A bad value ends with one line on stderr and exit code 2, as in train.py."""
     try:
-        run(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with exit_on_user_error():
+            run(cfg)
     except BrokenPipeError:  # stdout closed early, e.g. `python sample.py ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

@@ -11,10 +11,16 @@
 import hydra
 from omegaconf import DictConfig
 
+from gptlit.config_store import register_configs
+from gptlit.launch_env import register_resolvers
+
+register_configs()  # the model, optim and sampling groups' values live in Python dataclasses
+register_resolvers()  # ${gptlit.run_dir:...} in conf/train.yaml: known before Hydra composes
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig):
-    from gptlit.train import main as run
+    from gptlit.build import main as run
 
     metrics = run(cfg)
     return (metrics or {}).get("val/loss")  # the value a sweeper optimizes

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from gptlit.config import ConfigError
-from gptlit.generate import SamplingConfig, generate_text
+from gptlit.errors import UserError
+from gptlit.generate import SampleTextConfig, generate_text
 
 
 class SampleText(L.Callback):
@@ -22,23 +23,18 @@ class SampleText(L.Callback):
     model back in train mode, so a run's losses are the same with or without samples.
     """
 
-    def __init__(
-        self,
-        every_n_steps: int = 100,
-        prompt: str = "Every effort moves you",
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        max_new_tokens: int = 50,
-        seed: int = 123,
-        at_end: bool = True,
-    ):
-        if every_n_steps is None or every_n_steps < 0:
-            raise ConfigError(f"sampling.every_n_steps={every_n_steps} must be >= 0 (0 turns samples off)")
-        self.every_n_steps, self.prompt, self.seed, self.at_end = every_n_steps, prompt, seed, at_end
-        self.cfg = SamplingConfig(
-            temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens
-        ).validate()
+    def __init__(self, config: SampleTextConfig | None = None, at_end: bool = True, **fields):
+        """config's values (SampleTextConfig's defaults if None) with `fields` on top, e.g.
+        SampleText(every_n_steps=10, temperature=0.0). At the end of training one more sample if at_end."""
+        names = [f.name for f in dataclasses.fields(SampleTextConfig)]
+        unknown = sorted(set(fields) - set(names))
+        if unknown:
+            raise UserError(f"sampling.{unknown[0]} is not a sampling setting: use one of {', '.join(names)}")
+        c = dataclasses.replace(config or SampleTextConfig(), **fields)
+        if not isinstance(c.every_n_steps, int) or isinstance(c.every_n_steps, bool) or c.every_n_steps < 0:
+            raise UserError(f"sampling.every_n_steps={c.every_n_steps} must be an integer >= 0 (0 turns samples off)")
+        self.every_n_steps, self.prompt, self.seed, self.at_end = c.every_n_steps, c.prompt, c.seed, at_end
+        self.cfg = c.decoding()  # checks temperature, top_k, top_p, max_new_tokens
         self.samples: list[tuple[int, str]] = []
         self._last_step = -1
 

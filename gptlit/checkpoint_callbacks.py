@@ -11,7 +11,7 @@ val/loss), each write atomic, and no training step written twice.
 Both write through trainer.save_checkpoint (every rank calls it; rank 0 writes) and AtomicCheckpointIO.
 Both subclass Lightning's Checkpoint marker, so Lightning runs them after the other callbacks (the
 files hold this validation's early-stopping and loss-plot state) and adds no checkpoint callback
-of its own; with both off, train.build turns checkpointing off.
+of its own; with both off, gptlit.build turns checkpointing off.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from gptlit.config import ConfigError
+from gptlit.errors import UserError
 from gptlit.resume import ExactResume
 
 
@@ -106,9 +106,9 @@ class LastCheckpoint(Checkpoint):
                  train_time_interval: float | None = None):
         n, m = every_n_train_steps, train_time_interval
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
-            raise ConfigError(f"callbacks.last_checkpoint.every_n_train_steps={n} must be an integer >= 0 (0 or null: off)")
+            raise UserError(f"callbacks.last_checkpoint.every_n_train_steps={n} must be an integer >= 0 (0 or null: off)")
         if m is not None and (not isinstance(m, (int, float)) or isinstance(m, bool) or m < 0 or not math.isfinite(m)):
-            raise ConfigError(f"callbacks.last_checkpoint.train_time_interval={m} must be minutes >= 0 (0 or null: off)")
+            raise UserError(f"callbacks.last_checkpoint.train_time_interval={m} must be minutes >= 0 (0 or null: off)")
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.every_n_train_steps = n or 0
         self.interval_s = (m or 0) * 60.0
@@ -196,7 +196,7 @@ class BestCheckpoint(Checkpoint):
 
     def __init__(self, dirpath: str, filename: str = "best", monitor: str = "val/loss", mode: str = "min"):
         if mode not in ("min", "max"):
-            raise ConfigError(f"callbacks.model_checkpoint.mode={mode} is unknown: use min or max")
+            raise UserError(f"callbacks.model_checkpoint.mode={mode} is unknown: use min or max")
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.monitor, self.mode = monitor, mode
         self.best_score: float | None = None

@@ -1,14 +1,16 @@
-"""Model configuration: one dataclass and named presets (the Hydra `model` group mirrors them)."""
+"""The defaults of model and optimizer, written here once.
+
+GPTConfig and PRESETS are the model (`model=nano|mini|small|medium|large|xl`), OptimConfig the
+optimizer (`optim=adamw`). gptlit.config_store registers them as Hydra's `model` and `optim`
+config groups, so `python train.py` and Python callers start from the same values.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-
-class ConfigError(ValueError):
-    """A bad configuration value. The message names the value and the fix."""
-
+from gptlit.errors import UserError
 
 @dataclass
 class GPTConfig:
@@ -35,24 +37,24 @@ class GPTConfig:
     def validate(self) -> "GPTConfig":
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             if int(getattr(self, name)) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be a positive integer")
+                raise UserError(f"model.{name}={getattr(self, name)} must be a positive integer")
         if self.emb_dim % self.n_heads:
-            raise ConfigError(
+            raise UserError(
                 f"model.emb_dim={self.emb_dim} is not divisible by model.n_heads={self.n_heads}: "
                 f"pick n_heads that divides emb_dim (e.g. model.n_heads={_divisor_near(self.emb_dim, self.n_heads)})"
             )
         if not 0.0 <= self.drop_rate < 1.0:
-            raise ConfigError(f"model.drop_rate={self.drop_rate} must be in [0, 1)")
+            raise UserError(f"model.drop_rate={self.drop_rate} must be in [0, 1)")
         if self.init not in ("gpt2", "torch"):
-            raise ConfigError(f"model.init={self.init} is unknown: use gpt2 or torch")
+            raise UserError(f"model.init={self.init} is unknown: use gpt2 or torch")
         if self.pad_vocab_multiple < 1:
-            raise ConfigError(f"model.pad_vocab_multiple={self.pad_vocab_multiple} must be >= 1 (1 = no padding)")
+            raise UserError(f"model.pad_vocab_multiple={self.pad_vocab_multiple} must be >= 1 (1 = no padding)")
         return self
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> "GPTConfig":
         if name not in PRESETS:
-            raise ConfigError(f"unknown model '{name}': choose one of {', '.join(PRESETS)}")
+            raise UserError(f"unknown model '{name}': choose one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides}).validate()
 
     @classmethod
@@ -70,12 +72,54 @@ def _divisor_near(n: int, target: int) -> int:
     return min(divisors, key=lambda d: abs(d - target))
 
 
-# Sizes of OpenAI's GPT-2 family plus two small ones for tests and CPUs.
+# Sizes of OpenAI's GPT-2 family plus two small ones for tests and CPUs; fields not given
+# here take GPTConfig's defaults. Each is the Hydra option model=<name>.
 PRESETS: dict[str, dict] = {
-    "nano": dict(context_length=64, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0),
-    "mini": dict(context_length=128, emb_dim=256, n_heads=4, n_layers=4, drop_rate=0.0),
-    "small": dict(context_length=1024, emb_dim=768, n_heads=12, n_layers=12),
-    "medium": dict(context_length=1024, emb_dim=1024, n_heads=16, n_layers=24),
-    "large": dict(context_length=1024, emb_dim=1280, n_heads=20, n_layers=36),
-    "xl": dict(context_length=1024, emb_dim=1600, n_heads=25, n_layers=48),
+    "nano": dict(context_length=64, emb_dim=64, n_heads=4, n_layers=2, drop_rate=0.0),  # tiny, for tests
+    "mini": dict(context_length=128, emb_dim=256, n_heads=4, n_layers=4, drop_rate=0.0),  # the CPU default: minutes on 2 cores
+    "small": dict(context_length=1024, emb_dim=768, n_heads=12, n_layers=12),  # GPT-2 small, 124M (tied embeddings)
+    "medium": dict(context_length=1024, emb_dim=1024, n_heads=16, n_layers=24),  # GPT-2 medium, 355M
+    "large": dict(context_length=1024, emb_dim=1280, n_heads=20, n_layers=36),  # GPT-2 large, 774M
+    "xl": dict(context_length=1024, emb_dim=1600, n_heads=25, n_layers=48),  # GPT-2 XL, 1558M
 }
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with an lr schedule (the `optim` group). Weight decay applies to matrices (linear and
+    embedding weights), never to biases or LayerNorm parameters."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0  # max global gradient norm before each optimizer step (works with fused AdamW); None = off
+    scheduler: str = "cosine"  # cosine | constant
+    warmup_steps: int = 20  # linear warmup from lr / warmup_steps to lr
+    min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
+    fused: bool | None = None  # None = the fused AdamW kernel (one pass over the weights) on CUDA and CPU; false = for-loop kernel
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def validate_optim(o: dict) -> dict:
+    """OptimConfig's values with `o` on top, checked; a plain dict (checkpoints load with weights_only=True)."""
+    fields = {f.name for f in dataclasses.fields(OptimConfig)}
+    unknown = sorted(set(o) - fields)
+    if unknown:
+        raise UserError(f"optim.{unknown[0]} is not an optimizer setting: use one of {', '.join(sorted(fields))}")
+    o = {**OptimConfig().to_dict(), **o}
+    if not (isinstance(o["lr"], (int, float)) and not isinstance(o["lr"], bool) and o["lr"] > 0):
+        raise UserError(f"optim.lr={o['lr']} must be > 0 (e.g. optim.lr=4e-4)")
+    if o["weight_decay"] < 0:
+        raise UserError(f"optim.weight_decay={o['weight_decay']} must be >= 0")
+    if o["grad_clip"] is not None and o["grad_clip"] <= 0:
+        raise UserError(f"optim.grad_clip={o['grad_clip']} must be > 0, or null to turn clipping off")
+    if o["scheduler"] not in ("cosine", "constant"):
+        raise UserError(f"optim.scheduler={o['scheduler']} is unknown: use cosine or constant")
+    if o["warmup_steps"] < 0:
+        raise UserError(f"optim.warmup_steps={o['warmup_steps']} must be >= 0")
+    if not 0 <= o["min_lr_ratio"] <= 1:
+        raise UserError(f"optim.min_lr_ratio={o['min_lr_ratio']} must be in [0, 1]")
+    return o

@@ -21,7 +21,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from gptlit.config import ConfigError
+from gptlit.checkpoints import user_path
+from gptlit.errors import UserError
 from gptlit.resumable_sampler import TrainOrder
 from gptlit.tokenizer import EOT_ID, encode
 
@@ -54,36 +55,22 @@ class WindowDataset(Dataset):
         return chunk[:-1], chunk[1:]
 
 
-def resolve_path(path: str | os.PathLike) -> Path:
-    """A user path, relative to the directory the user ran the command from."""
-    p = Path(os.path.expanduser(str(path)))
-    if p.is_absolute():
-        return p
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        base = HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
-    except Exception:  # pragma: no cover - hydra missing or not configured
-        base = os.getcwd()
-    return Path(base) / p
-
-
 def find_text_files(path: str) -> list[Path]:
     """A file, every *.txt under a folder, or the matches of a glob, sorted."""
-    p = resolve_path(path)
+    p = user_path(path)
     if p.is_file():
         return [p]
     if p.is_dir():
         files = sorted(f for f in p.rglob("*.txt") if f.is_file())
         if not files:
-            raise ConfigError(f"data.path={path}: folder {p} holds no .txt files; add some or point at a file or glob")
+            raise UserError(f"data.path={path}: folder {p} holds no .txt files; add some or point at a file or glob")
         return files
     if any(c in str(path) for c in "*?["):
         files = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if os.path.isfile(f))
         if files:
             return files
-        raise ConfigError(f"data.path={path}: the glob {p} matches no files; check the pattern")
-    raise ConfigError(
+        raise UserError(f"data.path={path}: the glob {p} matches no files; check the pattern")
+    raise UserError(
         f"data.path={path}: no such file or folder ({p}); give a text file, a folder of .txt files or a glob"
     )
 
@@ -92,7 +79,7 @@ def read_text(f: Path) -> str:
     try:
         return f.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"data.path: {f} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+        raise UserError(f"data.path: {f} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
 
 
 def pydocs_documents() -> list[str]:
@@ -131,13 +118,13 @@ def download(url: str, sha256: str | None, dest: Path, timeout: float = 30.0) ->
                         out.write(block)
             except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", e)
-                raise ConfigError(
+                raise UserError(
                     f"could not download {url} ({reason}); offline? copy the file to {dest} "
                     f"or train on a local file with data=text data.path=<file>"
                 ) from None
         got = sha256_of(Path(tmp))
         if sha256 and got != sha256:
-            raise ConfigError(f"download of {url} has SHA-256 {got}, expected {sha256}; the file at that URL changed, set data.sha256 or data.url")
+            raise UserError(f"download of {url} has SHA-256 {got}, expected {sha256}; the file at that URL changed, set data.sha256 or data.url")
         os.replace(tmp, dest)
         return dest
     finally:
@@ -176,30 +163,30 @@ class GPTDataModule(L.LightningDataModule):
         self.val_all, self.eval_train_batches = val_all, eval_train_batches
         self.tokens: torch.Tensor | None = None
         self.train_set = self.val_set = None
-        self.order = TrainOrder()  # shuffle seed and resume position of the train loader (set by train.build)
+        self.order = TrainOrder()  # shuffle seed and resume position of the train loader (set by gptlit.build)
         self.validate()
 
     def validate(self):
         if self.source not in SOURCES:
-            raise ConfigError(f"data.source={self.source} is unknown: use one of {', '.join(SOURCES)}")
+            raise UserError(f"data.source={self.source} is unknown: use one of {', '.join(SOURCES)}")
         if self.source == "files" and not self.path:
-            raise ConfigError("data=text needs data.path=<text file, folder or glob>")
+            raise UserError("data.source=files (data=text) needs data.path=<text file, folder or glob>")
         if self.source == "url" and not self.url and not self.path:
-            raise ConfigError("data.source=url needs data.url=<address>")
+            raise UserError("data.source=url needs data.url=<address>")
         for name in ("max_length", "stride", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"data.{name}={v} must be a positive integer")
+                raise UserError(f"data.{name}={v} must be a positive integer")
         if not isinstance(self.eval_train_batches, int) or self.eval_train_batches < 0:
-            raise ConfigError(f"data.eval_train_batches={self.eval_train_batches} must be >= 0 (0 turns it off)")
+            raise UserError(f"data.eval_train_batches={self.eval_train_batches} must be >= 0 (0 turns it off)")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+            raise UserError(f"data.num_workers={self.num_workers} must be >= 0")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
+            raise UserError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
         if self.path:
             if self.source == "url":
-                if not resolve_path(self.path).is_file():
-                    raise ConfigError(f"data.path={self.path}: no such file ({resolve_path(self.path)})")
+                if not user_path(self.path).is_file():
+                    raise UserError(f"data.path={self.path}: no such file ({user_path(self.path)})")
             else:
                 find_text_files(self.path)  # fail now, not after the model is built
 
@@ -215,9 +202,9 @@ class GPTDataModule(L.LightningDataModule):
             return pydocs_documents()
         if self.source == "url":
             if self.path:
-                f = resolve_path(self.path)
+                f = user_path(self.path)
                 if self.sha256 and sha256_of(f) != self.sha256:
-                    raise ConfigError(
+                    raise UserError(
                         f"data.path={self.path} has SHA-256 {sha256_of(f)}, not the expected {self.sha256}; "
                         f"for other text use data=text"
                     )
@@ -243,13 +230,13 @@ class GPTDataModule(L.LightningDataModule):
         need = self.max_length + 1
         if self.val_all:
             if n < need:
-                raise ConfigError(
+                raise UserError(
                     f"corpus too short: {n} tokens, but one window needs data.max_length+1={need}; "
                     f"use more text or a smaller data.max_length"
                 )
             train = val = tokens
         elif len(train) < need or len(val) < need:
-            raise ConfigError(
+            raise UserError(
                 f"corpus too short: {n} tokens give {len(train)} train and {len(val)} val tokens, but one window "
                 f"needs data.max_length+1={need} in each split; use more text, a smaller data.max_length "
                 f"or a different data.val_fraction={self.val_fraction}"

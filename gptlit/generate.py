@@ -10,35 +10,58 @@ from typing import Callable, Iterator
 
 import torch
 
-from gptlit.config import ConfigError
+from gptlit.errors import UserError
 from gptlit.tokenizer import EOT_ID
 
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 1.0  # 0 = greedy (argmax)
-    top_k: int | None = None  # keep the k most likely tokens; None = all
+    """How to pick each next token. These are the decoding defaults of sample.py, of the samples
+    printed while training (SampleTextConfig) and of Python callers."""
+
+    temperature: float = 1.0  # 0 = greedy (argmax); <1 sharper, >1 flatter
+    top_k: int | None = 50  # keep the k most likely tokens; None = all
     top_p: float | None = None  # keep the smallest set whose probability reaches p; None = all
     max_new_tokens: int = 50
     eos_id: int | None = EOT_ID  # stop a row when it emits this id; None = never stop early
 
     def validate(self) -> "SamplingConfig":
         if not _is_number(self.temperature) or self.temperature < 0:
-            raise ConfigError(f"sampling.temperature={self.temperature} must be a number >= 0 (0 = greedy)")
+            raise UserError(f"sampling.temperature={self.temperature} must be a number >= 0 (0 = greedy)")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
-            raise ConfigError(f"sampling.top_k={self.top_k} must be an integer >= 1, or null to keep every token")
+            raise UserError(f"sampling.top_k={self.top_k} must be an integer >= 1, or null to keep every token")
         if self.top_p is not None and (not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0):
-            raise ConfigError(f"sampling.top_p={self.top_p} must be in (0, 1], or null to keep every token")
+            raise UserError(f"sampling.top_p={self.top_p} must be in (0, 1], or null to keep every token")
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens={self.max_new_tokens} must be an integer >= 0")
+            raise UserError(f"max_new_tokens={self.max_new_tokens} must be an integer >= 0")
         if self.eos_id is not None and not _is_int(self.eos_id):
-            raise ConfigError(f"eos_id={self.eos_id} must be a token id, or null to never stop early")
+            raise UserError(f"eos_id={self.eos_id} must be a token id, or null to never stop early")
         return self
 
     @classmethod
     def from_dict(cls, d) -> "SamplingConfig":
         keys = cls.__dataclass_fields__
         return cls(**{k: v for k, v in dict(d).items() if k in keys}).validate()
+
+
+@dataclass
+class SampleTextConfig:
+    """The `sampling` config group: decoding (SamplingConfig's fields and defaults) plus what to
+    continue and with which seed. Training prints a sample every `every_n_steps` steps
+    (gptlit.callbacks.SampleText); sample.py takes its prompt, seed and decoding from here."""
+
+    every_n_steps: int = 100  # 0 turns samples off during training
+    prompt: str = "Every effort moves you"
+    temperature: float = SamplingConfig.temperature
+    top_k: int | None = SamplingConfig.top_k
+    top_p: float | None = SamplingConfig.top_p
+    max_new_tokens: int = SamplingConfig.max_new_tokens
+    seed: int = 123  # the sampler's own generator; training randomness is untouched
+
+    def decoding(self) -> SamplingConfig:
+        """The checked SamplingConfig of these values."""
+        return SamplingConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              max_new_tokens=self.max_new_tokens).validate()
 
 
 def _is_number(x) -> bool:

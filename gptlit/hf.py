@@ -1,4 +1,6 @@
-"""OpenAI's GPT-2 weights: read Hugging Face folders and the book's .pth state dicts; export to Hugging Face.
+"""Format conversion for GPT-2 weights: Hugging Face folders and the book's .pth state dicts in,
+a Hugging Face folder out (write_hf_folder). Which model config a run takes from such files is
+gptlit.checkpoints' job (model_for_run); this module only reads and writes the formats.
 
 Two layouts are read:
   * a Hugging Face GPT-2 folder: config.json + model.safetensors (or pytorch_model.bin, read
@@ -21,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from gptlit.config import PRESETS, ConfigError, GPTConfig
+from gptlit.config import GPTConfig
+from gptlit.errors import UserError
 from gptlit.model import GPT
 
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads in OpenAI's four sizes
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh GELU gptlit uses
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
-ARCH_FIELDS = ("vocab_size", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_embeddings")
 
 # Per block: gptlit name, Hugging Face name, stored transposed (HF Conv1D is (in, out)).
 HF_BLOCK = [
@@ -77,7 +79,7 @@ def load_pretrained(
     cfg, state = read_pretrained(path, n_heads=n_heads)
     if context_length is not None:
         if not 0 < context_length <= cfg.context_length:
-            raise ConfigError(f"context_length={context_length} must be in 1..{cfg.context_length} (the positions in {path})")
+            raise UserError(f"context_length={context_length} must be in 1..{cfg.context_length} (the positions in {path})")
         cfg = dataclasses.replace(cfg, context_length=context_length)
     model = GPT(dataclasses.replace(cfg, drop_rate=drop_rate))
     load_weights(model, state)
@@ -95,14 +97,14 @@ def read_pretrained(path: str | Path, n_heads: int | None = None) -> tuple[GPTCo
             return _read_book(pths[0], n_heads)
         if pths:
             names = ", ".join(f.name for f in pths)
-            raise ConfigError(f"{p} holds several .pth files ({names}); give the one to load")
-        raise ConfigError(
+            raise UserError(f"{p} holds several .pth files ({names}); give the one to load")
+        raise UserError(
             f"{p} has no config.json (Hugging Face GPT-2 folder) nor a .pth state dict; "
             f"see docs/pretrained.md for how to download GPT-2"
         )
     if p.is_file():
         return _read_book(p, n_heads)
-    raise ConfigError(
+    raise UserError(
         f"{p}: no such file or folder; give a Hugging Face GPT-2 folder (config.json + model.safetensors) "
         f"or a .pth state dict from the book"
     )
@@ -119,13 +121,13 @@ def load_weights(model: GPT, state: dict[str, torch.Tensor]) -> GPT:
             t = t[: cfg.context_length]
         if name not in own or own[name].shape != t.shape:
             want = tuple(own[name].shape) if name in own else "no such tensor"
-            raise ConfigError(f"weights do not fit the model: {name} has shape {tuple(t.shape)}, the model needs {want}")
+            raise UserError(f"weights do not fit the model: {name} has shape {tuple(t.shape)}, the model needs {want}")
         fitted[name] = t
     if cfg.tie_embeddings:
         fitted["head.weight"] = fitted["tok_emb.weight"]
     missing = set(own) - set(fitted)
     if missing:
-        raise ConfigError(f"weights do not fit the model: no value for {', '.join(sorted(missing))}")
+        raise UserError(f"weights do not fit the model: no value for {', '.join(sorted(missing))}")
     model.load_state_dict(fitted)
     model.zero_padding_rows()
     return model
@@ -140,7 +142,7 @@ def _read_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     plan += [("ln_f.weight", ["ln_f.weight"], False), ("ln_f.bias", ["ln_f.bias"], False)]
     if not tied:
         if "lm_head.weight" not in src:
-            raise ConfigError(f"{folder}: config.json has tie_word_embeddings=false but the weights have no lm_head.weight")
+            raise UserError(f"{folder}: config.json has tie_word_embeddings=false but the weights have no lm_head.weight")
         plan.append(("head.weight", ["lm_head.weight"], False))
     else:
         src.pop("lm_head.weight", None)  # tied: HF ignores a stored lm_head too
@@ -151,7 +153,7 @@ def hf_config(d: dict, where: Path | str) -> tuple[GPTConfig, bool]:
     """GPTConfig and tie flag from a Hugging Face GPT-2 config.json; anything gptlit cannot run is an error."""
 
     def bad(field: str, value, fix: str):
-        return ConfigError(f"{where}: {field}={json.dumps(value)} is not supported; {fix}")
+        return UserError(f"{where}: {field}={json.dumps(value)} is not supported; {fix}")
 
     if d.get("model_type") != "gpt2":
         raise bad("model_type", d.get("model_type"), "gptlit loads GPT-2 (model_type gpt2)")
@@ -167,10 +169,10 @@ def hf_config(d: dict, where: Path | str) -> tuple[GPTConfig, bool]:
             raise bad(flag, d[flag], f"gptlit's attention needs {flag}={json.dumps(ok)}")
     for key in ("n_embd", "n_head", "n_layer", "vocab_size"):
         if not isinstance(d.get(key), int):
-            raise ConfigError(f"{where}: {key} is missing or not an integer ({d.get(key)!r})")
+            raise UserError(f"{where}: {key} is missing or not an integer ({d.get(key)!r})")
     n_pos = d.get("n_positions", d.get("n_ctx"))
     if not isinstance(n_pos, int):
-        raise ConfigError(f"{where}: n_positions is missing or not an integer ({n_pos!r})")
+        raise UserError(f"{where}: n_positions is missing or not an integer ({n_pos!r})")
     if d.get("n_inner") not in (None, 4 * d["n_embd"]):
         raise bad("n_inner", d["n_inner"], f"gptlit's MLP is 4 * n_embd = {4 * d['n_embd']} wide")
     cfg = GPTConfig(
@@ -179,8 +181,8 @@ def hf_config(d: dict, where: Path | str) -> tuple[GPTConfig, bool]:
     )
     try:
         return cfg.validate(), cfg.tie_embeddings
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def _read_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -197,10 +199,10 @@ def _read_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(folder / "model.safetensors"))
         except Exception as e:  # safetensors raises its own error types
-            raise ConfigError(f"{folder / 'model.safetensors'} is not a readable safetensors file ({e}); is the download complete?") from None
+            raise UserError(f"{folder / 'model.safetensors'} is not a readable safetensors file ({e}); is the download complete?") from None
     if (folder / "pytorch_model.bin").is_file():
         return _torch_load(folder / "pytorch_model.bin")
-    raise ConfigError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin; copy the weight file too")
+    raise UserError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin; copy the weight file too")
 
 
 def _read_book(f: Path, n_heads: int | None) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
@@ -209,15 +211,15 @@ def _read_book(f: Path, n_heads: int | None) -> tuple[GPTConfig, dict[str, torch
         src = src["model_state_dict"]
     if "trf_blocks.0.att.W_query.weight" not in src:
         hint = " (it looks like a Hugging Face state dict: give its folder with config.json)" if any(k.endswith("wte.weight") for k in src) else ""
-        raise ConfigError(f"{f} is not a GPT state dict in the book's layout: no trf_blocks.0.att.W_query.weight{hint}")
+        raise UserError(f"{f} is not a GPT state dict in the book's layout: no trf_blocks.0.att.W_query.weight{hint}")
     for key in ("tok_emb.weight", "pos_emb.weight"):
         if key not in src or src[key].dim() != 2:
-            raise ConfigError(f"{f}: tensor {key} is missing or not a matrix")
+            raise UserError(f"{f}: tensor {key} is missing or not a matrix")
     vocab, emb = src["tok_emb.weight"].shape
     n_layers = 1 + max(int(m.group(1)) for k in src if (m := re.match(r"trf_blocks\.(\d+)\.", k)))
     if n_heads is None:
         if emb not in GPT2_HEADS:
-            raise ConfigError(
+            raise UserError(
                 f"{f}: emb_dim={emb} is not one of GPT-2's sizes ({', '.join(map(str, GPT2_HEADS))}), so the number "
                 f"of attention heads is unknown; pass it (model.n_heads=... or n_heads=...)"
             )
@@ -230,8 +232,8 @@ def _read_book(f: Path, n_heads: int | None) -> tuple[GPTConfig, dict[str, torch
     )
     try:
         cfg.validate()
-    except ConfigError as e:
-        raise ConfigError(f"{f}: {e}") from None
+    except UserError as e:
+        raise UserError(f"{f}: {e}") from None
     plan: Plan = [("tok_emb.weight", ["tok_emb.weight"], False), ("pos_emb.weight", ["pos_emb.weight"], False)]
     for i in range(n_layers):
         plan += [(f"blocks.{i}.{g}", [f"trf_blocks.{i}.{b}" for b in books], False) for g, books in BOOK_BLOCK
@@ -266,18 +268,18 @@ def _gather(src: dict, plan: Plan, cfg: GPTConfig, where: Path) -> dict[str, tor
         pieces = []
         for k in keys:
             if k not in src:
-                raise ConfigError(f"{where}: tensor {k} is missing; is this a complete GPT-2 checkpoint?")
+                raise UserError(f"{where}: tensor {k} is missing; is this a complete GPT-2 checkpoint?")
             t = src[k]
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != part:
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ConfigError(f"{where}: tensor {k} has shape {got}, but the config ({_describe(cfg)}) needs {part}")
+                raise UserError(f"{where}: tensor {k} has shape {got}, but the config ({_describe(cfg)}) needs {part}")
             pieces.append(t.t() if transposed else t)
             used.add(k)
         out[name] = torch.cat(pieces).float().contiguous()
     extra = sorted(k for k in src if k not in used and not IGNORED.match(k))
     if extra:
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
-        raise ConfigError(f"{where}: unexpected tensors {', '.join(extra[:3])}{more}; not a GPT-2 language model?")
+        raise UserError(f"{where}: unexpected tensors {', '.join(extra[:3])}{more}; not a GPT-2 language model?")
     return out
 
 
@@ -289,9 +291,9 @@ def _read_json(f: Path) -> dict:
     try:
         d = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{f} is not readable JSON ({e})") from None
+        raise UserError(f"{f} is not readable JSON ({e})") from None
     if not isinstance(d, dict):
-        raise ConfigError(f"{f} is not a JSON object")
+        raise UserError(f"{f} is not a JSON object")
     return d
 
 
@@ -302,126 +304,21 @@ def _torch_load(f: str | Path) -> dict:
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         what = f" such as {found.group(1)}" if found else ""
-        raise ConfigError(
+        raise UserError(
             f"{f} was refused: it contains arbitrary Python objects{what}, which run code when unpickled, and gptlit "
             f"will not load it unsafely; on a machine you trust, re-save it as a plain state dict "
             f"(torch.save(model.state_dict(), ...)) or as safetensors"
         ) from None
     except Exception as e:  # noqa: BLE001 - a damaged file can fail anywhere in the unpickler
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{f} is not a readable PyTorch file ({first}); is it complete?") from None
+        raise UserError(f"{f} is not a readable PyTorch file ({first}); is it complete?") from None
     if not isinstance(obj, dict):
-        raise ConfigError(f"{f} holds a {type(obj).__name__}, not a state dict of tensors")
+        raise UserError(f"{f} holds a {type(obj).__name__}, not a state dict of tensors")
     return obj
 
 
-# reconciling with the user's model config -----------------------------------------------------
-def explicit_model_fields(user: dict) -> dict[str, str]:
-    """Model fields the user chose, each with where it was chosen; other fields may come from weights.
-
-    A field counts as chosen when it is overridden on the command line (model.X=...), when
-    the preset was picked on the command line (model=small), or when it differs from the
-    preset's value (an experiment file, or overrides Hydra did not record, as with compose()).
-    """
-    cli, preset_picked = set(), False
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        if HydraConfig.initialized():
-            for o in HydraConfig.get().overrides.task:
-                key = o.split("=", 1)[0].lstrip("+~")
-                preset_picked |= key == "model"
-                if key.startswith("model."):
-                    cli.add(key[len("model.") :])
-    except Exception:  # pragma: no cover - no Hydra run
-        pass
-    name = user.get("name")
-    base = {**GPTConfig().to_dict(), **PRESETS.get(name, {})}
-    out = {}
-    for f in (*ARCH_FIELDS, "context_length"):
-        if f in cli:
-            out[f] = "command line"
-        elif user.get(f) != base[f]:
-            out[f] = "config"
-        elif preset_picked:
-            out[f] = f"preset {name}"
-    return out
-
-
-def reconcile(user: dict, weights: GPTConfig, source: str, explicit: dict[str, str], checkpoint: bool = False) -> GPTConfig:
-    """The model config for these weights: architecture from the weights, training fields from the user.
-
-    A field the user chose (see explicit_model_fields) must agree with the weights, except
-    context_length, which may be lower for pretrained weights (not for a checkpoint).
-    """
-
-    def fmt(v) -> str:
-        return str(v).lower() if isinstance(v, bool) else str(v)
-
-    match = [n for n, p in PRESETS.items() if all(p[k] == getattr(weights, k) for k in ("emb_dim", "n_heads", "n_layers"))]
-    for f, origin in explicit.items():
-        preset_field = f in ("emb_dim", "n_heads", "n_layers") or origin.startswith("preset")
-        fix = f"use model={match[-1]} or drop the override" if match and preset_field else "drop the override"
-        want, have = user.get(f), getattr(weights, f)
-        if want == have or (f == "context_length" and not checkpoint and 0 < want < have):
-            continue
-        if f == "context_length" and not checkpoint:
-            raise ConfigError(
-                f"model.context_length={want} ({origin}) exceeds the {have} positions of the weights in {source}; "
-                f"use model.context_length={have} or less"
-            )
-        raise ConfigError(f"model.{f}={fmt(want)} ({origin}) contradicts the weights in {source} ({fmt(have)}); {fix}")
-    context = user["context_length"] if "context_length" in explicit else weights.context_length
-    pad = weights.pad_vocab_multiple if checkpoint else user.get("pad_vocab_multiple", weights.pad_vocab_multiple)
-    return dataclasses.replace(
-        weights, context_length=context, drop_rate=user.get("drop_rate", weights.drop_rate), pad_vocab_multiple=pad
-    ).validate()
-
-
-def adopt_pretrained(model_node, init_from: str) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
-    """train.py's model.init_from: read the weights and fit the user's model config to them.
-
-    model_node is cfg.model; the adopted fields are written back into it, so
-    ${model.context_length} (the default data.max_length) follows the weights.
-    """
-    from gptlit.data import resolve_path
-
-    user = {k: model_node[k] for k in model_node}
-    explicit = explicit_model_fields(user)
-    src = resolve_path(init_from)
-    try:
-        weights, state = read_pretrained(src, n_heads=user.get("n_heads") if "n_heads" in explicit else None)
-    except ConfigError as e:
-        raise ConfigError(f"model.init_from={init_from}: {e}") from None
-    return _write_back(model_node, reconcile(user, weights, str(src), explicit), str(src)), state
-
-
-def adopt_checkpoint(model_node, ckpt_path: str) -> tuple[str, GPTConfig]:
-    """task=validate ckpt_path=...: the model config stored in the checkpoint (a run folder: its best)."""
-    from gptlit.checkpoint import find_checkpoint, load_checkpoint
-    from gptlit.data import resolve_path
-
-    p = resolve_path(ckpt_path)
-    if not p.exists():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint ({p}); give a .ckpt file or a run directory")
-    p = find_checkpoint(p)
-    saved = GPTConfig.from_dict(load_checkpoint(p)["hyper_parameters"]["model"])
-    user = {k: model_node[k] for k in model_node}
-    merged = reconcile(user, saved, str(p), explicit_model_fields(user), checkpoint=True)
-    return str(p), _write_back(model_node, merged, str(p))
-
-
-def _write_back(model_node, cfg: GPTConfig, source: str) -> GPTConfig:
-    for k, v in cfg.to_dict().items():
-        model_node[k] = v
-    same = [n for n, p in PRESETS.items() if all(p[k] == getattr(cfg, k) for k in ("emb_dim", "n_heads", "n_layers"))]
-    if "name" in model_node:  # shown in the run's log
-        model_node["name"] = f"{same[-1] if same else 'custom'} from {source}"
-    return cfg
-
-
-# export ---------------------------------------------------------------------------------------
-def export(model: GPT, out_dir: str | Path) -> list[Path]:
+# writing a Hugging Face folder ---------------------------------------------------------------------------------------
+def write_hf_folder(model: GPT, out_dir: str | Path) -> list[Path]:
     """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads. Returns the files."""
     from safetensors.torch import save_file
 

@@ -59,7 +59,7 @@ class ResumableDistributedSampler(DistributedSampler):
 @dataclass
 class TrainOrder:
     """What the train loader's sampler is made with: the shuffle seed and, when resuming, the epoch
-    and the batches of it already trained. The datamodule holds one; train.build sets it."""
+    and the batches of it already trained. The datamodule holds one; gptlit.build sets it."""
 
     seed: int = 0
     epoch: int = 0

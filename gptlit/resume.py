@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from gptlit.config import ConfigError
+from gptlit.errors import UserError
 from gptlit.resumable_sampler import FINGERPRINT_KEYS
 
 KEY = "gptlit_resume"
@@ -60,7 +60,7 @@ class ExactResume(L.Callback):
 
     A batch counts as consumed only once its optimizer step has finished (with gradient accumulation,
     the step after its last micro-batch), so a checkpoint written on a crash never skips one.
-    train.build puts this callback first, so the checkpoint callbacks see this step's state.
+    gptlit.build puts this callback first, so the checkpoint callbacks see this step's state.
     """
 
     def __init__(self, fingerprint: dict, seed: int, batches_per_epoch: int):
@@ -128,7 +128,7 @@ class ExactResume(L.Callback):
 
 def plan_resume(ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow_inexact: bool) -> dict | None:
     """Where a resumed run's data order starts: {"seed", "epoch", "start_batch"}, or None for a fresh
-    order. Raises ConfigError, naming the difference, when the order cannot continue exactly and
+    order. Raises UserError, naming the difference, when the order cannot continue exactly and
     `allow_inexact` (resume_inexact=true) is off."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # mmap: reads no weights
     epoch = int(ckpt.get("epoch", 0))
@@ -147,7 +147,7 @@ def plan_resume(ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow
         msg = (f"ckpt_path={ckpt_path} cannot continue its data order exactly: it was trained with "
                f"{what} {saved.get(diff)}, this run has {fingerprint.get(diff)}")
         if not allow_inexact:
-            raise ConfigError(f"{msg}; set it back, or pass resume_inexact=true to start epoch {epoch}'s order afresh")
+            raise UserError(f"{msg}; set it back, or pass resume_inexact=true to start epoch {epoch}'s order afresh")
         rank_zero_info(f"warning: {msg}; resume_inexact=true: epoch {epoch}'s data order starts afresh")
         return {"seed": seed, "epoch": epoch, "start_batch": 0}
     if not state.get("exact", True):
@@ -161,7 +161,7 @@ def plan_resume(ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow
 
 def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, allow_inexact: bool) -> ExactResume:
     """Set the datamodule's training order (seed, and where a resume starts) and put the ExactResume
-    callback first among the trainer's callbacks. Raises ConfigError before any training."""
+    callback first among the trainer's callbacks. Raises UserError before any training."""
     from gptlit.resumable_sampler import default_seed, order_fingerprint
 
     sampler = dm.train_sampler(trainer)

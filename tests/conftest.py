@@ -8,6 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from gptlit.config_store import register_configs
+
+register_configs()  # the model, optim and sampling groups, as train.py and sample.py register them
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.config import ConfigError
+from gptlit.errors import UserError
 from gptlit.data import GPTDataModule, WindowDataset, download, num_windows, split_point
 from gptlit.tokenizer import EOT_ID, encode
 
@@ -106,7 +106,7 @@ def test_relative_path_resolves_against_cwd(tmp_path, monkeypatch, corpus):
     [
         (dict(source="files", path="nope/missing.txt"), r"data.path=nope/missing.txt: no such file or folder"),
         (dict(source="files", path="nope/*.txt"), r"data.path=nope/\*.txt: the glob .* matches no files"),
-        (dict(source="files", path=None), r"data=text needs data.path"),
+        (dict(source="files", path=None), r"data.source=files \(data=text\) needs data.path"),
         (dict(source="books"), r"data.source=books is unknown"),
         (dict(max_length=0), r"data.max_length=0 must be a positive integer"),
         (dict(stride=0), r"data.stride=0"),
@@ -116,30 +116,30 @@ def test_relative_path_resolves_against_cwd(tmp_path, monkeypatch, corpus):
     ],
 )
 def test_bad_values(kwargs, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(UserError, match=match):
         GPTDataModule(**kwargs)
 
 
 def test_empty_folder(tmp_path):
-    with pytest.raises(ConfigError, match="holds no .txt files"):
+    with pytest.raises(UserError, match="holds no .txt files"):
         GPTDataModule(source="files", path=str(tmp_path))
 
 
 def test_empty_and_short_corpus(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    with pytest.raises(ConfigError, match=r"corpus too short: 0 tokens give 0 train and 0 val tokens.*data.max_length\+1=33"):
+    with pytest.raises(UserError, match=r"corpus too short: 0 tokens give 0 train and 0 val tokens.*data.max_length\+1=33"):
         GPTDataModule(source="files", path=str(empty), max_length=32).setup()
     short = tmp_path / "short.txt"
     short.write_text("word" + " word" * 99)  # 100 tokens: 90 train, 10 val
-    with pytest.raises(ConfigError, match=r"100 tokens give 90 train and 10 val tokens"):
+    with pytest.raises(UserError, match=r"100 tokens give 90 train and 10 val tokens"):
         GPTDataModule(source="files", path=str(short), max_length=32).setup()
 
 
 def test_not_utf8(tmp_path):
     f = tmp_path / "bin.txt"
     f.write_bytes(b"\xff\xfe\x00\x81" * 100)
-    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+    with pytest.raises(UserError, match="is not UTF-8 text"):
         GPTDataModule(source="files", path=str(f), max_length=8).setup()
 
 
@@ -186,7 +186,7 @@ def test_download_wrong_hash_leaves_nothing(http_server, tmp_path):
     root, base = http_server
     (root / "story.txt").write_text("changed text")
     dest = tmp_path / "cache" / "story.txt"
-    with pytest.raises(ConfigError, match="has SHA-256 .* expected 0000"):
+    with pytest.raises(UserError, match="has SHA-256 .* expected 0000"):
         download(f"{base}/story.txt", "0" * 64, dest)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
 
@@ -194,7 +194,7 @@ def test_download_wrong_hash_leaves_nothing(http_server, tmp_path):
 def test_download_offline_message_and_no_partial_file(tmp_path):
     dest = tmp_path / "cache" / "the-verdict.txt"
     # nothing listens on port 9 of loopback: the connection is refused, as offline
-    with pytest.raises(ConfigError, match=r"could not download http://127.0.0.1:9/the-verdict.txt .*offline\? copy the file to"):
+    with pytest.raises(UserError, match=r"could not download http://127.0.0.1:9/the-verdict.txt .*offline\? copy the file to"):
         download("http://127.0.0.1:9/the-verdict.txt", None, dest, timeout=5)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
 
@@ -207,5 +207,5 @@ def test_url_source_with_local_copy_checks_hash(tmp_path):
     dm.prepare_data()  # no download attempted
     dm.setup()
     bad = GPTDataModule(source="url", url="http://127.0.0.1:9/x.txt", sha256="1" * 64, path=str(f), max_length=16)
-    with pytest.raises(ConfigError, match="not the expected 1111"):
+    with pytest.raises(UserError, match="not the expected 1111"):
         bad.setup()

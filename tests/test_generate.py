@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from gptlit import GPT, ConfigError, GPTConfig
+from gptlit import GPT, GPTConfig
+from gptlit.errors import UserError
 from gptlit.generate import (
     SamplingConfig,
     generate,
@@ -321,9 +322,9 @@ def test_stream_yields_one_token_per_step():
     ],
 )
 def test_bad_sampling_values_raise_config_error(kwargs, needle):
-    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+    with pytest.raises(UserError, match=needle.replace(".", r"\.")):
         SamplingConfig(**kwargs).validate()
-    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+    with pytest.raises(UserError, match=needle.replace(".", r"\.")):
         SamplingConfig.from_dict({"prompt": "ignored", "every_n_steps": 5, **kwargs})
 
 

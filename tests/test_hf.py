@@ -13,14 +13,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.config import ConfigError, GPTConfig
+from gptlit.config import GPTConfig
 from gptlit.data import num_windows
+from gptlit.errors import UserError
 from gptlit.generate import SamplingConfig, generate
-from gptlit.hf import export, load_pretrained, read_pretrained
+from gptlit.hf import load_pretrained, read_pretrained, write_hf_folder
 from gptlit.model import GPT
 from gptlit.tokenizer import encode
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def export_cli():
+    """The root export.py command line as a module (its main(argv) runs in-process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_cli", REPO / "export.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 TINY = dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=50257)
 
 
@@ -153,7 +164,7 @@ def test_book_state_dict(tmp_path, tied, qkv_bias):
     ref = tiny_gptlit(tie_embeddings=tied, qkv_bias=qkv_bias)
     f = tmp_path / "gpt2-tiny.pth"
     torch.save(to_book_state_dict(ref), f)
-    with pytest.raises(ConfigError, match="emb_dim=64 is not one of GPT-2's sizes"):
+    with pytest.raises(UserError, match="emb_dim=64 is not one of GPT-2's sizes"):
         load_pretrained(f)
     model = load_pretrained(f, n_heads=4)
     assert model.cfg.tie_embeddings == tied and model.cfg.qkv_bias == qkv_bias
@@ -198,31 +209,31 @@ def _copy_hf(src: Path, dst: Path, **config_changes) -> Path:
 )
 def test_config_errors(hf_dirs, tmp_path, change, pattern):
     bad = _copy_hf(hf_dirs["safetensors"], tmp_path / "bad", **change)
-    with pytest.raises(ConfigError, match=pattern):
+    with pytest.raises(UserError, match=pattern):
         load_pretrained(bad)
 
 
 def test_path_errors(hf_dirs, tmp_path):
-    with pytest.raises(ConfigError, match="no such file or folder"):
+    with pytest.raises(UserError, match="no such file or folder"):
         load_pretrained(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="no config.json .* nor a .pth"):
+    with pytest.raises(UserError, match="no config.json .* nor a .pth"):
         load_pretrained(tmp_path / "empty")
     only_config = tmp_path / "only_config"
     only_config.mkdir()
     (only_config / "config.json").write_text((hf_dirs["safetensors"] / "config.json").read_text())
-    with pytest.raises(ConfigError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(UserError, match="no model.safetensors or pytorch_model.bin"):
         load_pretrained(only_config)
     broken = _copy_hf(hf_dirs["safetensors"], tmp_path / "broken")
     (broken / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ConfigError, match="not a readable safetensors file"):
+    with pytest.raises(UserError, match="not a readable safetensors file"):
         load_pretrained(broken)
 
 
 def test_unsafe_pickle_is_refused(tmp_path):
     f = tmp_path / "whole_model.pth"
     torch.save(GPT(GPTConfig.from_name("nano")), f)  # a pickled module object, not a state dict
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(UserError) as e:
         load_pretrained(f)
     msg = str(e.value)
     assert "refused" in msg and "arbitrary Python objects" in msg and "will not load it unsafely" in msg
@@ -233,17 +244,17 @@ def test_missing_and_unexpected_tensors(tmp_path):
     sd = to_book_state_dict(tiny_gptlit())
     del sd["trf_blocks.1.ff.layers.2.bias"]
     torch.save(sd, tmp_path / "missing.pth")
-    with pytest.raises(ConfigError, match="tensor trf_blocks.1.ff.layers.2.bias is missing"):
+    with pytest.raises(UserError, match="tensor trf_blocks.1.ff.layers.2.bias is missing"):
         load_pretrained(tmp_path / "missing.pth", n_heads=4)
     sd = to_book_state_dict(tiny_gptlit())
     sd["trf_blocks.0.att.W_query.weight"] = torch.zeros(64, 32)
     torch.save(sd, tmp_path / "shape.pth")
-    with pytest.raises(ConfigError, match=r"trf_blocks.0.att.W_query.weight has shape \(64, 32\).* needs \(64, 64\)"):
+    with pytest.raises(UserError, match=r"trf_blocks.0.att.W_query.weight has shape \(64, 32\).* needs \(64, 64\)"):
         load_pretrained(tmp_path / "shape.pth", n_heads=4)
     sd = to_book_state_dict(tiny_gptlit())
     sd["classifier.weight"] = torch.zeros(2, 64)
     torch.save(sd, tmp_path / "extra.pth")
-    with pytest.raises(ConfigError, match="unexpected tensors classifier.weight"):
+    with pytest.raises(UserError, match="unexpected tensors classifier.weight"):
         load_pretrained(tmp_path / "extra.pth", n_heads=4)
 
 
@@ -252,7 +263,7 @@ def test_missing_and_unexpected_tensors(tmp_path):
 def test_export_loads_in_transformers(tmp_path, tied, qkv_bias):
     transformers = pytest.importorskip("transformers")
     model = tiny_gptlit(tie_embeddings=tied, qkv_bias=qkv_bias)
-    files = export(model, tmp_path / "out")
+    files = write_hf_folder(model, tmp_path / "out")
     assert sorted(f.name for f in files) == ["config.json", "model.safetensors"]
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["tie_word_embeddings"] is tied and cfg["vocab_size"] == 50257 and cfg["n_positions"] == 64
@@ -272,8 +283,8 @@ def test_export_loads_in_transformers(tmp_path, tied, qkv_bias):
 
 
 def test_gptlit_does_not_import_transformers():
-    # (lightning itself may import transformers when it is installed, so gptlit.train is checked by its source)
-    code = "import sys, gptlit.hf, gptlit.export; assert 'transformers' not in sys.modules"
+    # (lightning itself may import transformers when it is installed, so gptlit.build is checked by its source)
+    code = "import sys, gptlit.hf, gptlit.checkpoints, export; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     for f in (REPO / "gptlit").glob("*.py"):
         assert "import transformers" not in f.read_text() and "from transformers" not in f.read_text(), f
@@ -299,7 +310,7 @@ def common(out: Path, text_file: Path) -> list[str]:
 
 
 def test_validate_pretrained_equals_transformers_loss(hf_model, hf_dirs, text_file, tmp_path):
-    from gptlit.train import run
+    from gptlit.build import run
 
     cfg = compose(["task=validate", f"model.init_from={hf_dirs['safetensors']}", "data.max_length=32", "~logger",
                    *common(tmp_path, text_file)])
@@ -317,14 +328,14 @@ def test_validate_pretrained_equals_transformers_loss(hf_model, hf_dirs, text_fi
 
 
 def test_init_from_contradiction_is_an_error(hf_dirs, text_file, tmp_path):
-    from gptlit.train import build
+    from gptlit.build import build
 
     base = [f"model.init_from={hf_dirs['safetensors']}", "~logger", *common(tmp_path, text_file)]
-    with pytest.raises(ConfigError, match=r"model.emb_dim=128 \((config|command line)\) contradicts the weights in .* \(64\); use model=nano"):
+    with pytest.raises(UserError, match=r"model.emb_dim=128 \((config|command line)\) contradicts the weights in .* \(64\); use model=nano"):
         build(compose([*base, "model.emb_dim=128"]))
-    with pytest.raises(ConfigError, match="model.context_length=128 .* exceeds the 64 positions"):
+    with pytest.raises(UserError, match="model.context_length=128 .* exceeds the 64 positions"):
         build(compose([*base, "model=nano", "model.context_length=128"]))
-    with pytest.raises(ConfigError, match=r"model.init_from=.*missing: .*no such file or folder"):
+    with pytest.raises(UserError, match=r"model.init_from=.*missing: .*no such file or folder"):
         build(compose([*base, f"model.init_from={tmp_path / 'missing'}"]))
 
 
@@ -332,17 +343,17 @@ def test_command_line_overrides_must_agree_with_weights(hf_dirs, text_file, tmp_
     """As under train.py: Hydra records the command line, so an explicitly picked preset counts."""
     from hydra.core.hydra_config import HydraConfig
 
-    from gptlit.train import build
+    from gptlit.build import build
 
     base = [f"model.init_from={hf_dirs['safetensors']}", "~logger", *common(tmp_path, text_file)]
     try:
         cfg = compose([*base, "model=small"], hydra_config=True)
         HydraConfig.instance().set_config(cfg)
-        with pytest.raises(ConfigError, match=r"model.emb_dim=768 \(preset small\) contradicts .* use model=nano"):
+        with pytest.raises(UserError, match=r"model.emb_dim=768 \(preset small\) contradicts .* use model=nano"):
             build(cfg)
         cfg = compose([*base, "model=nano", "model.qkv_bias=false"], hydra_config=True)
         HydraConfig.instance().set_config(cfg)
-        with pytest.raises(ConfigError, match=r"model.qkv_bias=false \(command line\) contradicts .* \(true\); drop the override"):
+        with pytest.raises(UserError, match=r"model.qkv_bias=false \(command line\) contradicts .* \(true\); drop the override"):
             build(cfg)
         cfg = compose([*base, "model.context_length=16"], hydra_config=True)
         HydraConfig.instance().set_config(cfg)
@@ -365,9 +376,9 @@ def test_cli_rejects_preset_that_contradicts_weights(hf_dirs, text_file, tmp_pat
 def test_continue_pretraining_validate_checkpoint_and_export(hf_dirs, text_file, tmp_path):
     """Train from the pretrained weights, validate the checkpoint without repeating model=, export it."""
     transformers = pytest.importorskip("transformers")
-    from gptlit.checkpoint import model_from_checkpoint
-    from gptlit.export import main as export_main
-    from gptlit.train import run
+    from gptlit.checkpoints import model_from_checkpoint
+    export_main = export_cli().main
+    from gptlit.build import run
 
     run_dir = tmp_path / "run"
     run(compose([f"model.init_from={hf_dirs['bin']}", "model.context_length=32", "trainer.max_steps=3",
@@ -392,7 +403,7 @@ def test_continue_pretraining_validate_checkpoint_and_export(hf_dirs, text_file,
 
 
 def test_export_cli_errors(tmp_path, capsys):
-    from gptlit.export import main as export_main
+    export_main = export_cli().main
 
     for argv, pattern in (
         ([f"ckpt={tmp_path / 'nope'}", "out=x"], "no such file or folder"),

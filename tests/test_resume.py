@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gptlit.config import ConfigError
+from gptlit.errors import UserError
 from gptlit.resumable_sampler import ResumableDistributedSampler
-from gptlit.train import build, run
+from gptlit.build import build, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,14 +69,14 @@ def test_inexact_resume_is_refused_or_overridden(corpus, tmp_path, caplog):
 
     run(compose_cfg(tiny(corpus, "trainer.max_steps=3"), tmp_path / "first"))
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    with pytest.raises(ConfigError, match=r"cannot continue its data order exactly: it was trained with "
+    with pytest.raises(UserError, match=r"cannot continue its data order exactly: it was trained with "
                                           r"data.batch_size 4, this run has 8; .*resume_inexact=true"):
         build(compose_cfg(tiny(corpus, "data.batch_size=8", f"ckpt_path={last}"), tmp_path / "second"))
-    with pytest.raises(ConfigError, match=r"data.stride 32, this run has 16"):
+    with pytest.raises(UserError, match=r"data.stride 32, this run has 16"):
         build(compose_cfg(tiny(corpus, "data.stride=16", f"ckpt_path={last}"), tmp_path / "second"))
     other = tmp_path / "other.txt"
     other.write_text(corpus.read_text().replace("fox", "cat"))
-    with pytest.raises(ConfigError, match=r"training corpus \(token digest\)"):
+    with pytest.raises(UserError, match=r"training corpus \(token digest\)"):
         build(compose_cfg(tiny(f"{other}", f"ckpt_path={last}"), tmp_path / "second"))
     assert not (tmp_path / "second" / "checkpoints").exists()
     with caplog.at_level("INFO"):
@@ -144,7 +144,7 @@ def test_both_checkpoint_callbacks_off_means_no_checkpoints(corpus, tmp_path):
     ("train_time_interval", "-5", "train_time_interval=-5 must be minutes >= 0"),
 ])
 def test_bad_cadence(make_cfg, key, value, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(UserError, match=match):
         build(make_cfg(f"callbacks.last_checkpoint.{key}={value}"))
 
 

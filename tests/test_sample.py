@@ -37,8 +37,8 @@ def trained(tmp_path_factory):
     """Train nano for 2 steps in-process; keep the run dir, a final checkpoint and SampleText's text."""
     from hydra import compose, initialize_config_dir
 
+    from gptlit.build import build
     from gptlit.callbacks import SampleText
-    from gptlit.train import build
 
     root = tmp_path_factory.mktemp("trained")
     overrides = [

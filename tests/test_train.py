@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.config import ConfigError
-from gptlit.train import build, resolve_precision, run
+from gptlit.build import build, resolve_precision, run
+from gptlit.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,7 +201,7 @@ def test_resume_with_other_model_is_an_error(corpus, tmp_path):
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     cfg = compose_cfg([*TINY, "data=text", f"data.path={corpus}", "model.emb_dim=128", f"ckpt_path={last}"],
                       tmp_path / "second")
-    with pytest.raises(ConfigError, match="trained with model.emb_dim=64 but this run has model.emb_dim=128"):
+    with pytest.raises(UserError, match="trained with model.emb_dim=64 but this run has model.emb_dim=128"):
         build(cfg)
 
 
@@ -247,9 +247,12 @@ def test_gradient_clipping_with_fused_adamw(make_cfg, corpus, tmp_path):
 def test_precision_follows_device():
     assert resolve_precision("32-true", "cpu") == "32-true"
     p = resolve_precision("auto", "cpu")
-    from gptlit.train import cpu_has_fast_bf16
+    from gptlit.build import cpu_has_fast_bf16
 
     assert p == ("bf16-mixed" if cpu_has_fast_bf16() else "32-true")
+
+
+NO_CORPUS = ["data=text", "data.path=does/not/exist.txt"]
 
 
 @pytest.mark.parametrize(
@@ -265,13 +268,24 @@ def test_precision_follows_device():
         (["optim.scheduler=linear"], r"optim.scheduler=linear is unknown"),
         (["data.val_fraction=0"], r"data.val_fraction=0"),
         (["data.eval_train_batches=-1"], r"data.eval_train_batches=-1 must be >= 0"),
-        (["ckpt_path=missing.ckpt"], r"ckpt_path=missing.ckpt: no such checkpoint"),
+        (["ckpt_path=missing.ckpt"], r"ckpt_path=missing.ckpt: no such file or folder"),
         (["task=predict"], r"task=predict is unknown"),
         (["+trainer.gradient_clip_val=1.0"], r"use optim.grad_clip"),
+        # trainer values are checked first: a missing corpus (checked later) does not hide them
+        (["trainer.precision=bf17", *NO_CORPUS], r"trainer.precision=bf17 is not a precision Lightning knows: use auto or one of .*bf16-mixed"),
+        (["trainer.max_epochs=abc", *NO_CORPUS], r"trainer.max_epochs=abc must be an integer or null"),
+        (["trainer.max_steps=1.5", *NO_CORPUS], r"trainer.max_steps=1.5 must be an integer"),
+        (["trainer.enable_model_summary=maybe", *NO_CORPUS], r"trainer.enable_model_summary=maybe must be true/false"),
+        (["+trainer.max_epoch=3", *NO_CORPUS], r"trainer.max_epoch is not an argument of lightning.pytorch.Trainer"),
+        (["trainer.accelerator=abacus", *NO_CORPUS], r"trainer.accelerator=abacus is unknown"),
+        pytest.param(["trainer=gpu", *NO_CORPUS], r"trainer.accelerator=gpu but this machine has no GPU",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+        pytest.param(["trainer=fsdp", *NO_CORPUS], r"trainer.accelerator=gpu but this machine has no GPU",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     ],
 )
 def test_bad_values_fail_before_training(make_cfg, overrides, match, tmp_path):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(UserError, match=match):
         build(make_cfg(*overrides))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -281,13 +295,13 @@ def test_not_a_checkpoint(make_cfg, tmp_path):
 
     bad = tmp_path / "bad.ckpt"
     rng = random.Random(0)
-    for _ in range(30):  # random bytes fail in many places of the unpickler: every one is a ConfigError
+    for _ in range(30):  # random bytes fail in many places of the unpickler: every one is a UserError
         bad.write_bytes(rng.randbytes(200))
-        with pytest.raises(ConfigError, match="is not a readable checkpoint"):
+        with pytest.raises(UserError, match="is not a readable checkpoint"):
             build(make_cfg(f"ckpt_path={bad}"))
     other = tmp_path / "other.ckpt"
     torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(ConfigError, match="is not a gptlit checkpoint"):
+    with pytest.raises(UserError, match="is not a gptlit checkpoint"):
         build(make_cfg(f"ckpt_path={other}"))
 
 
@@ -325,6 +339,8 @@ FAST = ["model=nano", "data.max_length=32", "data.batch_size=4", "trainer.limit_
         pytest.param(["sampling.temperature=-0.5"], "error: sampling.temperature=-0.5 must be", marks=pytest.mark.slow),
         pytest.param(["data=text", "data.path=no_such_file.txt"],
                      "error: data.path=no_such_file.txt: no such file or folder", marks=pytest.mark.slow),
+        # Lightning's own refusal would be Hydra's multi-line "Error in call to target" block and exit 1
+        pytest.param(["trainer.max_epochs=abc"], "error: trainer.max_epochs=abc must be an integer", marks=pytest.mark.slow),
     ],
 )
 def test_cli_errors_are_one_line(args, match, tmp_path):

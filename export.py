@@ -1,7 +1,8 @@
+#!/usr/bin/env python
 """Export a gptlit checkpoint as a Hugging Face GPT-2 folder (config.json + model.safetensors).
 
-  python -m gptlit.export ckpt=outputs/2025-01-01/12-00-00 out=exported/
-  python -m gptlit.export ckpt=outputs/.../checkpoints/last.ckpt out=exported/
+  python export.py ckpt=outputs/2025-01-01/12-00-00 out=exported/
+  python export.py ckpt=outputs/.../checkpoints/last.ckpt out=exported/
 
 ckpt is a .ckpt file or a run directory (its best checkpoint, else its last). The folder
 loads with transformers.GPT2LMHeadModel.from_pretrained(out) and with gptlit (model.init_from=out).
@@ -12,9 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gptlit.config import ConfigError
+from gptlit.errors import UserError, exit_on_user_error
 
-USAGE = "usage: python -m gptlit.export ckpt=<.ckpt file or run directory> out=<folder>"
+USAGE = "usage: python export.py ckpt=<.ckpt file or run directory> out=<folder>"
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -28,28 +29,28 @@ def parse_args(argv: list[str]) -> dict[str, str]:
             key, value = a, argv[i + 1]
             i += 1
         else:
-            raise ConfigError(f"cannot read argument {argv[i]!r}; {USAGE}")
+            raise UserError(f"cannot read argument {argv[i]!r}; {USAGE}")
         if key not in ("ckpt", "out"):
-            raise ConfigError(f"unknown argument {key}; {USAGE}")
+            raise UserError(f"unknown argument {key}; {USAGE}")
         args[key] = value
         i += 1
     for key in ("ckpt", "out"):
         if not args.get(key):
-            raise ConfigError(f"{key}= is missing; {USAGE}")
+            raise UserError(f"{key}= is missing; {USAGE}")
     return args
 
 
 def run(argv: list[str]) -> list:
-    from gptlit.checkpoint import find_checkpoint, model_from_checkpoint
-    from gptlit.hf import export
+    from gptlit.checkpoints import find_checkpoint, model_from_checkpoint
+    from gptlit.hf import write_hf_folder
 
     args = parse_args(argv)
-    ckpt = find_checkpoint(args["ckpt"])
+    ckpt = find_checkpoint(args["ckpt"], prefer="best")
     model, _ = model_from_checkpoint(ckpt)
     out = Path(args["out"])
     if out.is_file():
-        raise ConfigError(f"out={args['out']} is a file; give a folder to write config.json and model.safetensors into")
-    files = export(model, out)
+        raise UserError(f"out={args['out']} is a file; give a folder to write config.json and model.safetensors into")
+    files = write_hf_folder(model, out)
     c = model.cfg
     print(f"read {ckpt}: {model.num_params():,} parameters (emb_dim {c.emb_dim}, {c.n_layers} layers, "
           f"{c.n_heads} heads, context {c.context_length}, tied embeddings: {str(c.tie_embeddings).lower()})")
@@ -64,11 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(__doc__.strip())
         return
-    try:
+    with exit_on_user_error():
         run(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Throughput bookkeeping: training FLOPs per token, GPU peak FLOP/s and MFU; the FSDP strategy factory."""
+"""Throughput bookkeeping: training FLOPs per token, GPU peak FLOP/s and model FLOPs utilization (MFU)."""
 
 from __future__ import annotations
 
@@ -75,19 +75,3 @@ def cuda_peak_flops(precision: str) -> float | None:
         return None
     tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
     return peak_flops(torch.cuda.get_device_name(), precision, tf32)
-
-
-def fsdp_strategy(activation_checkpointing: bool = False, **kwargs):
-    """Lightning's FSDPStrategy sharding each transformer Block (and recomputing its activations if asked).
-
-    kwargs go to FSDPStrategy, e.g. sharding_strategy=SHARD_GRAD_OP or cpu_offload=true.
-    """
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    from gptlit.model import Block
-
-    return FSDPStrategy(
-        auto_wrap_policy={Block},
-        activation_checkpointing_policy={Block} if activation_checkpointing else None,
-        **kwargs,
-    )

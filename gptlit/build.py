@@ -1,10 +1,12 @@
-"""Build everything from a composed Hydra config and run it (train.py is the command-line front)."""
+"""From a composed Hydra config to (datamodule, module, trainer, ckpt_path), and the run itself.
+
+Every value is checked here (or by the class it configures) before any data or model work,
+so a bad one ends as a one-line UserError. train.py is the command-line front.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -15,11 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlit.callbacks import SampleText
 from gptlit.checkpoint_callbacks import AtomicCheckpointIO
-from gptlit.config import ConfigError, GPTConfig
-from gptlit.data import GPTDataModule, resolve_path
-from gptlit.hf import adopt_checkpoint, adopt_pretrained, load_weights
-from gptlit.module import GPTLitModule, validate_optim
+from gptlit.checkpoints import model_for_run, preset_label
+from gptlit.config import validate_optim
+from gptlit.data import GPTDataModule
+from gptlit.errors import UserError, exit_on_user_error
+from gptlit.hf import load_weights
+from gptlit.lit_module import GPTLitModule
 from gptlit.resume import setup_exact_resume
+from gptlit.trainer_args import check_trainer_args
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -45,18 +50,30 @@ def _plain(node):
 
 
 def make(node, **kwargs):
-    """hydra.utils.instantiate, but a ConfigError raised inside surfaces as itself."""
+    """hydra.utils.instantiate, but a UserError raised inside surfaces as itself."""
     from hydra.errors import InstantiationException
 
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
-        while cause is not None and not isinstance(cause, ConfigError):
+        while cause is not None and not isinstance(cause, UserError):
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
         raise
+
+
+def make_trainer(tcfg: dict, **kwargs) -> L.Trainer:
+    """The Trainer; an argument Lightning refuses that check_trainer_args let through becomes a one-line UserError."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return make(tcfg, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+        raise UserError(f"trainer: {first} (Lightning refused a trainer.* value; see conf/trainer/default.yaml)") from None
 
 
 def instantiate_dict(node, kind: str) -> list:
@@ -66,32 +83,9 @@ def instantiate_dict(node, kind: str) -> list:
         if conf is None:
             continue
         if "_target_" not in conf:
-            raise ConfigError(f"{kind}.{key} has no _target_: give a class path or set {kind}.{key}=null")
+            raise UserError(f"{kind}.{key} has no _target_: give a class path or set {kind}.{key}=null")
         out.append(make(conf))
     return out
-
-
-def check_checkpoint(path: str, model_cfg: GPTConfig) -> str:
-    """Resolve ckpt_path and check that it is a gptlit checkpoint for this model config."""
-    p = resolve_path(path)
-    if p.is_dir():
-        for name in ("last.ckpt", "checkpoints/last.ckpt"):
-            if (p / name).is_file():
-                p = p / name
-                break
-    if not p.is_file():
-        raise ConfigError(f"ckpt_path={path}: no such checkpoint ({p}); give a .ckpt file or a run directory")
-    from gptlit.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(p)
-    saved = ckpt["hyper_parameters"]["model"]
-    for k, v in model_cfg.to_dict().items():
-        if k in saved and saved[k] != v:
-            raise ConfigError(
-                f"ckpt_path={path} was trained with model.{k}={saved[k]} but this run has model.{k}={v}; "
-                f"pass model.{k}={saved[k]} (or the same model= preset) to resume"
-            )
-    return str(p)
 
 
 def val_interval(tcfg: dict, batches_per_epoch: int):
@@ -105,33 +99,40 @@ def val_interval(tcfg: dict, batches_per_epoch: int):
     if isinstance(v, float):
         return v
     if v < 1:
-        raise ConfigError(f"trainer.val_check_interval={v} must be >= 1 batches (or a fraction like 0.5)")
+        raise UserError(f"trainer.val_check_interval={v} must be >= 1 batches (or a fraction like 0.5)")
     return max(1, min(v, cap))
 
 
 def build(cfg: DictConfig):
-    """Validate the config and build (datamodule, module, trainer). Raises ConfigError before any training."""
+    """Validate the config and build (datamodule, module, trainer, ckpt_path). Raises UserError before any training."""
     task = cfg.get("task", "train")
     if task not in ("train", "validate"):
-        raise ConfigError(f"task={cfg.task} is unknown: use task=train or task=validate")
-    model_cfg = GPTConfig.from_dict(_plain(cfg.model))
-    init_state, ckpt_path = None, None
-    if task == "validate" and cfg.get("ckpt_path"):  # the model config comes from the checkpoint
-        ckpt_path, model_cfg = adopt_checkpoint(cfg.model, cfg.ckpt_path)
-    elif cfg.model.get("init_from"):  # pretrained weights, e.g. OpenAI's GPT-2 (docs/pretrained.md)
-        model_cfg, init_state = adopt_pretrained(cfg.model, cfg.model.init_from)
+        raise UserError(f"task={cfg.task} is unknown: use task=train or task=validate")
+    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    tcfg["precision"] = resolve_precision(tcfg.get("precision"), str(tcfg.get("accelerator", "auto")))
+    check_trainer_args(tcfg)  # accelerator, precision, types: before the corpus is read or the model built
+    if tcfg.get("gradient_clip_val"):
+        raise UserError(
+            f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "
+            f"(it also works with fused AdamW)"
+        )
+    # the model config, from the config alone or from the files it names (checkpoint, pretrained weights)
+    run_model = model_for_run(cfg)
+    model_cfg, ckpt_path, init_state = run_model.config, run_model.ckpt_path, run_model.init_state
+    if run_model.source:  # write it back, so ${model.context_length} (data.max_length's default) follows the files
+        for k, v in model_cfg.to_dict().items():
+            cfg.model[k] = v
+        if "name" in cfg.model:  # shown in the run's log
+            cfg.model.name = preset_label(model_cfg, run_model.source)
     optim = validate_optim(_plain(cfg.optim))
     sampling = _plain(cfg.sampling)
     sampler = SampleText(**sampling)  # validates temperature, top_k, top_p
 
     if cfg.data.max_length > model_cfg.context_length:
-        raise ConfigError(
+        raise UserError(
             f"data.max_length={cfg.data.max_length} exceeds model.context_length={model_cfg.context_length}; "
             f"lower data.max_length or raise model.context_length"
         )
-    if cfg.get("ckpt_path") and ckpt_path is None:
-        ckpt_path = check_checkpoint(cfg.ckpt_path, model_cfg)
-
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -150,19 +151,12 @@ def build(cfg: DictConfig):
         callbacks.append(sampler)
     loggers = instantiate_dict(cfg.get("logger"), "logger")
 
-    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()))
-    tcfg["precision"] = resolve_precision(tcfg.get("precision"), str(tcfg.get("accelerator", "auto")))
-    if tcfg.get("gradient_clip_val"):
-        raise ConfigError(
-            f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "
-            f"(it also works with fused AdamW)"
-        )
     if tcfg.get("enable_progress_bar") is False:  # one flag is enough: drop the configured bar callback too
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     # no checkpoint callback configured: no checkpoints (Lightning would otherwise add its own)
     tcfg["enable_checkpointing"] = any(isinstance(c, Checkpoint) for c in callbacks)
-    trainer: L.Trainer = make(tcfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    trainer: L.Trainer = make_trainer(tcfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     if task == "train":  # the data order and RNG states that make a resume exact (gptlit/resume.py)
         setup_exact_resume(dm, trainer, cfg.get("seed"), ckpt_path, bool(cfg.get("resume_inexact", False)))
     rank_zero_info(f"precision: {tcfg['precision']}, output: {cfg.paths.output_dir}")
@@ -201,11 +195,19 @@ def _quiet_logs():
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+@exit_on_user_error()
 def main(cfg: DictConfig) -> dict | None:
     """Entry point used by train.py: a bad value ends with one line on stderr and exit code 2."""
     _quiet_logs()
     try:
         return run(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except UserError:
+        raise
+    except Exception as e:  # another node gone: one line that says how to resume, not a traceback
+        from gptlit.launch_env import lost_peer_message
+
+        msg = lost_peer_message(e, cfg.paths.output_dir)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(1)

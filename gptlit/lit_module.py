@@ -9,38 +9,9 @@ import time
 import lightning as L
 import torch
 
-from gptlit.config import ConfigError, GPTConfig
+from gptlit.config import GPTConfig, validate_optim
+from gptlit.flops import cuda_peak_flops, flops_per_token, matmul_params, mfu
 from gptlit.model import GPT
-from gptlit.perf import cuda_peak_flops, flops_per_token, matmul_params, mfu
-
-OPTIM_DEFAULTS = dict(
-    lr=6e-4,
-    weight_decay=0.1,
-    betas=(0.9, 0.95),
-    eps=1e-8,
-    grad_clip=1.0,  # max global grad norm, applied before every optimizer step; null = off
-    scheduler="cosine",  # cosine | constant
-    warmup_steps=0,
-    min_lr_ratio=0.1,  # cosine decays to lr * min_lr_ratio
-    fused=None,  # None = the fused AdamW kernel on CUDA and CPU (one pass over the weights), else the for-loop one
-)
-
-
-def validate_optim(o: dict) -> dict:
-    o = {**OPTIM_DEFAULTS, **o}
-    if not (isinstance(o["lr"], (int, float)) and o["lr"] > 0):
-        raise ConfigError(f"optim.lr={o['lr']} must be > 0 (e.g. optim.lr=4e-4)")
-    if o["weight_decay"] < 0:
-        raise ConfigError(f"optim.weight_decay={o['weight_decay']} must be >= 0")
-    if o["grad_clip"] is not None and o["grad_clip"] <= 0:
-        raise ConfigError(f"optim.grad_clip={o['grad_clip']} must be > 0, or null to turn clipping off")
-    if o["scheduler"] not in ("cosine", "constant"):
-        raise ConfigError(f"optim.scheduler={o['scheduler']} is unknown: use cosine or constant")
-    if o["warmup_steps"] < 0:
-        raise ConfigError(f"optim.warmup_steps={o['warmup_steps']} must be >= 0")
-    if not 0 <= o["min_lr_ratio"] <= 1:
-        raise ConfigError(f"optim.min_lr_ratio={o['min_lr_ratio']} must be in [0, 1]")
-    return o
 
 
 def lr_factor(step: int, warmup: int, total: int, scheduler: str, min_ratio: float) -> float:

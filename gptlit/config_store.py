@@ -1,0 +1,42 @@
+"""Hydra config groups whose values live in Python: registered in Hydra's ConfigStore.
+
+  model=<preset>   GPTConfig's defaults + gptlit.config.PRESETS[<preset>], plus `name` and `init_from`
+  optim=adamw      gptlit.config.OptimConfig
+  sampling=default gptlit.generate.SampleTextConfig (conf/sampling/greedy.yaml extends it)
+
+Each default is written once, in those dataclasses; conf/ only selects and overrides them, so
+`python train.py --cfg job` shows the values Python callers get too. train.py, sample.py and
+tests/conftest.py call register_configs() before Hydra composes a config.
+"""
+
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+
+from gptlit.config import PRESETS, GPTConfig, OptimConfig
+from gptlit.generate import SampleTextConfig
+
+
+def model_node(preset: str) -> dict:
+    """The `model` group option for a preset: its name, every GPTConfig field, and init_from."""
+    # init_from: pretrained weights to start from, a Hugging Face GPT-2 folder or a book .pth (docs/pretrained.md)
+    return {"name": preset, **GPTConfig(**PRESETS[preset]).to_dict(), "init_from": None}
+
+
+def config_nodes() -> dict[tuple[str, str], dict]:
+    """Every registered option: (group, name) -> its values."""
+    nodes = {("model", name): model_node(name) for name in PRESETS}
+    nodes[("optim", "adamw")] = OptimConfig().to_dict()
+    nodes[("sampling", "default")] = dict(vars(SampleTextConfig()))
+    return nodes
+
+
+def register_configs() -> None:
+    """Store the groups above in Hydra's ConfigStore (idempotent: a second call rewrites the same entries).
+
+    They are stored as plain dicts rather than typed structured configs, so a wrong type on the
+    command line reaches gptlit's own checks (one-line errors) instead of failing in Hydra's merge.
+    """
+    cs = ConfigStore.instance()
+    for (group, name), node in config_nodes().items():
+        cs.store(group=group, name=name, node=node)

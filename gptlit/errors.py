@@ -1,0 +1,31 @@
+"""The one user-facing error: UserError, and the command-line ending that prints it as one line.
+
+A UserError says what value is wrong and how to fix it, in one line. It is raised for bad
+configuration, missing or damaged files, failed downloads and pickles that would run code.
+The command lines (train.py, sample.py, export.py) print it as `error: ...` and exit with 2;
+from Python it is an ordinary exception (a ValueError).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+EXIT_USER_ERROR = 2  # the exit status of a command line stopped by a UserError
+
+
+class UserError(ValueError):
+    """A bad value or file. The message names the value (as a config key where there is one) and the fix."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """Around a command line's work: a UserError prints `error: <message>` on stderr and exits with 2.
+
+    Usable as `with exit_on_user_error(): ...` or as a decorator.
+    """
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)

@@ -1,0 +1,133 @@
+"""Each default has one home: the Python dataclasses that Hydra's ConfigStore serves to train.py and sample.py.
+
+These tests fail when a default is written a second time (a YAML copy of a registered group, a
+YAML value that repeats what it inherits, a second literal default in the package), and check
+that command-line users and Python callers start from the same values.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gptlit.config import PRESETS, GPTConfig, OptimConfig, validate_optim
+from gptlit.config_store import config_nodes
+from gptlit.generate import SampleTextConfig, SamplingConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+NODES = config_nodes()
+
+# Literal defaults that share a name with a config key but mean something else (checked by hand).
+OTHER_MEANING = {
+    ("hf.py", "load_pretrained", "drop_rate"),  # pretrained weights loaded for inference: dropout off
+}
+
+
+def test_registered_groups_have_no_yaml_copy():
+    for group, name in NODES:
+        assert not (CONF / group / f"{name}.yaml").exists(), f"conf/{group}/{name}.yaml copies a registered default"
+
+
+def _yaml_values(group: str, name: str) -> dict:
+    """An option's own values, with what it inherits from same-group `defaults` entries underneath."""
+    if (group, name) in NODES:
+        return dict(NODES[(group, name)])
+    d = yaml.safe_load((CONF / group / f"{name}.yaml").read_text()) or {}
+    out = {}
+    for entry in d.get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            out.update(_yaml_values(group, entry))
+    out.update({k: v for k, v in d.items() if k != "defaults"})
+    return out
+
+
+def test_yaml_options_do_not_repeat_what_they_inherit():
+    repeats = []
+    for f in sorted(CONF.glob("*/*.yaml")):
+        group = f.parent.name
+        if group in ("experiment", "hydra"):
+            continue
+        d = yaml.safe_load(f.read_text()) or {}
+        for entry in d.get("defaults", []):
+            if isinstance(entry, str) and entry != "_self_":
+                parent = _yaml_values(group, entry)
+                repeats += [f"{f.relative_to(ROOT)}: {k}={v!r}" for k, v in d.items() if k in parent and parent[k] == v]
+    assert not repeats, f"values repeated from the option they extend: {repeats}"
+
+
+def test_top_level_configs_do_not_set_registered_groups():
+    for f in (CONF / "train.yaml", CONF / "sample.yaml"):
+        d = yaml.safe_load(f.read_text())
+        for group in {g for g, _ in NODES}:
+            assert group not in d, f"{f.name} sets {group}: values belong to the registered dataclass"
+
+
+def literal_defaults(source: str, filename: str, keys: set[str]) -> dict[str, list[str]]:
+    """Literal defaults (not None) of parameters and class fields named like a config key, by name."""
+    found: dict[str, list[str]] = {}
+    for node in ast.walk(ast.parse(source)):
+        pairs = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            pos = a.posonlyargs + a.args
+            pairs += [(arg.arg, d) for arg, d in zip(pos[len(pos) - len(a.defaults):], a.defaults)]
+            pairs += [(x.arg, d) for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+        elif isinstance(node, ast.ClassDef):
+            pairs = [(st.target.id, st.value) for st in node.body
+                     if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name) and st.value is not None]
+        for name, d in pairs:
+            # None means "not given" (the caller or another default decides); any other literal is a default
+            if name in keys and isinstance(d, ast.Constant) and d.value is not None \
+                    and (filename, node.name, name) not in OTHER_MEANING:
+                found.setdefault(name, []).append(f"{filename}:{d.lineno} {node.name}.{name}={d.value!r}")
+    return found
+
+
+def test_each_config_key_has_one_literal_default_in_the_package():
+    keys = {k for node in NODES.values() for k in node}
+    found: dict[str, list[str]] = {}
+    for f in sorted((ROOT / "gptlit").glob("*.py")):
+        for name, where in literal_defaults(f.read_text(), f.name, keys).items():
+            found.setdefault(name, []).extend(where)
+    twice = {k: v for k, v in found.items() if len(v) > 1}
+    assert not twice, f"defaults written in two places: {twice}"
+    assert {"lr", "top_k", "temperature", "emb_dim"} <= set(found)  # the scan sees the dataclasses
+
+
+def test_the_scan_reports_a_second_default():
+    # SampleText's old signature beside the sampling config: top_k written twice, with different values
+    src = "class SampleTextConfig:\n    top_k: int = 50\n\nclass SampleText:\n    def __init__(self, top_k=None, temperature=1.0):\n        pass\n"
+    assert literal_defaults(src, "x.py", {"top_k", "temperature"}) == {"top_k": ["x.py:2 SampleTextConfig.top_k=50"],
+                                                                       "temperature": ["x.py:5 __init__.temperature=1.0"]}
+    src2 = "class OptimConfig:\n    lr: float = 1e-3\n\nOPTIM = dict()\ndef f(lr=6e-4):\n    pass\n"
+    assert len(literal_defaults(src2, "x.py", {"lr"})["lr"]) == 2
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_model_presets_compose_to_the_python_config(make_cfg, name):
+    cfg = make_cfg(f"model={name}", tiny=False)
+    assert GPTConfig.from_dict(cfg.model) == GPTConfig.from_name(name)
+    assert cfg.model.name == name and cfg.model.init_from is None
+
+
+def test_command_line_and_python_get_the_same_optimizer_and_sampling(make_cfg):
+    from omegaconf import OmegaConf
+
+    from gptlit.callbacks import SampleText
+    from gptlit.lit_module import GPTLitModule
+
+    cfg = make_cfg(tiny=False)
+    cli_optim = validate_optim(OmegaConf.to_container(cfg.optim))
+    python_optim = GPTLitModule(GPTConfig.from_name("nano").to_dict()).hparams.optim
+    assert {**cli_optim, "betas": tuple(cli_optim["betas"])} == {**python_optim, "betas": tuple(python_optim["betas"])}
+    assert python_optim["lr"] == 1e-3 and python_optim["warmup_steps"] == 20  # the defaults README states
+    assert OmegaConf.to_container(cfg.sampling) == dataclasses.asdict(SampleTextConfig())
+    cli_sampler, py_sampler = SampleText(**OmegaConf.to_container(cfg.sampling)), SampleText()
+    assert cli_sampler.cfg == py_sampler.cfg == SamplingConfig()
+    assert SamplingConfig().top_k == 50 and (cli_sampler.every_n_steps, cli_sampler.prompt, cli_sampler.seed) == (
+        py_sampler.every_n_steps, py_sampler.prompt, py_sampler.seed)
