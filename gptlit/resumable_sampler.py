@@ -35,8 +35,8 @@ class ResumableDistributedSampler(DistributedSampler):
     and ends the epoch at len().
     """
 
-    def __init__(self, dataset, batch_size: int, drop_last: bool, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0, epoch: int = 0, start_batch: int = 0):
+    def __init__(self, dataset, batch_size: int, drop_last: bool, *, seed: int, num_replicas: int = 1, rank: int = 0,
+                 epoch: int = 0, start_batch: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.batch_size, self.batch_drop_last = batch_size, drop_last
         self.epoch, self.start_batch = epoch, start_batch
@@ -61,14 +61,14 @@ class TrainOrder:
     """What the train loader's sampler is made with: the shuffle seed and, when resuming, the epoch
     and the batches of it already trained. The datamodule holds one; gptlit.build sets it."""
 
-    seed: int = 0
+    seed: int | None = None  # None: the run's seed is not set yet (a random one, as a plain shuffle would)
     epoch: int = 0
     start_batch: int = 0
 
     def sampler(self, dataset, batch_size: int, drop_last: bool, trainer=None) -> ResumableDistributedSampler:
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         return ResumableDistributedSampler(dataset, batch_size, drop_last, num_replicas=world, rank=rank,
-                                           seed=self.seed, epoch=self.epoch, start_batch=self.start_batch)
+                                           seed=default_seed(self.seed), epoch=self.epoch, start_batch=self.start_batch)
 
 
 def default_seed(seed: int | None) -> int:

@@ -29,14 +29,14 @@ def order(sampler, epoch):
 
 def test_sampler_shards_and_resumes_mid_epoch():
     ds = list(range(103))
-    full = [ResumableDistributedSampler(ds, 4, True, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
+    full = [ResumableDistributedSampler(ds, 4, True, seed=5, num_replicas=2, rank=r) for r in (0, 1)]
     e0, e1 = [order(s, 0) for s in full], [order(s, 1) for s in full]
     # each rank its shard: 103 windows, so one is repeated to give both 52
     assert len(set(e0[0]) & set(e0[1])) == 1 and len(set(e0[0]) | set(e0[1])) == 103
     assert e0[0] != e1[0] and set(e1[0]) | set(e1[1]) == set(range(103))  # another order each epoch
     assert full[0].batches_per_epoch() == 52 // 4
     # made for epoch 1 with 3 batches done: the rest of epoch 1, then epoch 2 whole
-    resumed = ResumableDistributedSampler(ds, 4, True, num_replicas=2, rank=1, seed=5, epoch=1, start_batch=3)
+    resumed = ResumableDistributedSampler(ds, 4, True, seed=5, num_replicas=2, rank=1, epoch=1, start_batch=3)
     assert len(resumed) == len(full[1])  # Lightning ends the epoch at len(): it counts restored batches too
     assert order(resumed, 1) == e1[1][12:]
     assert order(resumed, 2) == order(full[1], 2)
