@@ -25,6 +25,7 @@ from gptlit.hf import load_weights
 from gptlit.lit_module import GPTLitModule
 from gptlit.resume import setup_exact_resume
 from gptlit.trainer_args import check_trainer_args
+from gptlit.trackers import prepare_loggers
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -106,8 +107,8 @@ def val_interval(tcfg: dict, batches_per_epoch: int):
 def build(cfg: DictConfig):
     """Validate the config and build (datamodule, module, trainer, ckpt_path). Raises UserError before any training."""
     task = cfg.get("task", "train")
-    if task not in ("train", "validate"):
-        raise UserError(f"task={cfg.task} is unknown: use task=train or task=validate")
+    if task not in ("train", "validate", "prepare"):
+        raise UserError(f"task={cfg.task} is unknown: use task=train, task=validate or task=prepare")
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     tcfg["precision"] = resolve_precision(tcfg.get("precision"), str(tcfg.get("accelerator", "auto")))
     check_trainer_args(tcfg)  # accelerator, precision, types: before the corpus is read or the model built
@@ -149,6 +150,7 @@ def build(cfg: DictConfig):
     callbacks = instantiate_dict(cfg.get("callbacks"), "callbacks")
     if sampler.every_n_steps:
         callbacks.append(sampler)
+    prepare_loggers(cfg.get("logger"))  # logger=wandb without wandb: one line saying what to install
     loggers = instantiate_dict(cfg.get("logger"), "logger")
 
     tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()))
@@ -163,8 +165,20 @@ def build(cfg: DictConfig):
     return dm, module, trainer, ckpt_path
 
 
+def prepare(cfg: DictConfig) -> dict:
+    """task=prepare: tokenize the corpus into the token cache (or find it there) and say where it is."""
+    dm: GPTDataModule = make(cfg.data)
+    got = dm.prepare_tokens()
+    how = "tokenized in" if got.built else "already in the cache; checked in"
+    docs = f"{got.n_documents:,} document{'s' if got.n_documents != 1 else ''}"
+    print(f"token file: {got.path}\ntokens: {got.n_tokens:,} ({docs})\n{how} {got.seconds:.1f} s")
+    return {}
+
+
 def run(cfg: DictConfig) -> dict:
     """Train (or validate) as the config says; returns the final metrics."""
+    if cfg.get("task", "train") == "prepare":
+        return prepare(cfg)
     dm, module, trainer, ckpt_path = build(cfg)
     if cfg.get("task", "train") == "validate":
         trainer.validate(module, datamodule=dm, ckpt_path=ckpt_path)

@@ -1,19 +1,26 @@
-"""Callbacks: a text sample every N steps, and the loss plot written when training ends.
+"""Callbacks: a text sample every N steps, the loss plot written when training ends, and each run's
+job_result.json (what a sweep summary reads).
 (Checkpoints: gptlit/checkpoint_callbacks.py.)"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
+import socket
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from gptlit.errors import UserError
 from gptlit.generate import SampleTextConfig, generate_text
+from gptlit.report import RESULT_FILE, override_values, write_json
+from gptlit.sweep import hydra_job, one_line
 
 
 class SampleText(L.Callback):
@@ -146,3 +153,116 @@ def _tokens_at(xlim, steps, tokens):
     rate = (tokens[-1] - tokens[0]) / (steps[-1] - steps[0])
     off = tokens[0] - rate * steps[0]
     return (off + rate * xlim[0], off + rate * xlim[1])
+
+
+class JobResult(L.Callback):
+    """Keeps `job_result.json` in the run directory: the val loss curve (step, tokens seen, loss) and,
+    when training ends, the status (ok, stopped early, failed: reason), best and final val/loss, steps,
+    tokens and wall time. It is rewritten at every validation, so a running or interrupted job can be
+    compared too. At the end it logs the job's overrides with its best and final val/loss through each
+    logger's hyperparameter API (TensorBoard's HPARAMS tab)."""
+
+    def __init__(self, dirpath: str):
+        self.path = Path(dirpath) / RESULT_FILE
+        job = hydra_job()
+        self.job, self.overrides = job.get("num"), job.get("overrides", [])
+        self.hparams = {}  # what the HPARAMS tab shows: set in setup from the job's overrides
+        self.curve: list[list] = []  # [step, tokens seen, val/loss]
+        self.started = time.time()
+        self.status = "running"
+        self.steps = self.tokens = 0
+
+    def setup(self, trainer, pl_module, stage):
+        self.started = time.time()
+        values = override_values(self.overrides)
+        swept = hydra_job().get("swept")  # in a sweep, the HPARAMS columns are the values it varies
+        self.hparams = {k: v for k, v in values.items() if k in swept} if swept else values
+        if trainer.is_global_zero:
+            self.write()
+
+    def record(self) -> dict:
+        losses = [(c[2], c[0]) for c in self.curve if math.isfinite(c[2])]
+        best = min(losses) if losses else (None, None)
+        final = self.curve[-1][2] if self.curve else None
+        return {
+            "status": self.status,
+            "job": self.job,
+            "overrides": self.overrides,
+            "best_val_loss": best[0],
+            "best_step": best[1],
+            "final_val_loss": final,
+            "final_val_ppl": math.exp(final) if final is not None and final < 700 else None,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "wall_time_s": round(time.time() - self.started, 2),
+            "val_curve": self.curve,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+
+    def write(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, self.record())
+
+    def _progress(self, trainer, pl_module):
+        self.steps, self.tokens = int(trainer.global_step), int(getattr(pl_module, "tokens_seen", 0))
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        v = trainer.callback_metrics.get("val/loss")
+        self._progress(trainer, pl_module)
+        if v is None:
+            return
+        self.curve.append([self.steps, self.tokens, float(v)])
+        if trainer.state.fn == "validate":  # task=validate: one evaluation is the whole job
+            self.status = "ok"
+        self.write()
+
+    def on_train_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
+        self._progress(trainer, pl_module)
+        self.status = "ok"
+        for cb in trainer.callbacks:
+            reason = getattr(cb, "stopping_reason", None)
+            if reason is not None and getattr(reason, "name", "NOT_STOPPED") != "NOT_STOPPED":
+                self.status = "stopped early"
+                if reason.name == "NON_FINITE_METRIC":
+                    self.status = "failed: " + one_line(cb.stopping_reason_message or "val/loss is not finite")
+        if self.curve and not math.isfinite(self.curve[-1][2]) and not self.status.startswith("failed"):
+            self.status = f"failed: val/loss = {self.curve[-1][2]} at step {self.curve[-1][0]}"
+        self.write()
+        self.log_hparams(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        if trainer.is_global_zero:
+            self._progress(trainer, pl_module)
+            if isinstance(exception, KeyboardInterrupt):  # Ctrl-C: the job did not fail, it was stopped
+                self.status = "interrupted"
+            else:
+                self.status = "failed: " + one_line(f"{type(exception).__name__}: {exception}".rstrip(": "))
+            self.write()
+
+    def state_dict(self):  # a resumed job keeps its val curve
+        return {"curve": [list(c) for c in self.curve]}
+
+    def load_state_dict(self, state):
+        self.curve = [list(c) for c in state.get("curve", [])]
+
+    @rank_zero_only
+    def log_hparams(self, trainer):
+        """The job's overrides with its best and final val/loss, through each logger's hyperparameter API."""
+        r = self.record()
+        metrics = {"hparams/best_val_loss": r["best_val_loss"], "hparams/final_val_loss": r["final_val_loss"]}
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        if not metrics:
+            return
+        params = dict(self.hparams) or {"run": "default"}  # the HPARAMS tab needs one column at least
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(params, metrics, step=self.steps)  # the hparams summary with its metrics
+            else:
+                logger.log_hyperparams(params)
+                logger.log_metrics(metrics, step=self.steps)
+            logger.save()

@@ -5,6 +5,9 @@ target = tokens[s + 1 : s + L + 1]. A split holds (n - L - 1) // stride + 1 wind
 when n >= L + 1, else none. Train is the first (1 - val_fraction) of the tokens,
 val the rest, so no window crosses the split. With val_all (task=validate) the val set
 is every window of the whole corpus.
+
+The tokens live in a token file on disk (gptlit.token_cache): tokenized once per corpus,
+memory-mapped, and read a window at a time, so memory stays flat whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import urllib.request
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from gptlit.checkpoints import user_path
 from gptlit.errors import UserError
 from gptlit.resumable_sampler import TrainOrder
-from gptlit.tokenizer import EOT_ID, encode
+from gptlit.token_cache import CORPUS_SUFFIXES, CachedTokens, Corpus, TokenFile, ensure
 
 SOURCES = ("pydocs", "files", "url")
 
@@ -40,7 +44,9 @@ def split_point(n_tokens: int, val_fraction: float) -> int:
 
 
 class WindowDataset(Dataset):
-    def __init__(self, tokens: torch.Tensor, max_length: int, stride: int):
+    """Windows over `tokens`: a TokenFile (memory-mapped, opened in each worker) or a tensor."""
+
+    def __init__(self, tokens: TokenFile | torch.Tensor, max_length: int, stride: int):
         self.tokens, self.max_length, self.stride = tokens, max_length, stride
         self.n = num_windows(len(tokens), max_length, stride)
 
@@ -51,19 +57,23 @@ class WindowDataset(Dataset):
         if not 0 <= i < self.n:
             raise IndexError(i)
         s = i * self.stride
-        chunk = self.tokens[s : s + self.max_length + 1].long()
+        chunk = self.tokens[s : s + self.max_length + 1]
+        chunk = torch.from_numpy(chunk.astype(np.int64)) if isinstance(chunk, np.ndarray) else chunk.long()
         return chunk[:-1], chunk[1:]
 
 
 def find_text_files(path: str) -> list[Path]:
-    """A file, every *.txt under a folder, or the matches of a glob, sorted."""
+    """A file, every .txt/.txt.gz/.jsonl/.jsonl.gz under a folder, or the matches of a glob, sorted."""
     p = user_path(path)
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*.txt") if f.is_file())
+        files = sorted(f for f in p.rglob("*") if f.name.endswith(CORPUS_SUFFIXES) and f.is_file())
         if not files:
-            raise UserError(f"data.path={path}: folder {p} holds no .txt files; add some or point at a file or glob")
+            raise UserError(
+                f"data.path={path}: folder {p} holds no {', '.join(CORPUS_SUFFIXES)} files; "
+                f"add some or point at a file or glob"
+            )
         return files
     if any(c in str(path) for c in "*?["):
         files = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if os.path.isfile(f))
@@ -73,13 +83,6 @@ def find_text_files(path: str) -> list[Path]:
     raise UserError(
         f"data.path={path}: no such file or folder ({p}); give a text file, a folder of .txt files or a glob"
     )
-
-
-def read_text(f: Path) -> str:
-    try:
-        return f.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"data.path: {f} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
 
 
 def pydocs_documents() -> list[str]:
@@ -137,7 +140,10 @@ class GPTDataModule(L.LightningDataModule):
 
     source: "pydocs" (the stdlib's pydoc topics), "files" (data.path: file, folder or glob)
     or "url" (downloaded once into the cache, checked against sha256; data.path, if set,
-    is a local copy to use instead). Documents are joined with <|endoftext|>.
+    is a local copy to use instead). Documents are joined with <|endoftext|>: each file, or each
+    line of a .jsonl file (its text under `text_key`). The tokens are cached on disk (cache_dir,
+    default GPTLIT_CACHE or ~/.cache/gptlit), tokenized by num_proc processes (default: all cores).
+    max_val_windows caps the validation windows (spread evenly over the val split); None = all.
     """
 
     def __init__(
@@ -154,6 +160,10 @@ class GPTDataModule(L.LightningDataModule):
         name: str | None = None,
         val_all: bool = False,  # validate on every window of the whole corpus (task=validate); no train split
         eval_train_batches: int = 5,  # train batches also evaluated (eval mode) at each validation; 0 = off
+        text_key: str = "text",
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
+        max_val_windows: int | None = None,
     ):
         super().__init__()
         self.source, self.path, self.url, self.sha256 = source, path, url, sha256
@@ -161,7 +171,9 @@ class GPTDataModule(L.LightningDataModule):
         self.stride = max_length if stride is None else stride
         self.val_fraction, self.batch_size, self.num_workers = val_fraction, batch_size, num_workers
         self.val_all, self.eval_train_batches = val_all, eval_train_batches
-        self.tokens: torch.Tensor | None = None
+        self.text_key, self.num_proc, self.cache_dir, self.max_val_windows = text_key, num_proc, cache_dir, max_val_windows
+        self.cached: CachedTokens | None = None
+        self.tokens: TokenFile | None = None
         self.train_set = self.val_set = None
         self.order = TrainOrder()  # shuffle seed and resume position of the train loader (set by gptlit.build)
         self.validate()
@@ -181,6 +193,12 @@ class GPTDataModule(L.LightningDataModule):
             raise UserError(f"data.eval_train_batches={self.eval_train_batches} must be >= 0 (0 turns it off)")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise UserError(f"data.num_workers={self.num_workers} must be >= 0")
+        for name in ("num_proc", "max_val_windows"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise UserError(f"data.{name}={v} must be a positive integer or null")
+        if not isinstance(self.text_key, str) or not self.text_key:
+            raise UserError(f"data.text_key={self.text_key} must be the JSON key of the text (e.g. text)")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
         if self.path:
@@ -194,12 +212,12 @@ class GPTDataModule(L.LightningDataModule):
         return cache_dir() / Path(self.url.split("?")[0]).name
 
     def prepare_data(self):
-        if self.source == "url" and not self.path:
-            download(self.url, self.sha256, self._url_dest())
+        self.prepare_tokens()
 
-    def documents(self) -> list[str]:
+    def corpus(self) -> Corpus:
+        """What to tokenize; the url source is downloaded (once) first."""
         if self.source == "pydocs":
-            return pydocs_documents()
+            return Corpus("pydocs", documents=tuple(pydocs_documents()))
         if self.source == "url":
             if self.path:
                 f = user_path(self.path)
@@ -208,25 +226,29 @@ class GPTDataModule(L.LightningDataModule):
                         f"data.path={self.path} has SHA-256 {sha256_of(f)}, not the expected {self.sha256}; "
                         f"for other text use data=text"
                     )
-                return [read_text(f)]
-            return [read_text(download(self.url, self.sha256, self._url_dest()))]
-        return [read_text(f) for f in find_text_files(self.path)]
+            else:
+                f = download(self.url, self.sha256, self._url_dest())
+            return Corpus(f.name, files=(f,))
+        files = find_text_files(self.path)
+        name = files[0].name if len(files) == 1 else user_path(self.path).name or "corpus"
+        return Corpus(name, files=tuple(files), text_key=self.text_key)
 
-    def tokenize(self) -> torch.Tensor:
-        ids: list[int] = []
-        for i, doc in enumerate(self.documents()):
-            if i:
-                ids.append(EOT_ID)
-            ids.extend(encode(doc))
-        return torch.tensor(ids, dtype=torch.int32)
+    def token_cache_dir(self) -> Path:
+        return user_path(self.cache_dir) if self.cache_dir else cache_dir() / "tokens"
+
+    def prepare_tokens(self) -> CachedTokens:
+        """The corpus' token file, tokenized now unless cached (one process tokenizes, others wait)."""
+        if self.cached is None or not os.path.isfile(self.cached.path):
+            self.cached = ensure(self.corpus(), self.token_cache_dir(), self.num_proc)
+        return self.cached
 
     def setup(self, stage: str | None = None):
         if self.tokens is not None:
             return
-        tokens = self.tokenize()
+        tokens = TokenFile(self.prepare_tokens().path)
         n = len(tokens)
         cut = split_point(n, self.val_fraction)
-        train, val = tokens[:cut], tokens[cut:]
+        train, val = tokens.span(0, cut), tokens.span(cut, n)
         need = self.max_length + 1
         if self.val_all:
             if n < need:
@@ -249,13 +271,24 @@ class GPTDataModule(L.LightningDataModule):
         if self.val_all:
             return (
                 f"corpus: {len(self.tokens):,} tokens -> validating on all of them: {len(self.val_set):,} windows "
-                f"(max_length {self.max_length}, stride {self.stride})"
+                f"(max_length {self.max_length}, stride {self.stride}){self._val_cap_note()}"
             )
         return (
             f"corpus: {len(self.tokens):,} tokens -> train {len(self.train_set.tokens):,} tokens / "
             f"{len(self.train_set):,} windows, val {len(self.val_set.tokens):,} tokens / {len(self.val_set):,} windows "
-            f"(max_length {self.max_length}, stride {self.stride})"
+            f"(max_length {self.max_length}, stride {self.stride}){self._val_cap_note()}"
         )
+
+    def val_indices(self) -> list[int] | None:
+        """max_val_windows val windows spread evenly over the val split; None when all are used."""
+        n, k = len(self.val_set), self.max_val_windows
+        if k is None or n <= k:
+            return None
+        return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
+
+    def _val_cap_note(self) -> str:
+        idx = self.val_indices()
+        return "" if idx is None else f"; validating on {len(idx):,} of them, spread evenly (data.max_val_windows)"
 
     def _loader(self, ds, shuffle: bool, sampler=None):
         # generator: iter() draws the loader's base seed from it, not from the global RNG that dropout
@@ -295,5 +328,7 @@ class GPTDataModule(L.LightningDataModule):
 
     def val_dataloader(self):
         """The val windows; with eval_train_batches > 0 a second loader of train windows follows."""
-        val, train_eval = self._loader(self.val_set, shuffle=False), self.train_eval_dataloader()
+        idx = self.val_indices()
+        val_set = self.val_set if idx is None else Subset(self.val_set, idx)
+        val, train_eval = self._loader(val_set, shuffle=False), self.train_eval_dataloader()
         return val if train_eval is None else [val, train_eval]

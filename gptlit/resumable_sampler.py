@@ -79,13 +79,16 @@ def default_seed(seed: int | None) -> int:
     return int(os.environ.setdefault("GPTLIT_SHUFFLE_SEED", str(int.from_bytes(os.urandom(4), "little"))))
 
 
-def corpus_digest(tokens, samples: int = 4096) -> str:
-    """SHA-256 of the token count and of up to `samples` tokens spread evenly over the split: cheap on
-    a memory-mapped corpus of billions of tokens, and any edit of the text moves most of them."""
+def corpus_digest(tokens, pieces: int = 64, width: int = 64) -> str:
+    """SHA-256 of the token count and of `pieces` runs of `width` tokens spread evenly over the split:
+    cheap on a memory-mapped corpus of billions of tokens (contiguous slices only, as TokenFile reads),
+    and an edit of the text moves the tokens after it."""
     n = len(tokens)
-    idx = np.unique(np.linspace(0, max(n - 1, 0), num=min(samples, n), dtype=np.int64)) if n else np.zeros(0, np.int64)
-    picked = np.asarray(tokens[idx.tolist()] if hasattr(tokens, "numpy") else tokens[idx]).astype(np.int64)
-    return hashlib.sha256(n.to_bytes(8, "little") + picked.tobytes()).hexdigest()[:16]
+    h = hashlib.sha256(n.to_bytes(8, "little"))
+    for i in range(pieces):
+        start = (n - width) * i // (pieces - 1) if n > width else 0
+        h.update(np.asarray(tokens[start : start + width]).astype(np.int64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def order_fingerprint(dataset, batch_size: int, world_size: int) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 from importlib import resources
 
 import tiktoken
@@ -44,6 +45,14 @@ def get_tokenizer() -> tiktoken.Encoding:
         special_tokens={EOT_TOKEN: EOT_ID},
         explicit_n_vocab=VOCAB_SIZE,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def fingerprint() -> str:
+    """SHA-256 of what decides the ids of a text: the ranks, the pre-tokenizer regex and the special tokens."""
+    h = hashlib.sha256(resources.files("gptlit").joinpath("assets/gpt2.tiktoken").read_bytes())
+    h.update(f"\0{_PAT_STR}\0{EOT_TOKEN}={EOT_ID}".encode())
+    return h.hexdigest()
 
 
 def encode(text: str) -> list[int]:

@@ -59,3 +59,17 @@ def write_corpus(folder: Path) -> Path:
 def corpus(tmp_path) -> Path:
     """A small English text file (about 4,000 tokens) made for the tests."""
     return write_corpus(tmp_path)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_token_cache(tmp_path_factory):
+    """Token files (and downloads) go to a folder of the test session, never to ~/.cache/gptlit."""
+    import os
+
+    old = os.environ.get("GPTLIT_CACHE")
+    os.environ["GPTLIT_CACHE"] = str(tmp_path_factory.mktemp("gptlit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GPTLIT_CACHE", None)
+    else:
+        os.environ["GPTLIT_CACHE"] = old

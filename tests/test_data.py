@@ -12,6 +12,11 @@ from gptlit.data import GPTDataModule, WindowDataset, download, num_windows, spl
 from gptlit.tokenizer import EOT_ID, encode
 
 
+def all_tokens(dm) -> torch.Tensor:
+    """The corpus' tokens, read back from the datamodule's token file."""
+    return torch.from_numpy(dm.tokens[:].astype("int64"))
+
+
 @pytest.mark.parametrize("n, L, stride", [(100, 10, 10), (100, 10, 3), (11, 10, 5), (10, 10, 1), (257, 256, 256), (5145, 256, 128)])
 def test_window_count_formula(n, L, stride):
     ds = WindowDataset(torch.arange(n), L, stride)
@@ -38,10 +43,10 @@ def test_split_has_no_crossing_window(corpus):
     assert len(dm.train_set.tokens) == cut and len(dm.val_set.tokens) == n - cut
     assert len(dm.train_set) == num_windows(cut, 32, 16) and len(dm.val_set) == num_windows(n - cut, 32, 16)
     # the last train target is before the cut, the first val input is at the cut
-    last = dm.train_set[len(dm.train_set) - 1][1]
-    assert torch.equal(last, dm.tokens[(len(dm.train_set) - 1) * 16 + 1 : (len(dm.train_set) - 1) * 16 + 33].long())
+    last, tokens = dm.train_set[len(dm.train_set) - 1][1], all_tokens(dm)
+    assert torch.equal(last, tokens[(len(dm.train_set) - 1) * 16 + 1 : (len(dm.train_set) - 1) * 16 + 33])
     assert (len(dm.train_set) - 1) * 16 + 33 <= cut
-    assert torch.equal(dm.val_set[0][0], dm.tokens[cut : cut + 32].long())
+    assert torch.equal(dm.val_set[0][0], tokens[cut : cut + 32])
 
 
 def test_book_split_of_verdict_sized_corpus():
@@ -76,7 +81,7 @@ def test_pydocs_default_corpus():
     dm.setup()
     assert len(dm.tokens) > 50_000
     assert len(dm.train_set) > 100 and len(dm.val_set) > 10
-    assert EOT_ID in dm.tokens.tolist()  # documents are separated
+    assert EOT_ID in all_tokens(dm).tolist()  # documents are separated
 
 
 def test_folder_and_glob(tmp_path):
@@ -89,10 +94,10 @@ def test_folder_and_glob(tmp_path):
     one = GPTDataModule(source="files", path=str(tmp_path / "a" / "one.txt"), max_length=8)
     for dm in (folder, glob, one):
         dm.setup()
-    assert folder.tokens.tolist() == glob.tokens.tolist()
+    assert all_tokens(folder).tolist() == all_tokens(glob).tolist()
     expected = encode("first file. " * 40) + [EOT_ID] + encode("second file. " * 40)
-    assert folder.tokens.tolist() == expected
-    assert one.tokens.tolist() == encode("first file. " * 40)
+    assert all_tokens(folder).tolist() == expected
+    assert all_tokens(one).tolist() == encode("first file. " * 40)
 
 
 def test_relative_path_resolves_against_cwd(tmp_path, monkeypatch, corpus):
@@ -114,6 +119,9 @@ def test_relative_path_resolves_against_cwd(tmp_path, monkeypatch, corpus):
         (dict(batch_size=-1), r"data.batch_size=-1"),
         (dict(val_fraction=1.0), r"data.val_fraction=1.0 must be between 0 and 1"),
         (dict(num_workers=-2), r"data.num_workers=-2"),
+        (dict(num_proc=0), r"data.num_proc=0 must be a positive integer or null"),
+        (dict(max_val_windows=0), r"data.max_val_windows=0 must be a positive integer or null"),
+        (dict(text_key=""), r"data.text_key= must be the JSON key of the text"),
     ],
 )
 def test_bad_values(kwargs, match):
@@ -122,14 +130,14 @@ def test_bad_values(kwargs, match):
 
 
 def test_empty_folder(tmp_path):
-    with pytest.raises(UserError, match="holds no .txt files"):
+    with pytest.raises(UserError, match=r"holds no .txt, .txt.gz, .jsonl, .jsonl.gz files"):
         GPTDataModule(source="files", path=str(tmp_path))
 
 
 def test_empty_and_short_corpus(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    with pytest.raises(UserError, match=r"corpus too short: 0 tokens give 0 train and 0 val tokens.*data.max_length\+1=33"):
+    with pytest.raises(UserError, match=rf"data.path: {empty} is empty; delete it or add text to it"):
         GPTDataModule(source="files", path=str(empty), max_length=32).setup()
     short = tmp_path / "short.txt"
     short.write_text("word" + " word" * 99)  # 100 tokens: 90 train, 10 val
@@ -140,7 +148,7 @@ def test_empty_and_short_corpus(tmp_path):
 def test_not_utf8(tmp_path):
     f = tmp_path / "bin.txt"
     f.write_bytes(b"\xff\xfe\x00\x81" * 100)
-    with pytest.raises(UserError, match="is not UTF-8 text"):
+    with pytest.raises(UserError, match=rf"{f} is not UTF-8 text \(invalid start byte at byte 0\)"):
         GPTDataModule(source="files", path=str(f), max_length=8).setup()
 
 
@@ -180,7 +188,7 @@ def test_download_once_and_check_hash(http_server, tmp_path, monkeypatch):
     dm2 = GPTDataModule(source="url", url=f"{base}/story.txt", sha256=sha, max_length=16)
     dm2.prepare_data()
     dm2.setup()
-    assert dm2.tokens.tolist()[:5] == encode(text)[:5]
+    assert all_tokens(dm2).tolist() == encode(text)
 
 
 def test_download_wrong_hash_leaves_nothing(http_server, tmp_path):

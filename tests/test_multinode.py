@@ -78,7 +78,9 @@ def test_two_nodes_share_one_run_directory(tmp_path, corpus):
     assert (run / "loss_plot.png").is_file() and "Initializing distributed" in (run / "train.log").read_text()
     # node 1 (its own disk here) agreed on the name and wrote no file: no .hydra/, no train.log, nothing
     assert (node1 / run.relative_to(node0)).is_dir()
-    assert [p for p in node1.rglob("*") if p.is_file() and p.parent != node1] == []
+    # (but its token cache: each node tokenizes the corpus into a cache on its own disk)
+    assert [p for p in node1.rglob("*") if p.is_file() and p.parent != node1 and p.relative_to(node1).parts[0] != "cache"] == []
+    assert len(list((node1 / "cache" / "tokens").glob("*.bin"))) == 1
 
     # each rank read its own windows; both ended with the weights that last.ckpt holds
     p0, p1 = probes(tmp_path)

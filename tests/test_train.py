@@ -375,3 +375,7 @@ def test_cli_multirun_separate_dirs(tmp_path, corpus):
     for j in jobs:
         assert list((tmp_path / "sweep" / j / "tb").glob("events.out.tfevents.*"))
         assert (tmp_path / "sweep" / j / "checkpoints" / "last.ckpt").is_file()
+    # the summary the sweep ends with (tests/test_sweep.py covers it in depth)
+    summary = (tmp_path / "sweep" / "sweep_summary.csv").read_text().splitlines()
+    assert summary[0].startswith("job,optim.lr,best val/loss") and len(summary) == 3
+    assert "sweep summary (2 jobs, sorted by best val/loss)" in r.stdout

@@ -1,0 +1,417 @@
+"""A corpus tokenized once into a flat token file on disk, and read back through a memory map.
+
+`ensure(corpus)` returns the token file of a corpus, tokenizing it first if the cache holds no
+complete file for it. The file is the corpus' GPT-2 ids, documents joined with <|endoftext|>,
+as little-endian uint16, with a small JSON file beside it (dtype, token and document counts,
+the cache key, the format version). Its name carries a hash of everything that decides the
+tokens: the files' resolved paths, sizes and modification times (pydocs: the text itself),
+the tokenizer's fingerprint, the separator, data.text_key and FORMAT_VERSION.
+
+Preparation streams: files are read in pieces of about PIECE_BYTES, cut only where tokenizing
+the pieces gives the same ids as tokenizing the whole (see `safe_cut`), tokenized by a pool of
+processes in order, and appended to a temporary file that is renamed into place at the end, the
+metadata last. A file lock lets one process (DDP rank, sweep job) prepare while others wait.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import gzip
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import re
+import socket
+import time
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from gptlit.errors import UserError
+from gptlit.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, encode, fingerprint, get_tokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DTYPE = np.dtype("<u2")  # GPT-2's 50,257 ids fit in 16 bits
+assert VOCAB_SIZE <= 1 << 16
+PIECE_BYTES = 4 << 20  # bytes of text per task sent to a tokenizing process
+# Files a folder contributes; a file named directly is read whatever its name (gzip and JSON Lines by suffix).
+CORPUS_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """What to tokenize: files (plain text, .gz, .jsonl) in order, or in-memory documents (pydocs)."""
+
+    name: str
+    files: tuple[Path, ...] = ()
+    documents: tuple[str, ...] | None = None
+    text_key: str = "text"
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedTokens:
+    path: Path  # the token file
+    n_tokens: int
+    n_documents: int
+    built: bool  # True if this call tokenized the corpus, False if it found it in the cache
+    seconds: float
+
+
+def is_jsonl(f: Path) -> bool:
+    return f.name.endswith((".jsonl", ".jsonl.gz"))
+
+
+def is_gzip(f: Path) -> bool:
+    return f.name.endswith(".gz")
+
+
+def default_num_proc() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ---- the cache key and the files -----------------------------------------------------------------
+
+
+def cache_key(corpus: Corpus) -> str:
+    h = hashlib.sha256()
+    head = dict(format=FORMAT_VERSION, tokenizer=fingerprint(), separator=EOT_TOKEN, newlines="universal")
+    if any(is_jsonl(f) for f in corpus.files):
+        head["text_key"] = corpus.text_key
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for f in corpus.files:
+        st = f.stat()
+        h.update(f"\n{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    for doc in corpus.documents or ():
+        b = doc.encode("utf-8", "surrogatepass")
+        h.update(f"\n{len(b)}\0".encode() + b)
+    return h.hexdigest()[:20]
+
+
+def writable_dir(d: Path) -> Path:
+    """d, created if need be; one line if it cannot be written."""
+    fix = "set data.cache_dir=<a writable folder> or the GPTLIT_CACHE environment variable"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".write-test.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"the token cache directory {d} is not writable ({e.strerror}); {fix}") from None
+    return d
+
+
+def file_paths(corpus: Corpus, cache_dir: Path) -> tuple[Path, Path]:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus.name).strip("._") or "corpus"
+    stem = f"{slug[:60]}-{cache_key(corpus)}"
+    return cache_dir / f"{stem}.bin", cache_dir / f"{stem}.json"
+
+
+def read_meta(bin_path: Path, meta_path: Path) -> tuple[dict | None, str | None]:
+    """(metadata, None) for a complete token file; (None, why) for a damaged one; (None, None) if absent."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as e:
+        return None, f"its metadata {meta_path.name} is unreadable ({e})"
+    if meta.get("format") != FORMAT_VERSION or meta.get("dtype") != DTYPE.str:
+        return None, f"its metadata {meta_path.name} has another format"
+    want = meta["n_tokens"] * DTYPE.itemsize
+    size = bin_path.stat().st_size if bin_path.exists() else None
+    if size != want:
+        got = "is missing" if size is None else f"has {size:,} bytes"
+        return None, f"{bin_path.name} {got}, but its metadata says {meta['n_tokens']:,} tokens ({want:,} bytes)"
+    return meta, None
+
+
+def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_bytes: int = PIECE_BYTES) -> CachedTokens:
+    """The token file of `corpus` under cache_dir, tokenizing it first unless a complete one is there."""
+    from filelock import FileLock, Timeout
+
+    t0 = time.perf_counter()
+    cache_dir = Path(cache_dir)
+    bin_path, meta_path = file_paths(corpus, cache_dir)
+    meta, _ = read_meta(bin_path, meta_path)  # a complete file is used even from a read-only folder
+    if meta is None:
+        writable_dir(cache_dir)
+        lock = FileLock(str(bin_path) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info(f"token cache: another process is tokenizing {corpus.name} into {bin_path}; waiting for it")
+            lock.acquire()
+        try:
+            meta, damaged = read_meta(bin_path, meta_path)  # the process we waited for may have made it
+            if meta is None:
+                if damaged:
+                    log.warning(f"token cache: {bin_path} is damaged ({damaged}); rebuilding it")
+                meta_path.unlink(missing_ok=True)
+                for stale in cache_dir.glob(bin_path.name + ".*.tmp"):  # left by a killed preparation
+                    stale.unlink(missing_ok=True)
+                meta = build(corpus, bin_path, meta_path, num_proc or default_num_proc(), piece_bytes)
+                return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], True, time.perf_counter() - t0)
+        finally:
+            lock.release()
+    log.info(f"token cache: {bin_path} ({meta['n_tokens']:,} tokens)")
+    return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], False, time.perf_counter() - t0)
+
+
+# ---- reading a corpus in pieces --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Task:
+    """One piece of work for a tokenizing process."""
+
+    kind: str  # "text": bytes of one document's text; "str": a document; "jsonl": whole lines of JSON
+    payload: bytes | str
+    label: str  # the file, for errors
+    offset: int  # byte offset of payload in the (uncompressed) file; for jsonl the number of its first line
+    starts_document: bool  # a separator goes before it unless it is the first document
+    progress: int  # bytes of input (as stored on disk) this task accounts for
+
+
+def safe_cut(data: bytes) -> int:
+    """The last index i > 0 where data[i] is a newline and data[i-1] a printable ASCII character, or -1.
+
+    Tokenizing data[:i] and data[i:] apart gives the ids of tokenizing data whole: no alternative of
+    GPT-2's pre-tokenizer regex matches a non-space character followed by a space, so no pre-token
+    spans i; the regex has no look-behind, so matching data[i:] alone starts as it would at i; and
+    its look-aheads (`\\s+(?!\\S)`, `\\s++$`) only follow whitespace, which in data[:i] is always
+    followed by data[i-1]. `<|endoftext|>` holds no newline, "\\r\\n" is never split, and both
+    bytes are ASCII, so the cut is also a UTF-8 character boundary.
+    """
+    i = data.rfind(b"\n")
+    while i > 0:
+        if 0x21 <= data[i - 1] <= 0x7E:
+            return i
+        i = data.rfind(b"\n", 0, i)
+    return -1
+
+
+def _open(f: Path):
+    """(binary stream of the text, raw file for progress)."""
+    raw = open(f, "rb")
+    return (gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip(f) else raw), raw
+
+
+def tasks(corpus: Corpus, piece_bytes: int) -> Iterator[Task]:
+    """The corpus as tasks, in order, reading each file a piece at a time."""
+    for doc in corpus.documents or ():
+        yield Task("str", doc, corpus.name, 0, True, len(doc))
+    for f in corpus.files:
+        try:
+            stream, raw = _open(f)
+            with raw, stream:
+                yield from (_jsonl_tasks if is_jsonl(f) else _text_tasks)(f, stream, raw, piece_bytes)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise UserError(f"data.path: {f} is not a complete gzip file ({e}); re-download it or decompress it") from None
+        except OSError as e:
+            raise UserError(f"data.path: cannot read {f} ({e.strerror or e}); check the file and its permissions") from None
+
+
+def _text_tasks(f: Path, stream, raw, piece_bytes: int) -> Iterator[Task]:
+    carry, offset, first, seen = b"", 0, True, 0
+    while block := stream.read(piece_bytes):
+        data = carry + block
+        cut = safe_cut(data)
+        if cut <= 0:  # no safe point yet: a line longer than a piece; keep reading
+            carry = data
+            continue
+        pos = raw.tell()
+        yield Task("text", data[:cut], str(f), offset, first, pos - seen)
+        first, offset, carry, seen = False, offset + cut, data[cut:], pos
+    if first and not carry:
+        raise UserError(f"data.path: {f} is empty; delete it or add text to it")
+    if carry:
+        yield Task("text", carry, str(f), offset, first, raw.tell() - seen)
+
+
+def _jsonl_tasks(f: Path, stream, raw, piece_bytes: int) -> Iterator[Task]:
+    lines, size, first_line, seen, any_doc = [], 0, 1, 0, False
+    for n, line in enumerate(stream, 1):
+        if not lines:
+            first_line = n
+        lines.append(line)
+        size += len(line)
+        any_doc = any_doc or bool(line.strip())
+        if size >= piece_bytes:
+            pos = raw.tell()
+            yield Task("jsonl", b"".join(lines), str(f), first_line, True, pos - seen)
+            lines, size, seen = [], 0, pos
+    if not any_doc:
+        raise UserError(f"data.path: {f} is empty (no JSON lines); delete it or add documents to it")
+    if lines:
+        yield Task("jsonl", b"".join(lines), str(f), first_line, True, raw.tell() - seen)
+
+
+# ---- tokenizing (in the pool's processes) ------------------------------------------------------
+
+
+def _decode(data: bytes, label: str, offset: int) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"data.path: {label} is not UTF-8 text ({e.reason} at byte {offset + e.start}); convert it to UTF-8"
+        ) from None
+    # universal newlines, as Python's text mode reads files: "\r\n" and "\r" become "\n"
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def tokenize_task(task: Task, text_key: str = "text") -> tuple[np.ndarray, int]:
+    """(ids as DTYPE, documents started) of one task."""
+    if task.kind == "str":
+        return np.array(encode(task.payload), dtype=DTYPE), 1
+    if task.kind == "text":
+        return np.array(encode(_decode(task.payload, task.label, task.offset)), dtype=DTYPE), int(task.starts_document)
+    ids: list[int] = []
+    docs = 0
+    for n, line in enumerate(task.payload.splitlines(), task.offset):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(_decode(line, f"line {n} of {task.label}", 0))
+        except ValueError as e:
+            raise UserError(f"data.path: line {n} of {task.label} is not JSON ({e}); fix or remove that line") from None
+        text = record.get(text_key) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
+            raise UserError(
+                f"data.text_key={text_key}: line {n} of {task.label} has no text under {text_key!r} (it holds: {keys}); "
+                f"set data.text_key to the key of the text"
+            )
+        if docs:
+            ids.append(EOT_ID)
+        ids.extend(encode(text))
+        docs += 1
+    return np.array(ids, dtype=DTYPE), docs
+
+
+def _ordered(corpus: Corpus, num_proc: int, piece_bytes: int) -> Iterator[tuple[Task, np.ndarray, int]]:
+    """(task, ids, documents) in corpus order, tokenized by num_proc processes.
+
+    Hand-written rather than Pool.imap: imap reads its whole input ahead, which would hold the
+    corpus in memory; here at most 2 tasks per process are in flight.
+    """
+    it = tasks(corpus, piece_bytes)
+    if num_proc <= 1:
+        for t in it:
+            yield (t, *tokenize_task(t, corpus.text_key))
+        return
+    get_tokenizer()  # loaded once here, shared with the forked processes
+    # fork: the workers need only the tokenizer and numpy, and fork neither re-imports torch nor this program
+    with multiprocessing.get_context("fork").Pool(num_proc) as pool:
+        pending: collections.deque = collections.deque()
+        for t in it:
+            pending.append((t, pool.apply_async(tokenize_task, (t, corpus.text_key))))
+            if len(pending) >= 2 * num_proc:
+                t0, r = pending.popleft()
+                yield (t0, *r.get())
+        while pending:
+            t0, r = pending.popleft()
+            yield (t0, *r.get())
+
+
+def _disk_error(e: OSError, path: Path) -> UserError:
+    fix = "set data.cache_dir=<a folder on a disk with room> or the GPTLIT_CACHE environment variable"
+    if e.errno in DISK_FULL:
+        return UserError(f"the disk filled while writing the token cache {path} ({e.strerror}); free space or {fix}")
+    return UserError(f"could not write the token cache {path} ({e.strerror or e}); {fix}")
+
+
+def build(corpus: Corpus, bin_path: Path, meta_path: Path, num_proc: int, piece_bytes: int = PIECE_BYTES) -> dict:
+    """Tokenize corpus into bin_path (+ meta_path), atomically. Call with the file lock held."""
+    from tqdm import tqdm
+
+    total = sum(f.stat().st_size for f in corpus.files) + sum(len(d) for d in corpus.documents or ())
+    use = max(1, min(num_proc, total // piece_bytes + 1))
+    tmp_bin = bin_path.with_name(f"{bin_path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+    tmp_meta = meta_path.with_name(f"{meta_path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+    t0 = time.perf_counter()
+    n_tokens = n_docs = 0
+    try:
+        with open(tmp_bin, "wb") as out, tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}", disable=None, leave=False
+        ) as bar:
+            for task, ids, docs in _ordered(corpus, use, piece_bytes):
+                if task.starts_document and n_docs and docs:
+                    ids = np.concatenate([np.array([EOT_ID], DTYPE), ids])
+                try:
+                    out.write(ids.tobytes())
+                except OSError as e:
+                    raise _disk_error(e, bin_path) from None
+                n_tokens, n_docs = n_tokens + len(ids), n_docs + docs
+                bar.update(task.progress)
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as e:
+                raise _disk_error(e, bin_path) from None
+        seconds = time.perf_counter() - t0
+        meta = dict(
+            format=FORMAT_VERSION, dtype=DTYPE.str, n_tokens=n_tokens, n_documents=n_docs, key=cache_key(corpus),
+            corpus=corpus.name, files=[str(f.resolve()) for f in corpus.files], text_key=corpus.text_key,
+            separator=EOT_TOKEN, tokenizer=fingerprint(), input_bytes=total, seconds=round(seconds, 3), processes=use,
+        )
+        try:
+            tmp_meta.write_text(json.dumps(meta, indent=1))
+            os.replace(tmp_bin, bin_path)  # the tokens first, the metadata that vouches for them last
+            os.replace(tmp_meta, meta_path)
+        except OSError as e:
+            raise _disk_error(e, bin_path) from None
+    finally:
+        for p in (tmp_bin, tmp_meta):
+            p.unlink(missing_ok=True)
+    log.info(
+        f"token cache: tokenized {corpus.name} ({total / 1e6:,.1f} MB) into {n_tokens:,} tokens in {seconds:.1f} s "
+        f"({total / 1e6 / max(seconds, 1e-9):.1f} MB/s, {use} process{'es' if use > 1 else ''}): {bin_path}"
+    )
+    return meta
+
+
+# ---- reading windows back ----------------------------------------------------------------------
+
+
+class TokenFile:
+    """Tokens [start, stop) of a token file, memory-mapped on first use in each process.
+
+    Pickling (to DataLoader workers, DDP processes) sends the path and bounds, never the tokens.
+    """
+
+    def __init__(self, path: str | os.PathLike, start: int = 0, stop: int | None = None, dtype=DTYPE):
+        self.path, self.dtype = str(path), np.dtype(dtype)
+        size = os.path.getsize(self.path) // self.dtype.itemsize
+        self.start, self.stop = start, size if stop is None else stop
+        if not 0 <= self.start <= self.stop <= size:
+            raise ValueError(f"tokens [{start}, {stop}) outside {self.path} ({size} tokens)")
+        self._map: np.memmap | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def span(self, start: int, stop: int) -> "TokenFile":
+        """Tokens [start, stop) of this span, as a span of the same file."""
+        return TokenFile(self.path, self.start + start, self.start + stop, self.dtype)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        if not isinstance(s, slice) or s.step not in (None, 1):
+            raise TypeError("TokenFile takes contiguous slices only")
+        a, b, _ = s.indices(len(self))
+        if b <= a:
+            return np.empty(0, self.dtype)
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=self.dtype, mode="r")
+        return self._map[self.start + a : self.start + b]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_map": None}
