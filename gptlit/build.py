@@ -11,18 +11,20 @@ import sys
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from gptlit import memory
 from gptlit.callbacks import SampleText
+from gptlit.checkpoint_callbacks import AtomicCheckpointIO
 from gptlit.checkpoints import model_for_run, preset_label
 from gptlit.config import validate_optim
 from gptlit.data import GPTDataModule
 from gptlit.errors import UserError, exit_on_user_error
 from gptlit.hf import load_weights
 from gptlit.lit_module import GPTLitModule
+from gptlit.resume import setup_exact_resume
 from gptlit.trainer_args import check_trainer_args
 from gptlit.trackers import prepare_loggers
 
@@ -176,7 +178,11 @@ def build(cfg: DictConfig):
     tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()), micro)
     if tcfg.get("enable_progress_bar") is False:  # one flag is enough: drop the configured bar callback too
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer: L.Trainer = make_trainer(tcfg, callbacks=callbacks, logger=loggers or False)
+    # no checkpoint callback configured: no checkpoints (Lightning would otherwise add its own)
+    tcfg["enable_checkpointing"] = any(isinstance(c, Checkpoint) for c in callbacks)
+    trainer: L.Trainer = make_trainer(tcfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    if task == "train":  # the data order and RNG states that make a resume exact (gptlit/resume.py)
+        setup_exact_resume(dm, trainer, cfg.get("seed"), ckpt_path, bool(cfg.get("resume_inexact", False)))
     rank_zero_info(f"precision: {tcfg['precision']}, output: {cfg.paths.output_dir}")
     return dm, module, trainer, ckpt_path
 
@@ -200,8 +206,8 @@ def run(cfg: DictConfig) -> dict:
         trainer.validate(module, datamodule=dm, ckpt_path=ckpt_path)
     else:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None and ckpt.best_model_path:
+        ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
+        if ckpt is not None:
             score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""
             rank_zero_info(f"best checkpoint: {ckpt.best_model_path}{score}")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -1,5 +1,6 @@
 """Callbacks: a text sample every N steps, the loss plot written when training ends, and each run's
-job_result.json (what a sweep summary reads)."""
+job_result.json (what a sweep summary reads).
+(Checkpoints: gptlit/checkpoint_callbacks.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -72,22 +72,6 @@ class SampleText(L.Callback):
     def on_train_end(self, trainer, pl_module):
         if self.every_n_steps and self.at_end:
             self._sample(trainer, pl_module)
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """`last.ckpt`, the latest training state: written at every validation, when training ends
-    (also after steps no validation followed, e.g. at max_steps) and when an exception stops it.
-
-    Lightning's `save_last=True` only rewrites last.ckpt together with an improved best.ckpt.
-    """
-
-    def __init__(self, dirpath: str, filename: str = "last"):
-        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1, save_on_exception=True,
-                         enable_version_counter=False)
-
-    def on_train_end(self, trainer, pl_module):
-        if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is saved already
-            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class StepTime(L.Callback):

@@ -23,10 +23,11 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from gptlit.checkpoints import user_path
 from gptlit.errors import UserError
+from gptlit.resumable_sampler import TrainOrder
 from gptlit.token_cache import CORPUS_SUFFIXES, CachedTokens, Corpus, TokenFile, ensure
 
 SOURCES = ("pydocs", "files", "url")
@@ -134,31 +135,6 @@ def download(url: str, sha256: str | None, dest: Path, timeout: float = 30.0) ->
             os.remove(tmp)
 
 
-class MicroBatchSampler(BatchSampler):
-    """The batches of a BatchSampler, each cut into batch_size // micro_batch_size micro-batches.
-
-    Samples and their order are those of the whole batches (drop_last drops an incomplete
-    batch, not a micro-batch), so a run with micro-batches sees exactly the data it would
-    without. A BatchSampler subclass, so Lightning can swap in a distributed sampler.
-    """
-
-    def __init__(self, sampler, batch_size: int, drop_last: bool, micro_batch_size: int):
-        super().__init__(sampler, batch_size, drop_last)
-        self.micro_batch_size = micro_batch_size
-
-    def __iter__(self):
-        m = self.micro_batch_size
-        for batch in super().__iter__():
-            for i in range(0, len(batch), m):
-                yield batch[i : i + m]
-
-    def __len__(self):
-        n, m = len(self.sampler), self.micro_batch_size
-        if self.drop_last:
-            return n // self.batch_size * (self.batch_size // m)
-        return n // self.batch_size * (self.batch_size // m) + -(-(n % self.batch_size) // m)
-
-
 class GPTDataModule(L.LightningDataModule):
     """Sliding windows over a tokenized corpus.
 
@@ -202,6 +178,7 @@ class GPTDataModule(L.LightningDataModule):
         self.micro_batch_size = micro_batch_size
         self.loader_batch_size = batch_size  # what a DataLoader batch holds: the micro-batch, once planned
         self.train_set = self.val_set = None
+        self.order = TrainOrder()  # shuffle seed and resume position of the train loader (set by gptlit.build)
         self.validate()
 
     def validate(self):
@@ -319,15 +296,32 @@ class GPTDataModule(L.LightningDataModule):
         idx = self.val_indices()
         return "" if idx is None else f"; validating on {len(idx):,} of them, spread evenly (data.max_val_windows)"
 
-    def _loader(self, ds, shuffle: bool):
-        b, m = self.batch_size, self.loader_batch_size  # samples per optimizer step, per DataLoader batch
-        kw = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
-        if shuffle and m < b:  # whole batches shuffled (and dropped) as without micro-batches, then cut
-            return DataLoader(ds, batch_sampler=MicroBatchSampler(RandomSampler(ds), b, len(ds) >= b, m), **kw)
-        return DataLoader(ds, batch_size=m, shuffle=shuffle, drop_last=shuffle and len(ds) >= m, **kw)
+    def _loader(self, ds, shuffle: bool, sampler=None):
+        m = self.loader_batch_size  # a DataLoader batch is a micro-batch (data.batch_size when none are needed)
+        # generator: iter() draws the loader's base seed from it, not from the global RNG that dropout
+        # uses, so a resumed run's dropout masks match the uninterrupted run's
+        return DataLoader(
+            ds,
+            batch_size=m,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
+            drop_last=shuffle and len(ds) >= m,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator(),
+        )
+
+    def train_sampler(self, trainer=None):
+        """The training order: shuffled per epoch with the seed, each rank its shard, resumable mid-epoch
+        (gptlit/resumable_sampler.py)."""
+        # batches of data.batch_size (an incomplete last one dropped), read in micro-batches: the same
+        # samples in the same order whatever the micro-batch size
+        return self.order.sampler(self.train_set, self.loader_batch_size, len(self.train_set) >= self.batch_size,
+                                  trainer if trainer is not None else self.trainer, step_size=self.batch_size)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, shuffle=True, sampler=self.train_sampler())
 
     def train_eval_indices(self) -> list[int]:
         """`eval_train_batches` batches' worth of train windows spread evenly over the train split."""

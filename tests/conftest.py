@@ -43,17 +43,22 @@ def make_cfg(tmp_path):
     return make
 
 
-@pytest.fixture
-def corpus(tmp_path) -> Path:
+def write_corpus(folder: Path) -> Path:
     """A small English text file (about 4,000 tokens) made for the tests."""
     words = (
         "the quick brown fox jumps over the lazy dog while a painter named Jack studies his canvas "
         "and wonders whether every effort moves him closer to the picture he has in mind"
     ).split()
     lines = [" ".join(words[(i * 7) % len(words) :] + words[: (i * 7) % len(words)]) + "." for i in range(120)]
-    p = tmp_path / "corpus.txt"
+    p = folder / "corpus.txt"
     p.write_text("\n".join(lines), encoding="utf-8")
     return p
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """A small English text file (about 4,000 tokens) made for the tests."""
+    return write_corpus(tmp_path)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -35,7 +35,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     # each rank reads its own shard of the windows
     for i, p in enumerate(ranks):
         assert p["rank"] == i and p["world_size"] == 2
-        assert p["sampler"] == "DistributedSampler" and p["sampler_rank"] == i
+        assert p["sampler"] == "ResumableDistributedSampler" and p["sampler_rank"] == i
     windows = [{tuple(w) for b in p["batches"] for w in b} for p in ranks]
     assert len(windows[0]) == len(windows[1]) == 4 * batch
     assert not windows[0] & windows[1]

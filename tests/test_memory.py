@@ -10,7 +10,6 @@ import gptlit.memory as memory
 import gptlit.model as model_mod
 from gptlit.config import GPTConfig
 from gptlit.errors import UserError
-from gptlit.data import MicroBatchSampler
 from gptlit.memory import StepMemory, estimate_step_memory, plan_micro_batches
 from gptlit.model import GPT, FusedHeadLoss
 
@@ -75,18 +74,29 @@ def test_num_params_counts_what_is_allocated():
             assert memory.num_params(cfg) == sum(p.numel() for p in GPT(cfg).parameters())
 
 
-def test_micro_batch_sampler_yields_the_same_samples_in_the_same_order():
-    from torch.utils.data import BatchSampler, RandomSampler
+def test_micro_batches_read_the_same_samples_in_the_same_order():
+    from torch.utils.data import DataLoader
 
-    data = range(50)
+    from gptlit.resumable_sampler import ResumableDistributedSampler
+
+    data = list(range(50))
+
+    def batches(loader_batch, drop, world=1, rank=0, start_batch=0):
+        sampler = ResumableDistributedSampler(data, loader_batch, drop, seed=3, num_replicas=world, rank=rank,
+                                              epoch=1, start_batch=start_batch, step_size=8)
+        loader = DataLoader(data, batch_size=loader_batch, sampler=sampler, drop_last=drop)
+        return [b.tolist() for b in loader], sampler
+
     for drop in (True, False):
-        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-        whole = list(BatchSampler(RandomSampler(data, generator=g1), 8, drop))
-        micro = list(MicroBatchSampler(RandomSampler(data, generator=g2), 8, drop, 2))
-        assert [i for b in micro for i in b] == [i for b in whole for i in b]
-        assert all(len(b) <= 2 for b in micro)
-        assert len(micro) == len(list(MicroBatchSampler(RandomSampler(data), 8, drop, 2)))
-    assert len(MicroBatchSampler(RandomSampler(data), 8, True, 2)) == 6 * 4  # the 2 left over are dropped
+        for world, rank in ((1, 0), (2, 1)):
+            whole, _ = batches(8, drop, world, rank)
+            micro, sampler = batches(2, drop, world, rank)
+            assert [i for b in micro for i in b] == [i for b in whole for i in b]
+            assert all(len(b) <= 2 for b in micro) and len(micro) == sampler.batches_per_epoch()
+    micro, sampler = batches(2, True)
+    assert len(micro) == 6 * 4 and len(sampler) == 48  # the 2 left over are dropped with their step, not cut
+    resumed, _ = batches(2, True, start_batch=8)  # two optimizer steps trained: the third starts
+    assert resumed == micro[8:]
 
 
 # the fused loss under autocast, and in chunks ---------------------------------------------------

@@ -85,7 +85,7 @@ def test_two_nodes_share_one_run_directory(tmp_path, corpus):
     # each rank read its own windows; both ended with the weights that last.ckpt holds
     p0, p1 = probes(tmp_path)
     assert (p0["rank"], p1["rank"]) == (0, 1) and p0["world_size"] == 2
-    assert p0["sampler"] == "DistributedSampler" and (p0["sampler_rank"], p1["sampler_rank"]) == (0, 1)
+    assert p0["sampler"] == "ResumableDistributedSampler" and (p0["sampler_rank"], p1["sampler_rank"]) == (0, 1)
     windows = [{tuple(w) for b in p["batches"] for w in b} for p in (p0, p1)]
     assert len(windows[0]) == len(windows[1]) == STEPS * BATCH and not windows[0] & windows[1]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

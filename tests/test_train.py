@@ -171,8 +171,8 @@ def test_last_checkpoint_keeps_steps_after_the_last_validation(corpus, tmp_path)
     run(compose_cfg([*common, "trainer.max_steps=5"], tmp_path / "first"))  # validates at step 3 only
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 5
-    # a resumed run too short to validate still leaves its own last.ckpt (a checkpoint written when
-    # training ends counts its epoch as done, as Lightning's own end-of-training checkpoints do)
+    # a resumed run too short to validate still leaves its own last.ckpt (written at max_steps, mid-epoch:
+    # the resumed run goes on in the same epoch)
     run(compose_cfg([*common, "trainer.max_steps=7", "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "second"))
     assert torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 7
 

@@ -1,0 +1,243 @@
+"""Writing checkpoints: last.ckpt (the latest training state, for resuming) and best.ckpt (the lowest
+val/loss), each write atomic, and no training step written twice.
+
+- last.ckpt: at every validation, every `every_n_train_steps` optimizer steps and every
+  `train_time_interval` minutes of training, when training ends and when an exception stops it.
+- best.ckpt: a hard link to the last.ckpt written at the validation that improved the monitored
+  metric, so the newest-and-best step is one file and costs no second write. When last.ckpt moves
+  on (a new file renamed over the name), best.ckpt keeps the old one. best.ckpt therefore carries
+  the optimizer state: resuming from the best point (say, with a lower lr once the run overfits)
+  is a use we keep. Without hard links (some network filesystems) it is a copy.
+Both write through trainer.save_checkpoint (every rank calls it; rank 0 writes) and AtomicCheckpointIO.
+Both subclass Lightning's Checkpoint marker, so Lightning runs them after the other callbacks (the
+files hold this validation's early-stopping and loss-plot state) and adds no checkpoint callback
+of its own; with both off, gptlit.build turns checkpointing off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+
+from gptlit.errors import UserError
+from gptlit.resume import ExactResume
+
+
+def partial_name(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place; the pid keeps writers apart."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Temporary files that a killed run left beside `path`."""
+    for p in path.parent.glob(f".{path.name}.*.partial"):
+        p.unlink(missing_ok=True)
+
+
+def fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file beside the checkpoint, fsync, then os.replace over its name:
+    a kill at any moment leaves the previous checkpoint or the new one, each whole.
+
+    Hand-written because Lightning 2.6's TorchCheckpointIO serializes the whole checkpoint into memory
+    first (a second copy of weights and optimizer state in RAM), then writes it to a file in the system
+    temp dir and moves it into place: a copy, not a rename, where that dir is another filesystem, and
+    a file left behind in /tmp on every kill. Remote (fsspec URL) paths still go through Lightning's.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(path)
+        tmp = partial_name(path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make `dst` name the file `src` names now (a hard link, else a copy), atomically."""
+    tmp = partial_name(dst)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links on this filesystem
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class LastCheckpoint(Checkpoint):
+    """`<dirpath>/last.ckpt`: the latest training state, always at an optimizer-step boundary.
+
+    every_n_train_steps: also every N optimizer steps (null or 0: off).
+    train_time_interval: also every M minutes of training (null or 0: off).
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last", every_n_train_steps: int | None = None,
+                 train_time_interval: float | None = None):
+        n, m = every_n_train_steps, train_time_interval
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+            raise UserError(f"callbacks.last_checkpoint.every_n_train_steps={n} must be an integer >= 0 (0 or null: off)")
+        if m is not None and (not isinstance(m, (int, float)) or isinstance(m, bool) or m < 0 or not math.isfinite(m)):
+            raise UserError(f"callbacks.last_checkpoint.train_time_interval={m} must be minutes >= 0 (0 or null: off)")
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.every_n_train_steps = n or 0
+        self.interval_s = (m or 0) * 60.0
+        self.saved_step: int | None = None  # global_step of the state on disk (this run)
+        self._saved_this_validation = False
+        self._due = False  # a cadence save that waits for the next step boundary
+        self._step_seen: int | None = None
+        self._last_time = time.monotonic()
+        self._warned = False
+
+    # the write --------------------------------------------------------------------------------------
+    def save(self, trainer) -> bool:
+        """Write last.ckpt now, if the data position is at an optimizer-step boundary. True if it was written."""
+        tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
+        if tracker is not None and not tracker.at_step_boundary:
+            if not self._warned:
+                rank_zero_info(f"warning: last.ckpt not written at step {trainer.global_step}: between optimizer "
+                               f"steps it could not resume exactly (it is written at step boundaries only)")
+                self._warned = True
+            return False
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self.saved_step, self._due, self._last_time = trainer.global_step, False, time.monotonic()
+        return True
+
+    def save_for_validation(self, trainer) -> bool:
+        """last.ckpt for the validation that just ended, once (BestCheckpoint may ask first)."""
+        if not self._saved_this_validation:
+            self._saved_this_validation = self.save(trainer)
+        return self._saved_this_validation
+
+    # when ---------------------------------------------------------------------------------------------
+    def _time_is_up(self, trainer) -> bool:
+        if not self.interval_s:
+            return False
+        up = time.monotonic() - self._last_time >= self.interval_s
+        if trainer.world_size == 1:
+            return up
+        # every rank must agree (saving is a collective), so rank 0's clock decides; asked every 10th step
+        # only, since a broadcast waits for the device (minutes of interval do not mind 10 steps' delay)
+        return trainer.global_step % 10 == 0 and bool(trainer.strategy.broadcast(up, src=0))
+
+    def _validation_follows(self, trainer, batch_idx: int) -> bool:
+        """Whether Lightning validates right after this batch (then on_validation_end writes last.ckpt,
+        with the validation's results in it)."""
+        if not trainer.enable_validation or not sum(trainer.num_val_batches or [0]):
+            return False
+        every = trainer.check_val_every_n_epoch
+        if every is not None and (trainer.current_epoch + 1) % every:
+            return False
+        last = batch_idx + 1 == trainer.num_training_batches
+        v = trainer.val_check_batch
+        return last or (isinstance(v, int) and v > 0 and (batch_idx + 1) % v == 0)
+
+    def on_train_start(self, trainer, pl_module):
+        self._step_seen, self._last_time = trainer.global_step, time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step == self._step_seen:  # no optimizer step finished (accumulating)
+            return
+        self._step_seen = step
+        n = self.every_n_train_steps
+        final = trainer.max_steps is not None and 0 < trainer.max_steps <= step
+        if (n and step % n == 0) or final or self._time_is_up(trainer):
+            self._due = True
+        if self._due and not self._validation_follows(trainer, batch_idx):
+            self.save(trainer)
+
+    def on_validation_start(self, trainer, pl_module):
+        self._saved_this_validation = False
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.save_for_validation(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.saved_step != trainer.global_step:  # e.g. steps after the last validation
+            self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        # Under DDP a collective after one rank failed can hang for ever: there the last periodic
+        # last.ckpt is the resume point.
+        if trainer.world_size == 1 and trainer.state.fn == TrainerFn.FITTING and self.saved_step != trainer.global_step:
+            self.save(trainer)
+
+
+class BestCheckpoint(Checkpoint):
+    """`<dirpath>/best.ckpt`: the state with the best `monitor` value so far (lowest with mode=min)."""
+
+    def __init__(self, dirpath: str, filename: str = "best", monitor: str = "val/loss", mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise UserError(f"callbacks.model_checkpoint.mode={mode} is unknown: use min or max")
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.monitor, self.mode = monitor, mode
+        self.best_score: float | None = None
+        self.best_step: int | None = None
+        self.best_model_path = ""
+
+    @property
+    def best_model_score(self) -> float | None:  # ModelCheckpoint's name
+        return self.best_score
+
+    @property
+    def state_key(self) -> str:
+        return f"BestCheckpoint{{monitor={self.monitor}, mode={self.mode}}}"
+
+    def state_dict(self):
+        return {"best_score": self.best_score, "best_step": self.best_step}
+
+    def load_state_dict(self, state):
+        self.best_score, self.best_step = state.get("best_score"), state.get("best_step")
+
+    def improved(self, score: float) -> bool:
+        if not math.isfinite(score):
+            return False
+        return self.best_score is None or (score < self.best_score if self.mode == "min" else score > self.best_score)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or not self.improved(float(value)):
+            return
+        self.best_score, self.best_step = float(value), trainer.global_step  # before last.ckpt is written: it keeps this
+        last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+        if last is not None and last.save_for_validation(trainer):
+            if trainer.is_global_zero:
+                link_or_copy(last.path, self.path)
+            trainer.strategy.barrier("best.ckpt")
+        else:
+            trainer.save_checkpoint(self.path, weights_only=False)
+        self.best_model_path = str(self.path)

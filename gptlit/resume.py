@@ -1,0 +1,177 @@
+"""Exact resume: what every checkpoint keeps besides Lightning's own state, and the check before a resume.
+
+Each checkpoint gets a `gptlit_resume` entry: the epoch, the batches of it trained up to the last
+finished optimizer step, the shuffle seed, the fingerprint of the data order (batch size, processes,
+windows, corpus) and the RNG states of every rank (torch, CUDA, numpy, python) as they were at that
+step. Lightning 2.6 saves no RNG state, so without them dropout masks after a resume differ.
+"""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from gptlit.errors import UserError
+from gptlit.resumable_sampler import FINGERPRINT_KEYS
+
+KEY = "gptlit_resume"
+FORMAT = 1
+
+
+def rng_state() -> dict:
+    """This process's RNG states, as plain tensors and numbers (checkpoints load with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def gather(obj, trainer) -> list:
+    """obj from every rank, in rank order (a collective: every rank calls it, as every rank calls
+    trainer.save_checkpoint)."""
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        out = [None] * trainer.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+class ExactResume(L.Callback):
+    """Tracks where the data order stands at the last finished optimizer step, snapshots the RNG states
+    there, writes both into every checkpoint and restores them on resume.
+
+    A batch counts as consumed only once its optimizer step has finished (with gradient accumulation,
+    the step after its last micro-batch), so a checkpoint written on a crash never skips one.
+    gptlit.build puts this callback first, so the checkpoint callbacks see this step's state.
+    """
+
+    def __init__(self, fingerprint: dict, seed: int, batches_per_epoch: int):
+        self.fingerprint, self.seed, self.batches_per_epoch = fingerprint, seed, batches_per_epoch
+        self.epoch = 0  # trainer.current_epoch of the batches counted below
+        self.stepped = 0  # batches of that epoch trained up to the last finished optimizer step
+        self.ended = 0  # batches of that epoch whose on_train_batch_end ran (Lightning resumes after these)
+        self.rng = [rng_state()]  # every rank's RNG states at the last finished step (this rank's alone until saved)
+        self._step_seen: int | None = None
+        self._pending_rng: dict | None = None  # to restore before the first batch after a resume
+        self._in_optimizer_step = False
+
+    @property
+    def at_step_boundary(self) -> bool:
+        """Whether Lightning's own batch count (what it resumes after) equals the consumed batches, and no
+        optimizer step is half done: only then can a checkpoint written now resume exactly."""
+        return self.ended == self.stepped and not self._in_optimizer_step
+
+    def on_train_start(self, trainer, pl_module):
+        self._step_seen = trainer.global_step
+        if self._pending_rng is None:
+            self.rng = [rng_state()]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._pending_rng is not None:  # after every hook that ran between the load and this batch
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+            self.rng = [rng_state()]
+        if trainer.current_epoch != self.epoch:
+            self.epoch, self.stepped, self.ended = trainer.current_epoch, 0, 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._in_optimizer_step = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._in_optimizer_step = False
+        self.ended = batch_idx + 1
+        if trainer.global_step != self._step_seen:  # an optimizer step finished with this batch
+            self._step_seen, self.stepped = trainer.global_step, batch_idx + 1
+            self.rng = [rng_state()]
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[KEY] = {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "batches": self.stepped,
+            "seed": self.seed,
+            "data": dict(self.fingerprint),
+            "rng": gather(self.rng[0], trainer),
+            "exact": self.at_step_boundary,
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        state = checkpoint.get(KEY)
+        if not state:
+            return
+        self.epoch, self.stepped = int(state["epoch"]), int(state["batches"])
+        if self.stepped >= self.batches_per_epoch:  # saved at the end of its epoch: the next one is up
+            self.epoch, self.stepped = self.epoch + 1, 0
+        self.ended = self.stepped
+        rngs = state.get("rng") or []
+        if state.get("data") == self.fingerprint and len(rngs) == trainer.world_size:
+            self._pending_rng = rngs[trainer.global_rank]
+
+
+def plan_resume(ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow_inexact: bool) -> dict | None:
+    """Where a resumed run's data order starts: {"seed", "epoch", "start_batch"}, or None for a fresh
+    order. Raises UserError, naming the difference, when the order cannot continue exactly and
+    `allow_inexact` (resume_inexact=true) is off."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # mmap: reads no weights
+    epoch = int(ckpt.get("epoch", 0))
+    state = ckpt.get(KEY)
+    if not state:
+        rank_zero_info(
+            f"warning: ckpt_path={ckpt_path} was written before exact resume (it has no data position): "
+            f"the data order of epoch {epoch} starts over from its first batch"
+        )
+        return None
+    seed, epoch, batches = int(state["seed"]), int(state["epoch"]), int(state["batches"])
+    saved = state.get("data") or {}
+    diff = next((k for k in FINGERPRINT_KEYS if saved.get(k) != fingerprint.get(k)), None)
+    if diff is not None:
+        what = FINGERPRINT_KEYS[diff]
+        msg = (f"ckpt_path={ckpt_path} cannot continue its data order exactly: it was trained with "
+               f"{what} {saved.get(diff)}, this run has {fingerprint.get(diff)}")
+        if not allow_inexact:
+            raise UserError(f"{msg}; set it back, or pass resume_inexact=true to start epoch {epoch}'s order afresh")
+        rank_zero_info(f"warning: {msg}; resume_inexact=true: epoch {epoch}'s data order starts afresh")
+        return {"seed": seed, "epoch": epoch, "start_batch": 0}
+    if not state.get("exact", True):
+        rank_zero_info(f"warning: ckpt_path={ckpt_path} was written between optimizer steps: "
+                       f"the data order of epoch {epoch} starts over from its first batch")
+        return {"seed": seed, "epoch": epoch, "start_batch": 0}
+    if batches >= batches_per_epoch:  # written at the end of its epoch
+        epoch, batches = epoch + 1, 0
+    return {"seed": seed, "epoch": epoch, "start_batch": batches}
+
+
+def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, allow_inexact: bool) -> ExactResume:
+    """Set the datamodule's training order (seed, and where a resume starts) and put the ExactResume
+    callback first among the trainer's callbacks. Raises UserError before any training."""
+    from gptlit.resumable_sampler import default_seed, order_fingerprint
+
+    sampler = dm.train_sampler(trainer)
+    fingerprint = order_fingerprint(dm.train_set, dm.batch_size, trainer.world_size, dm.loader_batch_size)
+    per_epoch = sampler.batches_per_epoch()
+    plan = plan_resume(ckpt_path, fingerprint, per_epoch, allow_inexact) if ckpt_path else None
+    if plan is None:
+        dm.order.seed = default_seed(seed)
+    else:
+        dm.order.seed, dm.order.epoch, dm.order.start_batch = plan["seed"], plan["epoch"], plan["start_batch"]
+    tracker = ExactResume(fingerprint, dm.order.seed, per_epoch)
+    trainer.callbacks.insert(0, tracker)
+    return tracker

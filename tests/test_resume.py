@@ -1,0 +1,250 @@
+"""Exact resume: a run killed with SIGKILL and resumed from last.ckpt trains exactly the steps, batches and
+losses of the uninterrupted run; checkpoint writes are atomic; a resume that cannot be exact is refused."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from gptlit.errors import UserError
+from gptlit.resumable_sampler import ResumableDistributedSampler
+from gptlit.build import build, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---- the sampler ------------------------------------------------------------------------------------
+
+
+def order(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_sampler_shards_and_resumes_mid_epoch():
+    ds = list(range(103))
+    full = [ResumableDistributedSampler(ds, 4, True, seed=5, num_replicas=2, rank=r) for r in (0, 1)]
+    e0, e1 = [order(s, 0) for s in full], [order(s, 1) for s in full]
+    # each rank its shard: 103 windows, so one is repeated to give both 52
+    assert len(set(e0[0]) & set(e0[1])) == 1 and len(set(e0[0]) | set(e0[1])) == 103
+    assert e0[0] != e1[0] and set(e1[0]) | set(e1[1]) == set(range(103))  # another order each epoch
+    assert full[0].batches_per_epoch() == 52 // 4
+    # made for epoch 1 with 3 batches done: the rest of epoch 1, then epoch 2 whole
+    resumed = ResumableDistributedSampler(ds, 4, True, seed=5, num_replicas=2, rank=1, epoch=1, start_batch=3)
+    assert len(resumed) == len(full[1])  # Lightning ends the epoch at len(): it counts restored batches too
+    assert order(resumed, 1) == e1[1][12:]
+    assert order(resumed, 2) == order(full[1], 2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_iterated_before_set_epoch_resumes_right(workers):
+    # Lightning calls iter() on the train loader (workers prefetch at once) before set_epoch() on resume
+    ds = torch.arange(40)
+    ref = ResumableDistributedSampler(ds, 4, True, seed=1)
+    want = order(ref, 1)[8:]
+    s = ResumableDistributedSampler(ds, 4, True, seed=1, epoch=1, start_batch=2)
+    loader = DataLoader(ds, batch_size=4, sampler=s, drop_last=True, num_workers=workers)
+    it = iter(loader)
+    s.set_epoch(1)
+    assert torch.cat(list(it)).tolist() == want
+
+
+# ---- in-process: refusals, old checkpoints, cadence, checkpoint files ---------------------------------
+
+
+def tiny(corpus, *extra):
+    from conftest import TINY
+
+    return [*TINY, "data=text", f"data.path={corpus}", *extra]
+
+
+def test_inexact_resume_is_refused_or_overridden(corpus, tmp_path, caplog):
+    from conftest import compose_cfg
+
+    run(compose_cfg(tiny(corpus, "trainer.max_steps=3"), tmp_path / "first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError, match=r"cannot continue its data order exactly: it was trained with "
+                                          r"data.batch_size 4, this run has 8; .*resume_inexact=true"):
+        build(compose_cfg(tiny(corpus, "data.batch_size=8", f"ckpt_path={last}"), tmp_path / "second"))
+    with pytest.raises(UserError, match=r"data.stride 32, this run has 16"):
+        build(compose_cfg(tiny(corpus, "data.stride=16", f"ckpt_path={last}"), tmp_path / "second"))
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text().replace("fox", "cat"))
+    with pytest.raises(UserError, match=r"training corpus \(token digest\)"):
+        build(compose_cfg(tiny(f"{other}", f"ckpt_path={last}"), tmp_path / "second"))
+    assert not (tmp_path / "second" / "checkpoints").exists()
+    with caplog.at_level("INFO"):
+        dm, _, _, _ = build(compose_cfg(tiny(corpus, "data.batch_size=8", "resume_inexact=true", f"ckpt_path={last}"),
+                                        tmp_path / "second"))
+    assert (dm.order.epoch, dm.order.start_batch) == (0, 0)
+    assert any("resume_inexact=true: epoch 0's data order starts afresh" in r.message for r in caplog.records)
+
+
+def test_old_checkpoint_resumes_from_its_epoch_start(corpus, tmp_path, caplog):
+    from conftest import compose_cfg
+
+    run(compose_cfg(tiny(corpus, "trainer.max_steps=3"), tmp_path / "first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["gptlit_resume"]["batches"] == 3 and len(ckpt["gptlit_resume"]["rng"]) == 1
+    del ckpt["gptlit_resume"]  # as written before exact resume
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    with caplog.at_level("INFO"):
+        run(compose_cfg(tiny(corpus, "trainer.max_steps=5", f"ckpt_path={old}"), tmp_path / "second"))
+    warnings = [r.message for r in caplog.records if "written before exact resume" in r.message]
+    assert len(warnings) == 1 and "epoch 0 starts over from its first batch" in warnings[0]
+    assert torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+
+
+def test_cadence_and_no_step_written_twice(corpus, tmp_path):
+    from conftest import compose_cfg
+
+    from gptlit.checkpoint_callbacks import AtomicCheckpointIO
+
+    saves = []
+    real = AtomicCheckpointIO.save_checkpoint
+
+    def spy(self, checkpoint, path, storage_options=None):
+        saves.append((Path(path).name, checkpoint["global_step"]))
+        return real(self, checkpoint, path, storage_options)
+
+    AtomicCheckpointIO.save_checkpoint = spy
+    try:
+        run(compose_cfg(tiny(corpus, "trainer.max_steps=7", "trainer.val_check_interval=4",
+                             "callbacks.last_checkpoint.every_n_train_steps=3"), tmp_path / "run"))
+    finally:
+        AtomicCheckpointIO.save_checkpoint = real
+    # every 3 steps (3, 6), each validation (4, 7 = max_steps) and nothing twice; best.ckpt is never written
+    assert saves == [("last.ckpt", 3), ("last.ckpt", 4), ("last.ckpt", 6), ("last.ckpt", 7)]
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
+    best = torch.load(ckpts / "best.ckpt", weights_only=True)
+    assert best["global_step"] in (4, 7) and "optimizer_states" in best  # a link to that validation's last.ckpt
+    if best["global_step"] == 7:
+        assert os.path.samefile(ckpts / "best.ckpt", ckpts / "last.ckpt")
+
+
+def test_both_checkpoint_callbacks_off_means_no_checkpoints(corpus, tmp_path):
+    from conftest import compose_cfg
+
+    run(compose_cfg(tiny(corpus, "trainer.max_steps=2", "callbacks.model_checkpoint=null",
+                         "callbacks.last_checkpoint=null"), tmp_path / "run"))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("every_n_train_steps", "-1", "every_n_train_steps=-1 must be an integer >= 0"),
+    ("train_time_interval", "-5", "train_time_interval=-5 must be minutes >= 0"),
+])
+def test_bad_cadence(make_cfg, key, value, match):
+    with pytest.raises(UserError, match=match):
+        build(make_cfg(f"callbacks.last_checkpoint.{key}={value}"))
+
+
+# ---- kill -9 and resume, as a user would: train.py in a subprocess -----------------------------------
+
+STEPS_PER_EPOCH = 14  # the corpus fixture: 115 train windows of 32 tokens, batches of 8
+
+
+def run_args(corpus, logdir: Path) -> list[str]:
+    return [
+        "model=nano", "model.drop_rate=0.1", "data=text", f"data.path={corpus}", "data.max_length=32",
+        "data.batch_size=8", "trainer.max_epochs=2", "trainer.val_check_interval=5", "trainer.limit_val_batches=2",
+        "sampling.every_n_steps=0", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
+        "callbacks.last_checkpoint.every_n_train_steps=3", "logger.tensorboard=null", "callbacks.lr_monitor=null",
+        "callbacks.loss_plot=null", "+callbacks.steps._target_=resume_probe.StepLog", f"+callbacks.steps.dirpath={logdir}",
+    ]
+
+
+def train(tmp_path, corpus, name, *extra, ckpt=None, timeout=120):
+    """train.py in a subprocess in its own session (a kill takes its DDP ranks with it); steps logged to log/<name>."""
+    args = [*run_args(corpus, tmp_path / "log" / name), f"hydra.run.dir={tmp_path / name}", *extra,
+            *([f"ckpt_path={ckpt}"] if ckpt else [])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=timeout, start_new_session=True)
+    return r, tmp_path / name / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run's steps (one process, dropout on, 2 epochs), trained in-process: the same
+    code and settings as train.py's, without a third subprocess's start-up in each test."""
+    from conftest import compose_cfg, write_corpus
+
+    tmp = tmp_path_factory.mktemp("reference")
+    run(compose_cfg(run_args(write_corpus(tmp), tmp / "log"), tmp / "run"))
+    return _rows(tmp / "log")
+
+
+def assert_same_run(reference: list, pieces: list, total: int, label=""):
+    """Every step the killed and resumed runs logged has the uninterrupted run's loss (every digit) and batch."""
+    want = {s: (loss, batch) for s, loss, batch in reference}
+    assert sorted(want) == list(range(1, total + 1))
+    for s, loss, batch in pieces:
+        assert (loss, batch) == want[s], f"{label} step {s}: {float.fromhex(loss)} on {batch}, uninterrupted {want[s]}"
+    assert {s for s, _, _ in pieces} == set(want), label  # and every step was trained
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_anywhere_and_resume_is_the_same_run(tmp_path, corpus, workers, reference):
+    rng = random.Random()
+    k1 = rng.randrange(4, STEPS_PER_EPOCH)  # mid-epoch in the first epoch, after a checkpoint
+    k2 = rng.randrange(STEPS_PER_EPOCH + 2, 2 * STEPS_PER_EPOCH)  # and in the second
+    nw = f"data.num_workers={workers}"
+    r, last = train(tmp_path, corpus, "a", nw, f"+callbacks.steps.kill_at_step={k1}")
+    assert r.returncode == -9, r.stderr[-3000:]
+    r, last = train(tmp_path, corpus, "b", nw, f"+callbacks.steps.kill_at_step={k2}", ckpt=last)
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    r, _ = train(tmp_path, corpus, "c", nw, ckpt=last)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pieces = [row for name in "abc" for row in _rows(tmp_path / "log" / name)]
+    assert_same_run(reference, pieces, 2 * STEPS_PER_EPOCH, f"killed at {k1} and {k2}:")
+
+
+def _rows(d: Path, rank: int = 0):
+    f = d / f"steps_rank{rank}.csv"
+    return [(int(s), loss, b) for s, loss, b in (line.split(",") for line in f.read_text().splitlines())]
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_write_leaves_last_ckpt_whole(tmp_path, corpus, reference):
+    # the 3rd save is last.ckpt at step 6 (after step 3 and the validation at 5): killed while it is written
+    r, last = train(tmp_path, corpus, "a", "+callbacks.steps.kill_during_save=3")
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert (tmp_path / "log" / "a" / "killed_during").read_text().startswith(".last.ckpt.")
+    assert list(last.parent.glob(".last.ckpt.*.partial"))  # the write was cut short
+    assert torch.load(last, weights_only=True)["global_step"] == 5  # the previous last.ckpt, whole
+    r, _ = train(tmp_path, corpus, "b", ckpt=last)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_run(reference, _rows(tmp_path / "log" / "a") + _rows(tmp_path / "log" / "b"), 2 * STEPS_PER_EPOCH)
+
+
+@pytest.mark.slow
+def test_ddp_kill_and_resume_is_the_same_run(tmp_path, corpus):
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    per_epoch = STEPS_PER_EPOCH // 2  # each rank trains its half of the windows
+    k = random.Random().randrange(per_epoch + 2, 2 * per_epoch)  # mid-epoch in the second epoch
+    r, _ = train(tmp_path, corpus, "ref", *ddp, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r, last = train(tmp_path, corpus, "a", *ddp, f"+callbacks.steps.kill_at_step={k}", timeout=240)
+    assert r.returncode == -9, r.stderr[-3000:]
+    ckpt = torch.load(last, weights_only=True)
+    assert len(ckpt["gptlit_resume"]["rng"]) == 2 and ckpt["gptlit_resume"]["data"]["world_size"] == 2
+    r, _ = train(tmp_path, corpus, "b", *ddp, ckpt=last, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):
+        ref = _rows(tmp_path / "log" / "ref", rank)
+        pieces = [row for name in "ab" for row in _rows(tmp_path / "log" / name, rank)]
+        assert_same_run(ref, pieces, 2 * per_epoch, f"rank {rank}, killed at {k}:")
+    # and the ranks trained different windows
+    assert {b for _, _, b in _rows(tmp_path / "log" / "ref", 0)}.isdisjoint(b for _, _, b in _rows(tmp_path / "log" / "ref", 1))
