@@ -11,7 +11,7 @@ import sys
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Checkpoint, ProgressBar
+from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -178,6 +178,8 @@ def build(cfg: DictConfig):
     tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()), micro)
     if tcfg.get("enable_progress_bar") is False:  # one flag is enough: drop the configured bar callback too
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not loggers:  # logger=null: nothing to log the learning rate to (Lightning would refuse the monitor)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # no checkpoint callback configured: no checkpoints (Lightning would otherwise add its own)
     tcfg["enable_checkpointing"] = any(isinstance(c, Checkpoint) for c in callbacks)
     trainer: L.Trainer = make_trainer(tcfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])

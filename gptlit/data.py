@@ -165,6 +165,7 @@ class GPTDataModule(L.LightningDataModule):
         num_proc: int | None = None,
         cache_dir: str | None = None,
         max_val_windows: int | None = None,
+        prepare_per_node: bool = False,  # several nodes: which processes tokenize (see prepare_tokens)
     ):
         super().__init__()
         self.source, self.path, self.url, self.sha256 = source, path, url, sha256
@@ -173,6 +174,7 @@ class GPTDataModule(L.LightningDataModule):
         self.val_fraction, self.batch_size, self.num_workers = val_fraction, batch_size, num_workers
         self.val_all, self.eval_train_batches = val_all, eval_train_batches
         self.text_key, self.num_proc, self.cache_dir, self.max_val_windows = text_key, num_proc, cache_dir, max_val_windows
+        self.prepare_per_node = prepare_per_node
         self.cached: CachedTokens | None = None
         self.tokens: TokenFile | None = None
         self.micro_batch_size = micro_batch_size
@@ -243,9 +245,17 @@ class GPTDataModule(L.LightningDataModule):
         return user_path(self.cache_dir) if self.cache_dir else cache_dir() / "tokens"
 
     def prepare_tokens(self) -> CachedTokens:
-        """The corpus' token file, tokenized now unless cached (one process tokenizes, others wait)."""
+        """The corpus' token file, tokenized now unless cached (one process tokenizes, others wait).
+
+        Under a multi-process launch only the preparer tokenizes: global rank 0 when the cache
+        directory is one shared filesystem (prepare_per_node=False), local rank 0 of each node when
+        every node has its own (True). The others wait for its file, so a filesystem whose file
+        locks do not reach across nodes still gets one preparation."""
+        from gptlit.launch_env import prepares_data
+
         if self.cached is None or not os.path.isfile(self.cached.path):
-            self.cached = ensure(self.corpus(), self.token_cache_dir(), self.num_proc)
+            self.cached = ensure(self.corpus(), self.token_cache_dir(), self.num_proc,
+                                 preparer=prepares_data(bool(self.prepare_per_node)))
         return self.cached
 
     def setup(self, stage: str | None = None):

@@ -133,14 +133,23 @@ def read_meta(bin_path: Path, meta_path: Path) -> tuple[dict | None, str | None]
     return meta, None
 
 
-def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_bytes: int = PIECE_BYTES) -> CachedTokens:
-    """The token file of `corpus` under cache_dir, tokenizing it first unless a complete one is there."""
+def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_bytes: int = PIECE_BYTES,
+           preparer: bool = True, poll_s: float = 1.0) -> CachedTokens:
+    """The token file of `corpus` under cache_dir, tokenizing it first unless a complete one is there.
+
+    preparer=False (a process of a multi-node launch that is not the one preparing): never tokenize,
+    wait until the preparer's complete file appears."""
     from filelock import FileLock, Timeout
 
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
     bin_path, meta_path = file_paths(corpus, cache_dir)
     meta, _ = read_meta(bin_path, meta_path)  # a complete file is used even from a read-only folder
+    if meta is None and not preparer:
+        log.info(f"token cache: waiting for the preparing process to write {bin_path}")
+        while meta is None:
+            time.sleep(poll_s)
+            meta, _ = read_meta(bin_path, meta_path)
     if meta is None:
         writable_dir(cache_dir)
         lock = FileLock(str(bin_path) + ".lock")

@@ -347,3 +347,55 @@ def test_ddp_one_process_tokenizes_ranks_read_disjoint_windows(tmp_path):
     tokens = encode(corpus.read_text())
     starts = {tuple(tokens[s : s + 16]) for s in range(0, len(tokens) - 16, 16)}
     assert windows[0] | windows[1] <= starts  # every window read is a window of the corpus
+
+
+def test_a_process_that_is_not_the_preparer_waits_and_never_tokenizes(tmp_path, monkeypatch):
+    import threading
+
+    import gptlit.token_cache as tc
+
+    f = tmp_path / "a.txt"
+    f.write_text("one two three four five six seven eight nine ten " * 50, encoding="utf-8")
+    corpus, cache = Corpus("a", files=(f,)), tmp_path / "cache"
+    cache.mkdir()
+    builds = []
+    real_build = tc.build
+    monkeypatch.setattr(tc, "build", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+
+    def preparer_later():  # another process's preparation, finishing a little later
+        time.sleep(0.3)
+        ensure(corpus, cache, num_proc=1, preparer=True)
+
+    t = threading.Thread(target=preparer_later)
+    t.start()
+    got = ensure(corpus, cache, num_proc=1, preparer=False, poll_s=0.05)
+    t.join()
+    assert builds == [1]  # the preparer's build alone
+    assert got.n_tokens == len(encode(f.read_text(encoding="utf-8"))) and not got.built
+
+
+@pytest.mark.parametrize("per_node, env, prepares", [
+    (False, {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}, True),
+    (False, {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}, False),  # node 1 waits for node 0's file
+    (True, {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}, True),  # its own node-local cache
+    (True, {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}, False),
+])
+def test_data_prepare_per_node_picks_the_preparer(tmp_path, monkeypatch, per_node, env, prepares):
+    import gptlit.data
+
+    f = tmp_path / "a.txt"
+    f.write_text("some text to tokenize " * 400, encoding="utf-8")
+    for k, v in {**env, "TORCHELASTIC_RUN_ID": "t1", "GROUP_RANK": env["RANK"]}.items():
+        monkeypatch.setenv(k, v)
+    seen = []
+
+    def record(*args, preparer, **kwargs):
+        seen.append(preparer)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(gptlit.data, "ensure", record)
+    dm = GPTDataModule(source="files", path=str(f), max_length=16, batch_size=2, cache_dir=str(tmp_path / "c"),
+                       prepare_per_node=per_node)
+    with pytest.raises(RuntimeError):
+        dm.prepare_tokens()
+    assert seen == [prepares]

@@ -379,3 +379,11 @@ def test_cli_multirun_separate_dirs(tmp_path, corpus):
     summary = (tmp_path / "sweep" / "sweep_summary.csv").read_text().splitlines()
     assert summary[0].startswith("job,optim.lr,best val/loss") and len(summary) == 3
     assert "sweep summary (2 jobs, sorted by best val/loss)" in r.stdout
+
+
+def test_no_logger_trains_without_the_lr_monitor(make_cfg, corpus, tmp_path):
+    # ~logger (or every logger null) keeps the default callbacks working: the lr monitor has nothing to write to
+    metrics = run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=2", "~logger"))
+    assert "val/loss" in metrics and not (tmp_path / "run" / "tb").exists()
+    metrics = run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=2", "logger.tensorboard=null"))
+    assert "val/loss" in metrics
