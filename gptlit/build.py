@@ -153,6 +153,7 @@ def build(cfg: DictConfig):
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm: GPTDataModule = make(cfg.data, val_all=task == "validate")  # validate: the whole corpus
+    dm.prepare_wait_s = cfg.get("dist_timeout_s")  # a rank waiting for another's token file gives up after it
     dm.prepare_data()
     dm.setup("fit")  # tokenize now: a corpus too short fails before the model is built
     rank_zero_info(dm.summary())

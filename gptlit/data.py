@@ -175,6 +175,7 @@ class GPTDataModule(L.LightningDataModule):
         self.val_all, self.eval_train_batches = val_all, eval_train_batches
         self.text_key, self.num_proc, self.cache_dir, self.max_val_windows = text_key, num_proc, cache_dir, max_val_windows
         self.prepare_per_node = prepare_per_node
+        self.prepare_wait_s: float | None = None  # set by gptlit.build from dist_timeout_s: see prepare_tokens
         self.cached: CachedTokens | None = None
         self.tokens: TokenFile | None = None
         self.micro_batch_size = micro_batch_size
@@ -255,7 +256,7 @@ class GPTDataModule(L.LightningDataModule):
 
         if self.cached is None or not os.path.isfile(self.cached.path):
             self.cached = ensure(self.corpus(), self.token_cache_dir(), self.num_proc,
-                                 preparer=prepares_data(bool(self.prepare_per_node)))
+                                 preparer=prepares_data(bool(self.prepare_per_node)), wait_s=self.prepare_wait_s)
         return self.cached
 
     def setup(self, stage: str | None = None):

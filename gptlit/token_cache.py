@@ -134,11 +134,12 @@ def read_meta(bin_path: Path, meta_path: Path) -> tuple[dict | None, str | None]
 
 
 def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_bytes: int = PIECE_BYTES,
-           preparer: bool = True, poll_s: float = 1.0) -> CachedTokens:
+           preparer: bool = True, poll_s: float = 1.0, wait_s: float | None = None) -> CachedTokens:
     """The token file of `corpus` under cache_dir, tokenizing it first unless a complete one is there.
 
     preparer=False (a process of a multi-node launch that is not the one preparing): never tokenize,
-    wait until the preparer's complete file appears."""
+    wait until the preparer's complete file appears. If after wait_s seconds the preparer has not even
+    started (no lock file in cache_dir: the folder is not the one it writes to), stop with a UserError."""
     from filelock import FileLock, Timeout
 
     t0 = time.perf_counter()
@@ -147,7 +148,14 @@ def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_b
     meta, _ = read_meta(bin_path, meta_path)  # a complete file is used even from a read-only folder
     if meta is None and not preparer:
         log.info(f"token cache: waiting for the preparing process to write {bin_path}")
+        lock_path = Path(str(bin_path) + ".lock")  # made by the preparer when it starts, and left there
         while meta is None:
+            if wait_s is not None and time.perf_counter() - t0 > wait_s and not lock_path.exists():
+                raise UserError(
+                    f"data.prepare_per_node=false: after {wait_s:.0f} s the preparing process (global rank 0) "
+                    f"has not started writing into {cache_dir}, so this node does not share its cache folder; "
+                    f"set data.prepare_per_node=true for a cache folder on each node's disk, or run task=prepare first"
+                )
             time.sleep(poll_s)
             meta, _ = read_meta(bin_path, meta_path)
     if meta is None:

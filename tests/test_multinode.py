@@ -23,6 +23,7 @@ ARGS = [
     f"data.max_length={T}", f"data.batch_size={BATCH}", "trainer.limit_val_batches=2",
     "trainer.val_check_interval=2", "sampling.every_n_steps=0", "trainer.enable_progress_bar=false",
     "callbacks.progress_bar=null",
+    "data.prepare_per_node=true",  # each simulated node has its own GPTLIT_CACHE, as on node-local disks
 ]
 
 

@@ -399,3 +399,12 @@ def test_data_prepare_per_node_picks_the_preparer(tmp_path, monkeypatch, per_nod
     with pytest.raises(RuntimeError):
         dm.prepare_tokens()
     assert seen == [prepares]
+
+
+def test_waiting_for_a_preparer_that_writes_elsewhere_is_a_one_line_error(tmp_path):
+    # node-local cache folders with data.prepare_per_node=false: rank 0 never writes here
+    f = tmp_path / "a.txt"
+    f.write_text("words " * 100, encoding="utf-8")
+    with pytest.raises(UserError, match="set data.prepare_per_node=true"):
+        ensure(Corpus("a", files=(f,)), tmp_path / "cache", num_proc=1, preparer=False, poll_s=0.05, wait_s=0.2)
+    assert not list(tmp_path.rglob("*.bin"))  # nothing tokenized here
