@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch.utils.data import DistributedSampler
 
 
@@ -58,8 +59,17 @@ class ResumableDistributedSampler(DistributedSampler):
         super().set_epoch(epoch)
 
     def __iter__(self):
-        order = list(super().__iter__())[: len(self)]
-        return iter(order[self.start_batch * self.batch_size :])
+        # DistributedSampler's order (randperm of seed + epoch, padded to a multiple of the ranks, every
+        # num_replicas-th index from this rank's), kept as an int64 tensor rather than its Python list:
+        # 8 bytes a window instead of about 36, which matters for a corpus of hundreds of millions of windows.
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=g)
+        if self.total_size > len(order):
+            order = order.repeat(math.ceil(self.total_size / len(order)))
+        order = order[: self.total_size][self.rank :: self.num_replicas][: len(self)]
+        for chunk in order[self.start_batch * self.batch_size :].split(1 << 16):
+            yield from chunk.tolist()
 
 
 @dataclass

@@ -248,3 +248,21 @@ def test_ddp_kill_and_resume_is_the_same_run(tmp_path, corpus):
         assert_same_run(ref, pieces, 2 * per_epoch, f"rank {rank}, killed at {k}:")
     # and the ranks trained different windows
     assert {b for _, _, b in _rows(tmp_path / "log" / "ref", 0)}.isdisjoint(b for _, _, b in _rows(tmp_path / "log" / "ref", 1))
+
+
+@pytest.mark.parametrize("n, world", [(50, 1), (50, 3), (7, 4), (2, 5)])
+def test_sampler_order_is_distributed_samplers_without_its_python_list(n, world):
+    from torch.utils.data import DistributedSampler
+
+    from gptlit.resumable_sampler import ResumableDistributedSampler
+
+    data = list(range(n))
+    for rank in range(world):
+        for epoch in (0, 3):
+            ref = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=11, drop_last=False)
+            ref.set_epoch(epoch)
+            ours = ResumableDistributedSampler(data, 2, False, seed=11, num_replicas=world, rank=rank, epoch=epoch)
+            assert list(ours) == list(ref)
+            resumed = ResumableDistributedSampler(data, 2, False, seed=11, num_replicas=world, rank=rank,
+                                                  epoch=epoch, start_batch=1)
+            assert list(resumed) == list(ref)[2:]
