@@ -74,10 +74,13 @@ def find_checkpoint(path: str | os.PathLike, prefer: str = "best", key: str = "c
 
 # reading --------------------------------------------------------------------------------------
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a Lightning checkpoint written by gptlit, with weights_only=True (no arbitrary code runs)."""
+    """Load a Lightning checkpoint written by gptlit, with weights_only=True (no arbitrary code runs).
+
+    Memory-mapped: a tensor is read from disk only when used, so the checks that need only the
+    stored config or the resume state (check_resumable, gptlit.resume) cost no read of the weights."""
     p = Path(path)
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - garbage can fail anywhere in the unpickler (IndexError, KeyError, ...)
         msg = str(e).split("WeightsUnpickler error:", 1)[-1]  # drop torch's advice to load unsafely
         first = next((line.strip() for line in msg.splitlines() if line.strip()), type(e).__name__)

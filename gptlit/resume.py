@@ -130,7 +130,9 @@ def plan_resume(ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow
     """Where a resumed run's data order starts: {"seed", "epoch", "start_batch"}, or None for a fresh
     order. Raises UserError, naming the difference, when the order cannot continue exactly and
     `allow_inexact` (resume_inexact=true) is off."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # mmap: reads no weights
+    from gptlit.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)  # memory-mapped: reads no weights
     epoch = int(ckpt.get("epoch", 0))
     state = ckpt.get(KEY)
     if not state:
