@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gptlit.errors import UserError, exit_on_user_error
+from gptlit.core.errors import UserError, exit_on_user_error
 
 USAGE = "usage: python export.py ckpt=<.ckpt file or run directory> out=<folder>"
 
@@ -41,8 +41,8 @@ def parse_args(argv: list[str]) -> dict[str, str]:
 
 
 def run(argv: list[str]) -> list:
-    from gptlit.checkpoints import find_checkpoint, model_from_checkpoint
-    from gptlit.hf import write_hf_folder
+    from gptlit.interop.checkpoints import find_checkpoint, model_from_checkpoint
+    from gptlit.interop.hf import write_hf_folder
 
     args = parse_args(argv)
     ckpt = find_checkpoint(args["ckpt"], prefer="best")

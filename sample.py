@@ -22,11 +22,12 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gptlit.checkpoints import find_checkpoint, model_from_checkpoint, user_path
-from gptlit.config_store import register_configs
-from gptlit.errors import UserError, exit_on_user_error
-from gptlit.generate import SamplingConfig, generate_text
-from gptlit.launch_env import register_resolvers
+from gptlit.core.files import user_path
+from gptlit.interop.checkpoints import find_checkpoint, model_from_checkpoint
+from gptlit.run.config_store import register_configs
+from gptlit.core.errors import UserError, exit_on_user_error
+from gptlit.model.generate import SamplingConfig, generate_text
+from gptlit.core.launch_env import register_resolvers
 
 register_resolvers()  # conf/hydra/job_logging/gptlit.yaml (train.log from rank 0 only) uses one
 
@@ -81,7 +82,7 @@ def run(cfg: DictConfig) -> None:
     prompts = read_prompts(cfg)
     device = pick_device(cfg.device)
     if init_from is not None:
-        from gptlit.hf import load_pretrained
+        from gptlit.interop.hf import load_pretrained
 
         path = user_path(init_from)
         model = load_pretrained(path).to(device)  # fp32, eval mode, config from config.json / the shapes
@@ -107,7 +108,7 @@ def run(cfg: DictConfig) -> None:
             print(flush=True)
 
 
-register_configs()  # the sampling group's values (gptlit.generate.SampleTextConfig)
+register_configs()  # the sampling group's values (gptlit.model.generate.SampleTextConfig)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")

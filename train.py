@@ -14,9 +14,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from gptlit.config_store import register_configs
-from gptlit.launch_env import register_resolvers
-from gptlit.sweep import register_sweep_resolvers
+from gptlit.run.config_store import register_configs
+from gptlit.core.launch_env import register_resolvers
+from gptlit.run.sweep import register_sweep_resolvers
 
 register_configs()  # the model, optim and sampling groups' values live in Python dataclasses
 register_resolvers()  # ${gptlit.run_dir:...} in conf/train.yaml: known before Hydra composes
@@ -25,13 +25,13 @@ register_sweep_resolvers()  # ${gptlit.cut:...}: sweep job directory names kept 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig):
-    from gptlit.sweep import run_job
+    from gptlit.run.runner import run_job
 
     return run_job(cfg)  # the best val/loss: what a sweeper minimizes
 
 
 if __name__ == "__main__":
-    from gptlit.sweep import check_search_plugin, ddp_child_argv
+    from gptlit.run.sweep import check_search_plugin, ddp_child_argv
 
     check_search_plugin(sys.argv[1:])  # hparams_search=optuna without its plugin: one line, exit 2
     sys.argv = ddp_child_argv(sys.argv)  # a DDP rank started inside a sweep runs its own job only

@@ -24,7 +24,7 @@ TOLERANCE = 0.02
 
 
 def val_loss(model: str, steps: int, precision: str, seed: int) -> float:
-    from gptlit.build import run
+    from gptlit.run.runner import run
 
     cfg = compose([
         f"model={model}", "data.max_length=32", "data.batch_size=8", *QUIET,

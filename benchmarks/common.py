@@ -29,7 +29,7 @@ def compose(overrides: list[str], output_dir: str | None = None):
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gptlit.config_store import register_configs
+    from gptlit.run.config_store import register_configs
 
     register_configs()  # the model, optim and sampling groups, as train.py registers them
     output_dir = output_dir or tempfile.mkdtemp(prefix="gptlit-bench-")

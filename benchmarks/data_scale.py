@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))  # the gptlit of this checkout, as the subprocesse
 PREPARE = """
 import json, resource, sys, time
 from pathlib import Path
-from gptlit.token_cache import Corpus, ensure
+from gptlit.data.token_cache import Corpus, ensure
 f, cache, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 t = time.perf_counter()
 u0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -119,8 +119,8 @@ def training_speed(f: Path, cache: Path, steps: int, warmup: int) -> tuple[float
     sys.path.insert(0, str(HERE))
     from common import QUIET, compose
 
-    from gptlit.data import WindowDataset
-    from gptlit.build import build
+    from gptlit.data.datamodule import WindowDataset
+    from gptlit.run.build import build
 
     B, T = 16, 64  # nano: context 64
     cfg = compose([*QUIET, "model=nano", "data=text", f"data.path={f}", f"data.cache_dir={cache}",
@@ -178,7 +178,7 @@ def load() -> str:
 
 def data_startup(f: Path, cache: Path) -> float:
     """Seconds, in this process, from a new datamodule to its first train batch, the corpus being cached."""
-    from gptlit.data import GPTDataModule
+    from gptlit.data.datamodule import GPTDataModule
 
     t = time.perf_counter()
     dm = GPTDataModule(source="files", path=str(f), cache_dir=str(cache), max_length=64, batch_size=16)
@@ -203,7 +203,7 @@ def main():
     free = shutil.disk_usage(work).free
     if free < need:
         raise SystemExit(f"{work}: {free / 1e9:.1f} GB free, need {need / 1e9:.1f} GB; use --dir or smaller --sizes")
-    from gptlit.token_cache import default_num_proc
+    from gptlit.data.token_cache import default_num_proc
 
     cores = default_num_proc()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")

@@ -19,8 +19,8 @@ import torch
 
 from common import machine, table
 
-from gptlit.config import GPTConfig
-from gptlit.model import GPT
+from gptlit.model.config import GPTConfig
+from gptlit.model.gpt import GPT
 
 SHAPES = {
     "mini, batch 16 x 128 (python train.py)": (dict(name="mini"), 16, 128),

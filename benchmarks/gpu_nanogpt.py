@@ -5,10 +5,10 @@ nanoGPT: model.py as shipped inside the PyPI wheel `lightning-gpt` (not copied h
 the way its train.py does: TF32 on, fused AdamW from its configure_optimizers (wd 0.1,
 lr 6e-4, betas 0.9/0.95), torch.compile, bf16 autocast, clip 1.0, zero_grad(set_to_none).
 gptlit: model=small (the same shape, dropout 0) with compile=true and bf16-mixed through
-gptlit.build.build and Trainer.fit, no logger, callbacks or samples.
+gptlit.run.build.build and Trainer.fit, no logger, callbacks or samples.
 Both read batches of the same loader (pydocs windows of 1024 tokens). They run one after the
 other (the GPU is not shared); the step time is the median after the warm-up/compile steps,
-with a device synchronize at each step end in both. MFU uses gptlit.flops's formula and peak table.
+with a device synchronize at each step end in both. MFU uses gptlit.model.flops's formula and peak table.
 
   pip install --no-deps lightning-gpt==0.1.1      # or: --wheel lightning_gpt-0.1.1-py3-none-any.whl
   python benchmarks/gpu_nanogpt.py                  # batch 12, 30 timed steps each
@@ -116,8 +116,8 @@ def main():
                  "run it on a GPU machine, or pass --smoke to check the code paths on CPU")
     ng = load_nanogpt(a.wheel)
 
-    from gptlit.flops import cuda_peak_flops, flops_per_token, matmul_params, mfu
-    from gptlit.build import build
+    from gptlit.model.flops import cuda_peak_flops, flops_per_token, matmul_params, mfu
+    from gptlit.run.build import build
 
     total = a.warmup + a.steps
     dm, module, trainer, _ = build(gptlit_cfg(shape, a.batch, total + 1, a.overrides))

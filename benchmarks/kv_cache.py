@@ -15,7 +15,7 @@ import time
 import torch
 
 from gptlit import GPT, GPTConfig
-from gptlit.generate import SamplingConfig, generate
+from gptlit.model.generate import SamplingConfig, generate
 
 
 def tokens_per_sec(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool, repeats: int) -> tuple[float, torch.Tensor]:

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""gptlit.memory's estimate of a training step's peak memory against the measured peak RSS.
+"""gptlit.training.memory's estimate of a training step's peak memory against the measured peak RSS.
 
 Each configuration trains 2 optimizer steps through train.py's machinery (build + Trainer.fit,
 no validation, logger or checkpoints) in its own process, with data.micro_batch_size equal to
 data.batch_size (no micro-batches). Reported per configuration:
 
   base      RSS of the process when the estimate is made (imports, corpus), measured
-  estimate  gptlit.memory's estimate of what the step adds (StepMemory.total(batch))
+  estimate  gptlit.training.memory's estimate of what the step adds (StepMemory.total(batch))
   measured  peak RSS (ru_maxrss) of the whole process
   ratio     (base + estimate) / measured; target: within 0.9 .. 1.2
   growth    estimate / (measured - base): the same on what the step adds alone
@@ -52,8 +52,8 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
     """In this process: build the run, note RSS at the estimate, train 2 steps, return the figures."""
     from common import QUIET, compose
 
-    import gptlit.memory as memory
-    from gptlit.build import build
+    import gptlit.training.memory as memory
+    from gptlit.run.build import build
 
     seen = {}
     real = memory.available_memory
@@ -68,7 +68,7 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
          f"data.micro_batch_size={batch}", f"model.drop_rate={drop}", "trainer.max_steps=2", *extra]
     )
     dm, module, trainer, _ = build(cfg)
-    from gptlit.callbacks import StepTime
+    from gptlit.training.callbacks import StepTime
 
     timer = StepTime(skip_steps=1, timed_steps=1)  # the second step's time
     trainer.callbacks.append(timer)
@@ -81,8 +81,8 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
 def estimate_only(model: str, T: int, batch: int, drop: float, precision: str, extra: list[str]) -> float:
     import yaml
 
-    from gptlit.config import GPTConfig
-    from gptlit.memory import estimate_step_memory
+    from gptlit.model.config import GPTConfig
+    from gptlit.training.memory import estimate_step_memory
 
     fields = {k[len("model."):]: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in extra) if k.startswith("model.")}
     cfg = GPTConfig.from_name(model, **{**fields, "drop_rate": drop})
@@ -90,7 +90,7 @@ def estimate_only(model: str, T: int, batch: int, drop: float, precision: str, e
 
 
 def mem_available() -> float:
-    from gptlit.memory import available_memory
+    from gptlit.training.memory import available_memory
 
     return available_memory("cpu")
 
@@ -109,7 +109,7 @@ def main():
         print("RESULT " + json.dumps(measure_one(m, int(T), int(b), float(d), a.extra)), flush=True)
         return
 
-    from gptlit.build import resolve_precision
+    from gptlit.run.build import resolve_precision
 
     precision = resolve_precision("auto", "cpu")
     rows, skipped = [], []

@@ -43,7 +43,7 @@ def autocast(precision: str, device: torch.device):
 
 def plain_loop(module, loader, precision: str, device: torch.device):
     """One step function of a hand-written loop over a copy of `module`'s model and optimizer."""
-    from gptlit.lit_module import GPTLitModule
+    from gptlit.training.lit_module import GPTLitModule
 
     twin = GPTLitModule(model=module.hparams.model, optim=module.hparams.optim).to(device)
     twin.model.load_state_dict(module.model.state_dict())
@@ -77,7 +77,7 @@ def plain_loop(module, loader, precision: str, device: torch.device):
 
 
 def measure(name: str, steps: int, warmup: int, extra: list[str]) -> list:
-    from gptlit.build import build
+    from gptlit.run.build import build
 
     spec = MODELS[name]
     cfg = compose([*spec["overrides"], *QUIET, f"trainer.max_steps={warmup + steps + 1}", *extra])

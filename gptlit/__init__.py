@@ -1,8 +1,8 @@
 """gptlit: pretrain GPT-2-style models with PyTorch Lightning and Hydra."""
 
-from gptlit.config import GPTConfig, PRESETS
-from gptlit.errors import UserError
-from gptlit.model import GPT
+from gptlit.model.config import GPTConfig, PRESETS
+from gptlit.core.errors import UserError
+from gptlit.model.gpt import GPT
 
 __all__ = ["GPT", "GPTConfig", "PRESETS", "UserError"]
 __version__ = "0.1.0"

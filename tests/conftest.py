@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from gptlit.config_store import register_configs
+from gptlit.run.config_store import register_configs
 
 register_configs()  # the model, optim and sampling groups, as train.py and sample.py register them
 

@@ -1,4 +1,4 @@
-"""gptlit.checkpoints: one rule for finding a run's checkpoint, one resolver for user paths."""
+"""gptlit.interop.checkpoints: one rule for finding a run's checkpoint, one resolver for user paths."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from gptlit.checkpoints import find_checkpoint, user_path
-from gptlit.errors import UserError
+from gptlit.core.files import user_path
+from gptlit.interop.checkpoints import find_checkpoint
+from gptlit.core.errors import UserError
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ def metric(run_dir: Path, name: str) -> dict[str, float]:
 
 
 def test_old_checkpoint_resumes_with_the_same_losses(tmp_path):
-    from gptlit.build import run
+    from gptlit.run.runner import run
 
     corpus = write_corpus(tmp_path)
     ckpt = tmp_path / "old.ckpt"

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gptlit.config import PRESETS, GPTConfig, OptimConfig, validate_optim
-from gptlit.config_store import config_nodes
-from gptlit.generate import SampleTextConfig, SamplingConfig
+from gptlit.model.config import PRESETS, GPTConfig
+from gptlit.training.optim import OptimConfig, validate_optim
+from gptlit.run.config_store import config_nodes
+from gptlit.model.generate import SampleTextConfig, SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -92,7 +93,7 @@ def literal_defaults(source: str, filename: str, keys: set[str]) -> dict[str, li
 def test_each_config_key_has_one_literal_default_in_the_package():
     keys = {k for node in NODES.values() for k in node}
     found: dict[str, list[str]] = {}
-    for f in sorted((ROOT / "gptlit").glob("*.py")):
+    for f in sorted((ROOT / "gptlit").rglob("*.py")):
         for name, where in literal_defaults(f.read_text(), f.name, keys).items():
             found.setdefault(name, []).extend(where)
     twice = {k: v for k, v in found.items() if len(v) > 1}
@@ -119,8 +120,8 @@ def test_model_presets_compose_to_the_python_config(make_cfg, name):
 def test_command_line_and_python_get_the_same_optimizer_and_sampling(make_cfg):
     from omegaconf import OmegaConf
 
-    from gptlit.callbacks import SampleText
-    from gptlit.lit_module import GPTLitModule
+    from gptlit.training.callbacks import SampleText
+    from gptlit.training.lit_module import GPTLitModule
 
     cfg = make_cfg(tiny=False)
     cli_optim = validate_optim(OmegaConf.to_container(cfg.optim))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.errors import UserError
-from gptlit.data import GPTDataModule, WindowDataset, download, num_windows, split_point
-from gptlit.tokenizer import EOT_ID, encode
+from gptlit.core.errors import UserError
+from gptlit.data.datamodule import GPTDataModule, WindowDataset, download, num_windows, split_point
+from gptlit.model.tokenizer import EOT_ID, encode
 
 
 def all_tokens(dm) -> torch.Tensor:
@@ -58,7 +58,7 @@ def test_book_split_of_verdict_sized_corpus():
 def test_only_train_shuffled(corpus):
     dm = GPTDataModule(source="files", path=str(corpus), max_length=16, batch_size=4)
     dm.setup()
-    dm.order.seed = 0  # the train order follows the shuffle seed (gptlit/resumable_sampler.py), not torch's RNG
+    dm.order.seed = 0  # the train order follows the shuffle seed (gptlit/data/sampler.py), not torch's RNG
     a = [x for x, _ in dm.train_dataloader()]
     dm.order.seed = 1
     b = [x for x, _ in dm.train_dataloader()]

@@ -1,4 +1,4 @@
-"""Decoding (gptlit.generate): the book's numbers, sampling statistics, eos, seeds and the KV cache."""
+"""Decoding (gptlit.model.generate): the book's numbers, sampling statistics, eos, seeds and the KV cache."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gptlit import GPT, GPTConfig
-from gptlit.errors import UserError
-from gptlit.generate import (
+from gptlit.core.errors import UserError
+from gptlit.model.generate import (
     SamplingConfig,
     generate,
     generate_stream,
@@ -19,7 +19,7 @@ from gptlit.generate import (
     top_k_filter,
     top_p_filter,
 )
-from gptlit.tokenizer import EOT_ID, encode
+from gptlit.model.tokenizer import EOT_ID, encode
 
 # Next-token logits of the book's example (chapter 5, "forward" as the next word).
 BOOK_LOGITS = [4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79]

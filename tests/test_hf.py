@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.config import GPTConfig
-from gptlit.data import num_windows
-from gptlit.errors import UserError
-from gptlit.generate import SamplingConfig, generate
-from gptlit.hf import load_pretrained, read_pretrained, write_hf_folder
-from gptlit.model import GPT
-from gptlit.tokenizer import encode
+from gptlit.model.config import GPTConfig
+from gptlit.data.datamodule import num_windows
+from gptlit.core.errors import UserError
+from gptlit.model.generate import SamplingConfig, generate
+from gptlit.interop.hf import load_pretrained, read_pretrained, write_hf_folder
+from gptlit.model.gpt import GPT
+from gptlit.model.tokenizer import encode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,7 +237,7 @@ def test_unsafe_pickle_is_refused(tmp_path):
         load_pretrained(f)
     msg = str(e.value)
     assert "refused" in msg and "arbitrary Python objects" in msg and "will not load it unsafely" in msg
-    assert "gptlit.model.GPT" in msg and "\n" not in msg
+    assert "gptlit.model.gpt.GPT" in msg and "\n" not in msg
 
 
 def test_missing_and_unexpected_tensors(tmp_path):
@@ -283,8 +283,8 @@ def test_export_loads_in_transformers(tmp_path, tied, qkv_bias):
 
 
 def test_gptlit_does_not_import_transformers():
-    # (lightning itself may import transformers when it is installed, so gptlit.build is checked by its source)
-    code = "import sys, gptlit.hf, gptlit.checkpoints, export; assert 'transformers' not in sys.modules"
+    # (lightning itself may import transformers when it is installed, so gptlit.run.build is checked by its source)
+    code = "import sys, gptlit.interop.hf, gptlit.interop.checkpoints, export; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     for f in (REPO / "gptlit").glob("*.py"):
         assert "import transformers" not in f.read_text() and "from transformers" not in f.read_text(), f
@@ -310,7 +310,7 @@ def common(out: Path, text_file: Path) -> list[str]:
 
 
 def test_validate_pretrained_equals_transformers_loss(hf_model, hf_dirs, text_file, tmp_path):
-    from gptlit.build import run
+    from gptlit.run.runner import run
 
     cfg = compose(["task=validate", f"model.init_from={hf_dirs['safetensors']}", "data.max_length=32", "~logger",
                    *common(tmp_path, text_file)])
@@ -328,7 +328,7 @@ def test_validate_pretrained_equals_transformers_loss(hf_model, hf_dirs, text_fi
 
 
 def test_init_from_contradiction_is_an_error(hf_dirs, text_file, tmp_path):
-    from gptlit.build import build
+    from gptlit.run.build import build
 
     base = [f"model.init_from={hf_dirs['safetensors']}", "~logger", *common(tmp_path, text_file)]
     with pytest.raises(UserError, match=r"model.emb_dim=128 \((config|command line)\) contradicts the weights in .* \(64\); use model=nano"):
@@ -343,7 +343,7 @@ def test_command_line_overrides_must_agree_with_weights(hf_dirs, text_file, tmp_
     """As under train.py: Hydra records the command line, so an explicitly picked preset counts."""
     from hydra.core.hydra_config import HydraConfig
 
-    from gptlit.build import build
+    from gptlit.run.build import build
 
     base = [f"model.init_from={hf_dirs['safetensors']}", "~logger", *common(tmp_path, text_file)]
     try:
@@ -376,9 +376,9 @@ def test_cli_rejects_preset_that_contradicts_weights(hf_dirs, text_file, tmp_pat
 def test_continue_pretraining_validate_checkpoint_and_export(hf_dirs, text_file, tmp_path):
     """Train from the pretrained weights, validate the checkpoint without repeating model=, export it."""
     transformers = pytest.importorskip("transformers")
-    from gptlit.checkpoints import model_from_checkpoint
+    from gptlit.interop.checkpoints import model_from_checkpoint
     export_main = export_cli().main
-    from gptlit.build import run
+    from gptlit.run.runner import run
 
     run_dir = tmp_path / "run"
     run(compose([f"model.init_from={hf_dirs['bin']}", "model.context_length=32", "trainer.max_steps=3",

@@ -12,8 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from conftest import CONF
-from gptlit import launch_env
-from gptlit.launch_env import detect, lost_peer_message, prepares_data, register_resolvers
+from gptlit.core import launch_env
+from gptlit.core.launch_env import detect, lost_peer_message, prepares_data, register_resolvers
 
 LAUNCH_VARS = ["RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "GROUP_WORLD_SIZE",
                "TORCHELASTIC_RUN_ID", "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT",

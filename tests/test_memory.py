@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import gptlit.memory as memory
-import gptlit.model as model_mod
-from gptlit.config import GPTConfig
-from gptlit.errors import UserError
-from gptlit.memory import StepMemory, estimate_step_memory, plan_micro_batches
-from gptlit.model import GPT, FusedHeadLoss
+import gptlit.training.memory as memory
+import gptlit.model.gpt as model_mod
+from gptlit.model.config import GPTConfig
+from gptlit.core.errors import UserError
+from gptlit.training.memory import StepMemory, estimate_step_memory, plan_micro_batches
+from gptlit.model.gpt import GPT, FusedHeadLoss
 
 GB = 1e9
 
@@ -77,7 +77,7 @@ def test_num_params_counts_what_is_allocated():
 def test_micro_batches_read_the_same_samples_in_the_same_order():
     from torch.utils.data import DataLoader
 
-    from gptlit.resumable_sampler import ResumableDistributedSampler
+    from gptlit.data.sampler import ResumableDistributedSampler
 
     data = list(range(50))
 
@@ -187,7 +187,7 @@ def fake_memory(monkeypatch, gb: float):
 
 
 def test_build_runs_the_batch_as_micro_batches(make_cfg, monkeypatch):
-    from gptlit.build import build
+    from gptlit.run.build import build
 
     cfg = make_cfg("data.batch_size=8", "trainer.val_check_interval=3", "trainer.accumulate_grad_batches=2",
                    "trainer.precision=32-true")
@@ -204,8 +204,8 @@ def test_build_runs_the_batch_as_micro_batches(make_cfg, monkeypatch):
 
 @pytest.mark.slow  # two trainings
 def test_same_losses_with_and_without_micro_batches(make_cfg, capsys):
-    from gptlit.callbacks import LossPlot
-    from gptlit.build import build
+    from gptlit.training.callbacks import LossPlot
+    from gptlit.run.build import build
 
     runs = {}
     for micro in (8, 2):  # validation: the same 16 windows, in batches of 8 or 2
@@ -226,7 +226,8 @@ def test_same_losses_with_and_without_micro_batches(make_cfg, capsys):
 
 
 def test_nothing_fits_is_one_line_and_exit_2(make_cfg, monkeypatch, capsys):
-    from gptlit.build import main
+    from gptlit.run.runner import run, task_wrapper
+    main = task_wrapper(run)
 
     fake_memory(monkeypatch, 0.05)
     with pytest.raises(SystemExit) as e:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gptlit import GPT, GPTConfig
-from gptlit.errors import UserError
+from gptlit.core.errors import UserError
 
 
 def test_small_is_gpt2_124m():
@@ -121,7 +121,7 @@ def test_init_schemes():
 
 @pytest.mark.parametrize("tie, pad, scale", [(True, 64, 1.0), (False, 64, 0.5), (False, 1, 1.0)])
 def test_fused_head_loss_matches_plain_loss_and_gradients(tie, pad, scale):
-    from gptlit.model import FusedHeadLoss
+    from gptlit.model.gpt import FusedHeadLoss
 
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_name("nano", tie_embeddings=tie, pad_vocab_multiple=pad, drop_rate=0.0))

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.build import build, run
-from gptlit.config import GPTConfig
-from gptlit.flops import (PEAK_TFLOPS, flops_per_token, math_type, matmul_params, mfu, model_flops_per_token,
+from gptlit.run.build import build
+from gptlit.run.runner import run
+from gptlit.model.config import GPTConfig
+from gptlit.model.flops import (PEAK_TFLOPS, flops_per_token, math_type, matmul_params, mfu, model_flops_per_token,
                           peak_flops)
-from gptlit.lit_module import GPTLitModule
-from gptlit.model import GPT
+from gptlit.training.lit_module import GPTLitModule
+from gptlit.model.gpt import GPT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,8 +94,8 @@ def test_sampling_time_is_not_counted_as_training(make_cfg, corpus, monkeypatch)
     clock advances it by 1 ms, and each text sample takes 1000 s of it."""
     import types
 
-    import gptlit.callbacks
-    import gptlit.lit_module
+    import gptlit.training.callbacks
+    import gptlit.training.lit_module
 
     clock = {"t": 0.0}
 
@@ -106,8 +107,8 @@ def test_sampling_time_is_not_counted_as_training(make_cfg, corpus, monkeypatch)
         clock["t"] += 1000.0
         return " sample"
 
-    monkeypatch.setattr(gptlit.lit_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
-    monkeypatch.setattr(gptlit.callbacks, "generate_text", slow_sample)
+    monkeypatch.setattr(gptlit.training.lit_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(gptlit.training.callbacks, "generate_text", slow_sample)
     dm, module, trainer, _ = build(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=4",
                                             "trainer.log_every_n_steps=1", "sampling.every_n_steps=1"))
     trainer.fit(module, datamodule=dm)
@@ -125,8 +126,8 @@ def test_accumulate_grad_batches_counts_steps_and_tokens(make_cfg, corpus, tmp_p
 def test_scale_out_configs(make_cfg):
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-    from gptlit.model import Block
-    from gptlit.build import make
+    from gptlit.model.gpt import Block
+    from gptlit.run.build import make
 
     ddp = make_cfg("trainer=ddp", tiny=False).trainer
     assert isinstance(make(ddp.strategy), DDPStrategy) and ddp.devices == "auto" and ddp.num_nodes == 1

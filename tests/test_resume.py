@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gptlit.errors import UserError
-from gptlit.resumable_sampler import ResumableDistributedSampler
-from gptlit.build import build, run
+from gptlit.core.errors import UserError
+from gptlit.data.sampler import ResumableDistributedSampler
+from gptlit.run.build import build
+from gptlit.run.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +107,7 @@ def test_old_checkpoint_resumes_from_its_epoch_start(corpus, tmp_path, caplog):
 def test_cadence_and_no_step_written_twice(corpus, tmp_path):
     from conftest import compose_cfg
 
-    from gptlit.checkpoint_callbacks import AtomicCheckpointIO
+    from gptlit.training.checkpointing import AtomicCheckpointIO
 
     saves = []
     real = AtomicCheckpointIO.save_checkpoint
@@ -254,7 +255,7 @@ def test_ddp_kill_and_resume_is_the_same_run(tmp_path, corpus):
 def test_sampler_order_is_distributed_samplers_without_its_python_list(n, world):
     from torch.utils.data import DistributedSampler
 
-    from gptlit.resumable_sampler import ResumableDistributedSampler
+    from gptlit.data.sampler import ResumableDistributedSampler
 
     data = list(range(n))
     for rank in range(world):

@@ -37,8 +37,8 @@ def trained(tmp_path_factory):
     """Train nano for 2 steps in-process; keep the run dir, a final checkpoint and SampleText's text."""
     from hydra import compose, initialize_config_dir
 
-    from gptlit.build import build
-    from gptlit.callbacks import SampleText
+    from gptlit.run.build import build
+    from gptlit.training.callbacks import SampleText
 
     root = tmp_path_factory.mktemp("trained")
     overrides = [
@@ -186,7 +186,7 @@ def test_init_from_hugging_face_folder(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    from gptlit.tokenizer import decode, encode
+    from gptlit.model.tokenizer import decode, encode
 
     ids = torch.tensor([encode(PROMPT)])
     with torch.no_grad():

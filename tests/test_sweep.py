@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gptlit.errors import UserError
-from gptlit.report import build_report, label, main as report_main, read_jobs
-from gptlit.build import build, run
+from gptlit.core.errors import UserError
+from gptlit.run.report import build_report, label, main as report_main, read_jobs
+from gptlit.run.build import build
+from gptlit.run.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -181,7 +182,7 @@ def test_nan_loss_is_a_failed_job(make_cfg, corpus, tmp_path, monkeypatch):
     # early stopping's check_finite stops at the first NaN validation (step 4)
     assert r["status"].startswith("failed: Monitored metric val/loss = nan is not finite"), r["status"]
     assert r["steps"] == 4 and r["best_step"] == 2 and math.isnan(r["final_val_loss"])
-    from gptlit.sweep import best_val_loss
+    from gptlit.run.runner import best_val_loss
 
     assert math.isnan(best_val_loss(tmp_path / "run"))  # what Optuna is told: a failed trial
 
@@ -233,9 +234,9 @@ def test_several_loggers_at_once(make_cfg, corpus, tmp_path):
 
 
 def test_missing_tracker_package_is_one_line(make_cfg, monkeypatch):
-    import gptlit.trackers
+    import gptlit.run.trackers
 
-    monkeypatch.setattr(gptlit.trackers, "find_spec", lambda name: None)
+    monkeypatch.setattr(gptlit.run.trackers, "find_spec", lambda name: None)
     for choice, package in [("wandb", "wandb"), ("mlflow", "mlflow")]:
         with pytest.raises(UserError, match=rf"logger.{choice} \(\w+\) needs the {package} package, which is not "
                                               rf"installed: pip install {package}"):
@@ -302,7 +303,7 @@ FAST = ["model=nano", "data=text", "data.max_length=32", "data.batch_size=4", "t
 def test_search_without_its_plugin_is_one_line(monkeypatch, capsys):
     import importlib.util as iu
 
-    from gptlit.sweep import check_search_plugin
+    from gptlit.run.sweep import check_search_plugin
 
     monkeypatch.setattr(iu, "find_spec", lambda name: None)
     with pytest.raises(SystemExit) as e:

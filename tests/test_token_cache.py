@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from gptlit.errors import UserError
-from gptlit.data import GPTDataModule, WindowDataset, split_point
-from gptlit.token_cache import Corpus, TokenFile, ensure, file_paths, safe_cut
-from gptlit.tokenizer import EOT_ID, encode
+from gptlit.core.errors import UserError
+from gptlit.data.datamodule import GPTDataModule, WindowDataset, split_point
+from gptlit.data.token_cache import Corpus, TokenFile, ensure, file_paths, safe_cut
+from gptlit.model.tokenizer import EOT_ID, encode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_truncated_cache_file_is_rebuilt(tmp_path, caplog):
     first = ensure(Corpus("c", files=(f,)), tmp_path / "cache")
     with open(first.path, "r+b") as fh:
         fh.truncate(first.path.stat().st_size // 2)
-    with caplog.at_level(logging.INFO, logger="gptlit.token_cache"):
+    with caplog.at_level(logging.INFO, logger="gptlit.data.token_cache"):
         again = ensure(Corpus("c", files=(f,)), tmp_path / "cache")
     assert again.built and again.path == first.path
     damaged = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
@@ -176,7 +176,7 @@ def test_truncated_cache_file_is_rebuilt(tmp_path, caplog):
 SLOW_PREPARE = """
 import sys, time
 from pathlib import Path
-import gptlit.token_cache as tc
+import gptlit.data.token_cache as tc
 plain = tc.tokenize_task
 def slow(task, key="text"):
     time.sleep(0.2)
@@ -195,7 +195,7 @@ def start_slow_prepare(corpus: Path, cache: Path) -> subprocess.Popen:
 def wait_for_tmp(cache: Path, proc: subprocess.Popen) -> Path:
     deadline = time.time() + 60
     while time.time() < deadline:
-        tmp = [p for p in cache.glob("*.tmp") if p.stat().st_size > 0] if cache.exists() else []
+        tmp = [p for p in cache.glob(".*.partial") if p.stat().st_size > 0] if cache.exists() else []
         if tmp:
             return tmp[0]
         assert proc.poll() is None, proc.communicate()
@@ -213,7 +213,7 @@ def test_killed_preparation_leaves_nothing_complete_and_reruns_clean(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     left = cache_files(cache)
-    assert left and all(n.endswith(".tmp") for n in left)  # a partial temp file, nothing that passes for done
+    assert left and all(n.endswith(".partial") for n in left)  # a partial temp file, nothing that passes for done
     bin_path, meta_path = file_paths(Corpus("c", files=(f,)), cache)
     assert not bin_path.exists() and not meta_path.exists()
     got = ensure(Corpus("c", files=(f,)), cache)
@@ -283,7 +283,7 @@ def test_unwritable_cache_dir(tmp_path, corpus):
 
 
 def test_prepare_task_prints_file_tokens_and_time(make_cfg, corpus, capsys):
-    from gptlit.build import run
+    from gptlit.run.runner import run
 
     cfg = make_cfg("task=prepare", "data=text", f"data.path={corpus}")
     run(cfg)
@@ -352,7 +352,7 @@ def test_ddp_one_process_tokenizes_ranks_read_disjoint_windows(tmp_path):
 def test_a_process_that_is_not_the_preparer_waits_and_never_tokenizes(tmp_path, monkeypatch):
     import threading
 
-    import gptlit.token_cache as tc
+    import gptlit.data.token_cache as tc
 
     f = tmp_path / "a.txt"
     f.write_text("one two three four five six seven eight nine ten " * 50, encoding="utf-8")
@@ -381,7 +381,7 @@ def test_a_process_that_is_not_the_preparer_waits_and_never_tokenizes(tmp_path, 
     (True, {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}, False),
 ])
 def test_data_prepare_per_node_picks_the_preparer(tmp_path, monkeypatch, per_node, env, prepares):
-    import gptlit.data
+    import gptlit.data.datamodule
 
     f = tmp_path / "a.txt"
     f.write_text("some text to tokenize " * 400, encoding="utf-8")
@@ -393,7 +393,7 @@ def test_data_prepare_per_node_picks_the_preparer(tmp_path, monkeypatch, per_nod
         seen.append(preparer)
         raise RuntimeError("recorded")
 
-    monkeypatch.setattr(gptlit.data, "ensure", record)
+    monkeypatch.setattr(gptlit.data.datamodule, "ensure", record)
     dm = GPTDataModule(source="files", path=str(f), max_length=16, batch_size=2, cache_dir=str(tmp_path / "c"),
                        prepare_per_node=per_node)
     with pytest.raises(RuntimeError):

@@ -1,6 +1,6 @@
 import pytest
 
-from gptlit.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, decode, encode, get_tokenizer
+from gptlit.model.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, decode, encode, get_tokenizer
 
 
 def test_vocabulary_and_special_token():
@@ -44,7 +44,7 @@ def test_offline(monkeypatch):
 
 
 def test_ranks_are_complete():
-    from gptlit.tokenizer import _load_ranks
+    from gptlit.model.tokenizer import _load_ranks
 
     ranks = _load_ranks()
     assert sorted(ranks.values()) == list(range(50256))  # ids 0..50255, then <|endoftext|>

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.build import build, resolve_precision, run
-from gptlit.errors import UserError
+from gptlit.run.build import build, resolve_precision
+from gptlit.run.runner import run
+from gptlit.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -247,7 +248,7 @@ def test_gradient_clipping_with_fused_adamw(make_cfg, corpus, tmp_path):
 def test_precision_follows_device():
     assert resolve_precision("32-true", "cpu") == "32-true"
     p = resolve_precision("auto", "cpu")
-    from gptlit.build import cpu_has_fast_bf16
+    from gptlit.run.build import cpu_has_fast_bf16
 
     assert p == ("bf16-mixed" if cpu_has_fast_bf16() else "32-true")
 

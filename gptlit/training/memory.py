@@ -23,8 +23,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptlit.config import GPTConfig
-from gptlit.errors import UserError
+from gptlit.model.config import GPTConfig
+from gptlit.core.errors import UserError
 
 GB = 1e9
 MARGIN = 0.9  # plan with 90% of the available memory: the estimate may be up to ~10% low
@@ -79,7 +79,7 @@ def estimate_step_memory(
     fixed = P * 4 * (2 + ADAMW_STATES) + (P * 2 if mixed else 0) + OVERHEAD
     capped = cap = 0.0
     if fused:
-        from gptlit.model import head_chunk_rows
+        from gptlit.model.gpt import head_chunk_rows
 
         # the head's fp32 weight gradient made in forward and its sum with the tied embedding's; one chunk
         # of logits: fp32, with the 2-byte matmul output or gradient beside it under autocast

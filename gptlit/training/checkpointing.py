@@ -11,7 +11,7 @@ val/loss), each write atomic, and no training step written twice.
 Both write through trainer.save_checkpoint (every rank calls it; rank 0 writes) and AtomicCheckpointIO.
 Both subclass Lightning's Checkpoint marker, so Lightning runs them after the other callbacks (the
 files hold this validation's early-stopping and loss-plot state) and adds no checkpoint callback
-of its own; with both off, gptlit.build turns checkpointing off.
+of its own; with both off, gptlit.run.build turns checkpointing off.
 """
 
 from __future__ import annotations
@@ -28,32 +28,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from gptlit.errors import UserError
-from gptlit.resume import ExactResume
-
-
-def partial_name(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place; the pid keeps writers apart."""
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
-
-
-def remove_stale_partials(path: Path) -> None:
-    """Temporary files that a killed run left beside `path`."""
-    for p in path.parent.glob(f".{path.name}.*.partial"):
-        p.unlink(missing_ok=True)
-
-
-def fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+from gptlit.core.errors import UserError
+from gptlit.core.files import atomic_file, remove_stale_partials
+from gptlit.training.resume import ExactResume
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -72,27 +49,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(path)
-        tmp = partial_name(path)
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(path, durable=True) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Make `dst` name the file `src` names now (a hard link, else a copy), atomically."""
-    tmp = partial_name(dst)
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # no hard links on this filesystem
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_file(dst) as tmp:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links on this filesystem
+            shutil.copyfile(src, tmp)
 
 
 class LastCheckpoint(Checkpoint):

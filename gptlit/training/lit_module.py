@@ -9,9 +9,10 @@ import time
 import lightning as L
 import torch
 
-from gptlit.config import GPTConfig, validate_optim
-from gptlit.flops import cuda_peak_flops, flops_per_token, matmul_params, mfu
-from gptlit.model import GPT
+from gptlit.model.config import GPTConfig
+from gptlit.training.optim import validate_optim
+from gptlit.model.flops import cuda_peak_flops, flops_per_token, matmul_params, mfu
+from gptlit.model.gpt import GPT
 
 
 def lr_factor(step: int, warmup: int, total: int, scheduler: str, min_ratio: float) -> float:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from gptlit.errors import UserError
-from gptlit.resumable_sampler import FINGERPRINT_KEYS
+from gptlit.core.errors import UserError
+from gptlit.data.sampler import FINGERPRINT_KEYS
 
 KEY = "gptlit_resume"
 FORMAT = 1
@@ -60,7 +60,7 @@ class ExactResume(L.Callback):
 
     A batch counts as consumed only once its optimizer step has finished (with gradient accumulation,
     the step after its last micro-batch), so a checkpoint written on a crash never skips one.
-    gptlit.build puts this callback first, so the checkpoint callbacks see this step's state.
+    gptlit.run.build puts this callback first, so the checkpoint callbacks see this step's state.
     """
 
     def __init__(self, fingerprint: dict, seed: int, batches_per_epoch: int):
@@ -126,13 +126,10 @@ class ExactResume(L.Callback):
             self._pending_rng = rngs[trainer.global_rank]
 
 
-def plan_resume(ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow_inexact: bool) -> dict | None:
+def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow_inexact: bool) -> dict | None:
     """Where a resumed run's data order starts: {"seed", "epoch", "start_batch"}, or None for a fresh
     order. Raises UserError, naming the difference, when the order cannot continue exactly and
     `allow_inexact` (resume_inexact=true) is off."""
-    from gptlit.checkpoints import load_checkpoint
-
-    ckpt = load_checkpoint(ckpt_path)  # memory-mapped: reads no weights
     epoch = int(ckpt.get("epoch", 0))
     state = ckpt.get(KEY)
     if not state:
@@ -161,15 +158,16 @@ def plan_resume(ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow
     return {"seed": seed, "epoch": epoch, "start_batch": batches}
 
 
-def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, allow_inexact: bool) -> ExactResume:
+def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, allow_inexact: bool,
+                       ckpt: dict | None = None) -> ExactResume:
     """Set the datamodule's training order (seed, and where a resume starts) and put the ExactResume
     callback first among the trainer's callbacks. Raises UserError before any training."""
-    from gptlit.resumable_sampler import default_seed, order_fingerprint
+    from gptlit.data.sampler import default_seed, order_fingerprint
 
     sampler = dm.train_sampler(trainer)
     fingerprint = order_fingerprint(dm.train_set, dm.batch_size, trainer.world_size, dm.loader_batch_size)
     per_epoch = sampler.batches_per_epoch()
-    plan = plan_resume(ckpt_path, fingerprint, per_epoch, allow_inexact) if ckpt_path else None
+    plan = plan_resume(ckpt, ckpt_path, fingerprint, per_epoch, allow_inexact) if ckpt_path else None
     if plan is None:
         dm.order.seed = default_seed(seed)
     else:

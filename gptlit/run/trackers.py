@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from importlib.util import find_spec
 
-from gptlit.errors import UserError
+from gptlit.core.errors import UserError
 
 # Lightning logger class -> (the module it imports, the package to install)
 PACKAGES = {

@@ -1,12 +1,14 @@
-"""From a composed Hydra config to (datamodule, module, trainer, ckpt_path), and the run itself.
+"""From a composed Hydra config to (datamodule, module, trainer, ckpt_path).
 
-Every value is checked here (or by the class it configures) before any data or model work,
-so a bad one ends as a one-line UserError. train.py is the command-line front.
+The config's values are checked here (or by the class each configures) before the model is built,
+so a bad one ends as a one-line UserError; gptlit.run.runner runs what build returns.
+The model config of a run comes from the config alone or from the files it names (model_for_run).
 """
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -15,18 +17,20 @@ from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, Progres
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from gptlit import memory
-from gptlit.callbacks import SampleText
-from gptlit.checkpoint_callbacks import AtomicCheckpointIO
-from gptlit.checkpoints import model_for_run, preset_label
-from gptlit.config import validate_optim
-from gptlit.data import GPTDataModule
-from gptlit.errors import UserError, exit_on_user_error
-from gptlit.hf import load_weights
-from gptlit.lit_module import GPTLitModule
-from gptlit.resume import setup_exact_resume
-from gptlit.trainer_args import check_trainer_args
-from gptlit.trackers import prepare_loggers
+from gptlit.training import memory
+from gptlit.training.callbacks import SampleText
+from gptlit.training.checkpointing import AtomicCheckpointIO
+from gptlit.core.files import user_path
+from gptlit.interop.checkpoints import ARCH_FIELDS, check_resumable, find_checkpoint, load_checkpoint, saved_model_config
+from gptlit.model.config import PRESETS, GPTConfig
+from gptlit.training.optim import validate_optim
+from gptlit.data.datamodule import GPTDataModule
+from gptlit.core.errors import UserError
+from gptlit.interop.hf import load_weights, read_pretrained
+from gptlit.training.lit_module import GPTLitModule
+from gptlit.training.resume import setup_exact_resume
+from gptlit.run.trainer_args import check_trainer_args
+from gptlit.run.trackers import prepare_loggers
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -109,7 +113,7 @@ def val_interval(tcfg: dict, batches_per_epoch: int, micro_batches: int = 1):
 
 
 def plan_training_memory(cfg: DictConfig, model_cfg, dm: GPTDataModule, tcfg: dict) -> memory.MicroBatchPlan:
-    """gptlit.memory's micro-batch plan for this run (raises UserError when one sample does not fit)."""
+    """gptlit.training.memory's micro-batch plan for this run (raises UserError when one sample does not fit)."""
     devices, nodes = tcfg.get("devices", 1), int(tcfg.get("num_nodes") or 1)
     local = devices if isinstance(devices, int) and devices > 0 else 1
     return memory.plan_for_training(
@@ -184,8 +188,9 @@ def build(cfg: DictConfig):
     # no checkpoint callback configured: no checkpoints (Lightning would otherwise add its own)
     tcfg["enable_checkpointing"] = any(isinstance(c, Checkpoint) for c in callbacks)
     trainer: L.Trainer = make_trainer(tcfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
-    if task == "train":  # the data order and RNG states that make a resume exact (gptlit/resume.py)
-        setup_exact_resume(dm, trainer, cfg.get("seed"), ckpt_path, bool(cfg.get("resume_inexact", False)))
+    if task == "train":  # the data order and RNG states that make a resume exact (gptlit/training/resume.py)
+        ckpt = load_checkpoint(ckpt_path) if ckpt_path else None  # memory-mapped: reads no weights
+        setup_exact_resume(dm, trainer, cfg.get("seed"), ckpt_path, bool(cfg.get("resume_inexact", False)), ckpt)
     rank_zero_info(f"precision: {tcfg['precision']}, output: {cfg.paths.output_dir}")
     return dm, module, trainer, ckpt_path
 
@@ -200,53 +205,112 @@ def prepare(cfg: DictConfig) -> dict:
     return {}
 
 
-def run(cfg: DictConfig) -> dict:
-    """Train (or validate) as the config says; returns the final metrics."""
-    if cfg.get("task", "train") == "prepare":
-        return prepare(cfg)
-    dm, module, trainer, ckpt_path = build(cfg)
-    if cfg.get("task", "train") == "validate":
-        trainer.validate(module, datamodule=dm, ckpt_path=ckpt_path)
-    else:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-        ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
-        if ckpt is not None:
-            score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""
-            rank_zero_info(f"best checkpoint: {ckpt.best_model_path}{score}")
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    rank_zero_info("final: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if "/" in k))
-    return metrics
+# the model config of a run ----------------------------------------------------------------------
+@dataclass
+class RunModel:
+    """What a training or validation run starts from (see model_for_run)."""
+
+    config: GPTConfig
+    ckpt_path: str | None = None  # the checkpoint Lightning resumes from (train) or validates (task=validate)
+    init_state: dict[str, torch.Tensor] | None = None  # pretrained weights to load before training (model.init_from)
+    source: str | None = None  # where the architecture came from, when not from the config alone
 
 
-def _quiet_logs():
-    """Print each message once (Lightning adds console handlers of its own; under Hydra the root
-    logger prints already) and drop two messages that users cannot act on."""
-    import logging
-    import warnings
+def model_for_run(cfg) -> RunModel:
+    """A composed train config (Hydra node or dict with `model`, `task`, `ckpt_path`) and the files
+    it names -> the checked model config, the checkpoint path and any initial weights.
 
-    if logging.getLogger().handlers:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-            logging.getLogger(name).handlers.clear()
-            logging.getLogger(name).propagate = True
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in str(record.msg)
-    )
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+      task=validate ckpt_path=X   architecture from the checkpoint (best of a run directory)
+      model.init_from=X           architecture from the pretrained weights (gptlit.interop.hf reads them)
+      ckpt_path=X (task=train)    resume from X (last of a run directory); its model config must match
+    Model fields the user chose explicitly must agree with the weights (see reconcile).
+    """
+    user = {k: cfg["model"][k] for k in cfg["model"]}
+    task, ckpt = cfg.get("task", "train"), cfg.get("ckpt_path")
+    model_cfg = GPTConfig.from_dict(user)  # the config's own values must be valid even where files replace them
+    if task == "validate" and ckpt:
+        path = find_checkpoint(ckpt, prefer="best", key="ckpt_path")
+        merged = reconcile(user, saved_model_config(path), str(path), explicit_model_fields(user), checkpoint=True)
+        return RunModel(merged, ckpt_path=str(path), source=str(path))
+    init_state, source = None, None
+    if user.get("init_from"):
+        explicit = explicit_model_fields(user)
+        src = user_path(user["init_from"])
+        try:
+            weights, init_state = read_pretrained(src, n_heads=user.get("n_heads") if "n_heads" in explicit else None)
+        except UserError as e:
+            raise UserError(f"model.init_from={user['init_from']}: {e}") from None
+        model_cfg, source = reconcile(user, weights, str(src), explicit), str(src)
+    path = None
+    if ckpt:
+        path = str(find_checkpoint(ckpt, prefer="last", key="ckpt_path"))
+        check_resumable(path, model_cfg, ckpt)
+    return RunModel(model_cfg, ckpt_path=path, init_state=init_state, source=source)
 
 
-@exit_on_user_error()
-def main(cfg: DictConfig) -> dict | None:
-    """Entry point used by train.py: a bad value ends with one line on stderr and exit code 2."""
-    _quiet_logs()
+def preset_label(cfg: GPTConfig, source: str) -> str:
+    """How the run's log names a model whose architecture came from `source`: `<preset or custom> from <source>`."""
+    same = [n for n, p in PRESETS.items() if all(p[k] == getattr(cfg, k) for k in ("emb_dim", "n_heads", "n_layers"))]
+    return f"{same[-1] if same else 'custom'} from {source}"
+
+
+def explicit_model_fields(user: dict) -> dict[str, str]:
+    """Model fields the user chose, each with where it was chosen; other fields may come from weights.
+
+    A field counts as chosen when it is overridden on the command line (model.X=...), when
+    the preset was picked on the command line (model=small), or when it differs from the
+    preset's value (an experiment file, or overrides Hydra did not record, as with compose()).
+    """
+    cli, preset_picked = set(), False
     try:
-        return run(cfg)
-    except UserError:
-        raise
-    except Exception as e:  # another node gone: one line that says how to resume, not a traceback
-        from gptlit.launch_env import lost_peer_message
+        from hydra.core.hydra_config import HydraConfig
 
-        msg = lost_peer_message(e, cfg.paths.output_dir)
-        if msg is None:
-            raise
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(1)
+        if HydraConfig.initialized():
+            for o in HydraConfig.get().overrides.task:
+                key = o.split("=", 1)[0].lstrip("+~")
+                preset_picked |= key == "model"
+                if key.startswith("model."):
+                    cli.add(key[len("model.") :])
+    except Exception:  # pragma: no cover - no Hydra run
+        pass
+    name = user.get("name")
+    base = {**GPTConfig().to_dict(), **PRESETS.get(name, {})}
+    out = {}
+    for f in (*ARCH_FIELDS, "context_length"):
+        if f in cli:
+            out[f] = "command line"
+        elif user.get(f) != base[f]:
+            out[f] = "config"
+        elif preset_picked:
+            out[f] = f"preset {name}"
+    return out
+
+
+def reconcile(user: dict, weights: GPTConfig, source: str, explicit: dict[str, str], checkpoint: bool = False) -> GPTConfig:
+    """The model config for these weights: architecture from the weights, training fields from the user.
+
+    A field the user chose (see explicit_model_fields) must agree with the weights, except
+    context_length, which may be lower for pretrained weights (not for a checkpoint).
+    """
+
+    def fmt(v) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    match = [n for n, p in PRESETS.items() if all(p[k] == getattr(weights, k) for k in ("emb_dim", "n_heads", "n_layers"))]
+    for f, origin in explicit.items():
+        preset_field = f in ("emb_dim", "n_heads", "n_layers") or origin.startswith("preset")
+        fix = f"use model={match[-1]} or drop the override" if match and preset_field else "drop the override"
+        want, have = user.get(f), getattr(weights, f)
+        if want == have or (f == "context_length" and not checkpoint and 0 < want < have):
+            continue
+        if f == "context_length" and not checkpoint:
+            raise UserError(
+                f"model.context_length={want} ({origin}) exceeds the {have} positions of the weights in {source}; "
+                f"use model.context_length={have} or less"
+            )
+        raise UserError(f"model.{f}={fmt(want)} ({origin}) contradicts the weights in {source} ({fmt(have)}); {fix}")
+    context = user["context_length"] if "context_length" in explicit else weights.context_length
+    pad = weights.pad_vocab_multiple if checkpoint else user.get("pad_vocab_multiple", weights.pad_vocab_multiple)
+    return dataclasses.replace(
+        weights, context_length=context, drop_rate=user.get("drop_rate", weights.drop_rate), pad_vocab_multiple=pad
+    ).validate()

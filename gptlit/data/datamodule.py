@@ -6,7 +6,7 @@ when n >= L + 1, else none. Train is the first (1 - val_fraction) of the tokens,
 val the rest, so no window crosses the split. With val_all (task=validate) the val set
 is every window of the whole corpus.
 
-The tokens live in a token file on disk (gptlit.token_cache): tokenized once per corpus,
+The tokens live in a token file on disk (gptlit.data.token_cache): tokenized once per corpus,
 memory-mapped, and read a window at a time, so memory stays flat whatever the corpus size.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,10 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from gptlit.checkpoints import user_path
-from gptlit.errors import UserError
-from gptlit.resumable_sampler import TrainOrder
-from gptlit.token_cache import CORPUS_SUFFIXES, CachedTokens, Corpus, TokenFile, ensure
+from gptlit.core.files import atomic_file, user_path
+from gptlit.core.errors import UserError
+from gptlit.data.sampler import TrainOrder
+from gptlit.data.token_cache import CORPUS_SUFFIXES, CachedTokens, Corpus, TokenFile, ensure
 
 SOURCES = ("pydocs", "files", "url")
 
@@ -112,9 +111,8 @@ def download(url: str, sha256: str | None, dest: Path, timeout: float = 30.0) ->
     if dest.is_file() and (not sha256 or sha256_of(dest) == sha256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_file(dest) as tmp:
+        with open(tmp, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as r:
                     while block := r.read(1 << 16):
@@ -125,14 +123,10 @@ def download(url: str, sha256: str | None, dest: Path, timeout: float = 30.0) ->
                     f"could not download {url} ({reason}); offline? copy the file to {dest} "
                     f"or train on a local file with data=text data.path=<file>"
                 ) from None
-        got = sha256_of(Path(tmp))
+        got = sha256_of(tmp)
         if sha256 and got != sha256:
             raise UserError(f"download of {url} has SHA-256 {got}, expected {sha256}; the file at that URL changed, set data.sha256 or data.url")
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return dest
 
 
 class GPTDataModule(L.LightningDataModule):
@@ -175,13 +169,13 @@ class GPTDataModule(L.LightningDataModule):
         self.val_all, self.eval_train_batches = val_all, eval_train_batches
         self.text_key, self.num_proc, self.cache_dir, self.max_val_windows = text_key, num_proc, cache_dir, max_val_windows
         self.prepare_per_node = prepare_per_node
-        self.prepare_wait_s: float | None = None  # set by gptlit.build from dist_timeout_s: see prepare_tokens
+        self.prepare_wait_s: float | None = None  # set by gptlit.run.build from dist_timeout_s: see prepare_tokens
         self.cached: CachedTokens | None = None
         self.tokens: TokenFile | None = None
         self.micro_batch_size = micro_batch_size
         self.loader_batch_size = batch_size  # what a DataLoader batch holds: the micro-batch, once planned
         self.train_set = self.val_set = None
-        self.order = TrainOrder()  # shuffle seed and resume position of the train loader (set by gptlit.build)
+        self.order = TrainOrder()  # shuffle seed and resume position of the train loader (set by gptlit.run.build)
         self.validate()
 
     def validate(self):
@@ -252,7 +246,7 @@ class GPTDataModule(L.LightningDataModule):
         directory is one shared filesystem (prepare_per_node=False), local rank 0 of each node when
         every node has its own (True). The others wait for its file, so a filesystem whose file
         locks do not reach across nodes still gets one preparation."""
-        from gptlit.launch_env import prepares_data
+        from gptlit.core.launch_env import prepares_data
 
         if self.cached is None or not os.path.isfile(self.cached.path):
             self.cached = ensure(self.corpus(), self.token_cache_dir(), self.num_proc,
@@ -325,7 +319,7 @@ class GPTDataModule(L.LightningDataModule):
 
     def train_sampler(self, trainer=None):
         """The training order: shuffled per epoch with the seed, each rank its shard, resumable mid-epoch
-        (gptlit/resumable_sampler.py)."""
+        (gptlit/data/sampler.py)."""
         # batches of data.batch_size (an incomplete last one dropped), read in micro-batches: the same
         # samples in the same order whatever the micro-batch size
         return self.order.sampler(self.train_set, self.loader_batch_size, len(self.train_set) >= self.batch_size,

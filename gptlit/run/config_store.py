@@ -1,8 +1,8 @@
 """Hydra config groups whose values live in Python: registered in Hydra's ConfigStore.
 
-  model=<preset>   GPTConfig's defaults + gptlit.config.PRESETS[<preset>], plus `name` and `init_from`
-  optim=adamw      gptlit.config.OptimConfig
-  sampling=default gptlit.generate.SampleTextConfig (conf/sampling/greedy.yaml extends it)
+  model=<preset>   GPTConfig's defaults + gptlit.model.config.PRESETS[<preset>], plus `name` and `init_from`
+  optim=adamw      gptlit.model.config.OptimConfig
+  sampling=default gptlit.model.generate.SampleTextConfig (conf/sampling/greedy.yaml extends it)
 
 Each default is written once, in those dataclasses; conf/ only selects and overrides them, so
 `python train.py --cfg job` shows the values Python callers get too. train.py, sample.py and
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
-from gptlit.config import PRESETS, GPTConfig, OptimConfig
-from gptlit.generate import SampleTextConfig
+from gptlit.model.config import PRESETS, GPTConfig
+from gptlit.training.optim import OptimConfig
+from gptlit.model.generate import SampleTextConfig
 
 
 def model_node(preset: str) -> dict:

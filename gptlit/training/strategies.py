@@ -10,7 +10,7 @@ def fsdp_strategy(activation_checkpointing: bool = False, **kwargs):
     """
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from gptlit.model import Block
+    from gptlit.model.gpt import Block
 
     return FSDPStrategy(
         auto_wrap_policy={Block},

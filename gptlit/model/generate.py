@@ -10,8 +10,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from gptlit.errors import UserError
-from gptlit.tokenizer import EOT_ID
+from gptlit.core.errors import UserError
+from gptlit.model.tokenizer import EOT_ID
 
 
 @dataclass
@@ -48,7 +48,7 @@ class SamplingConfig:
 class SampleTextConfig:
     """The `sampling` config group: decoding (SamplingConfig's fields and defaults) plus what to
     continue and with which seed. Training prints a sample every `every_n_steps` steps
-    (gptlit.callbacks.SampleText); sample.py takes its prompt, seed and decoding from here."""
+    (gptlit.training.callbacks.SampleText); sample.py takes its prompt, seed and decoding from here."""
 
     every_n_steps: int = 100  # 0 turns samples off during training
     prompt: str = "Every effort moves you"
@@ -167,7 +167,7 @@ def generate_text(
     An empty prompt starts from <|endoftext|>; a prompt longer than the context keeps its
     last context_length tokens. Both are reported through `warn`.
     """
-    from gptlit.tokenizer import decode, encode
+    from gptlit.model.tokenizer import decode, encode
 
     ids = encode(prompt)
     L = model.cfg.context_length

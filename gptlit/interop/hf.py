@@ -1,6 +1,6 @@
 """Format conversion for GPT-2 weights: Hugging Face folders and the book's .pth state dicts in,
 a Hugging Face folder out (write_hf_folder). Which model config a run takes from such files is
-gptlit.checkpoints' job (model_for_run); this module only reads and writes the formats.
+gptlit.interop.checkpoints' job (model_for_run); this module only reads and writes the formats.
 
 Two layouts are read:
   * a Hugging Face GPT-2 folder: config.json + model.safetensors (or pytorch_model.bin, read
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from gptlit.config import GPTConfig
-from gptlit.errors import UserError
-from gptlit.model import GPT
+from gptlit.model.config import GPTConfig
+from gptlit.core.errors import UserError
+from gptlit.model.gpt import GPT
 
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads in OpenAI's four sizes
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh GELU gptlit uses

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from gptlit.config import GPTConfig
+from gptlit.model.config import GPTConfig
 
 
 class KVCache:

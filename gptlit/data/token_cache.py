@@ -33,8 +33,9 @@ from typing import Iterator
 
 import numpy as np
 
-from gptlit.errors import UserError
-from gptlit.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, encode, fingerprint, get_tokenizer
+from gptlit.core.errors import UserError
+from gptlit.core.files import atomic_file, atomic_write, remove_stale_partials
+from gptlit.model.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, encode, fingerprint, get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,7 @@ def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_b
                 if damaged:
                     log.warning(f"token cache: {bin_path} is damaged ({damaged}); rebuilding it")
                 meta_path.unlink(missing_ok=True)
-                for stale in cache_dir.glob(bin_path.name + ".*.tmp"):  # left by a killed preparation
-                    stale.unlink(missing_ok=True)
+                remove_stale_partials(bin_path)  # left by a killed preparation
                 meta = build(corpus, bin_path, meta_path, num_proc or default_num_proc(), piece_bytes)
                 return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], True, time.perf_counter() - t0)
         finally:
@@ -352,43 +352,29 @@ def build(corpus: Corpus, bin_path: Path, meta_path: Path, num_proc: int, piece_
 
     total = sum(f.stat().st_size for f in corpus.files) + sum(len(d) for d in corpus.documents or ())
     use = max(1, min(num_proc, total // piece_bytes + 1))
-    tmp_bin = bin_path.with_name(f"{bin_path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
-    tmp_meta = meta_path.with_name(f"{meta_path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+    tag = f"{socket.gethostname()}-{os.getpid()}"
     t0 = time.perf_counter()
     n_tokens = n_docs = 0
     try:
-        with open(tmp_bin, "wb") as out, tqdm(
-            total=total, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}", disable=None, leave=False
-        ) as bar:
-            for task, ids, docs in _ordered(corpus, use, piece_bytes):
-                if task.starts_document and n_docs and docs:
-                    ids = np.concatenate([np.array([EOT_ID], DTYPE), ids])
-                try:
+        with atomic_file(bin_path, durable=True, tag=tag) as tmp_bin:
+            with open(tmp_bin, "wb") as out, tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}", disable=None, leave=False
+            ) as bar:
+                for task, ids, docs in _ordered(corpus, use, piece_bytes):
+                    if task.starts_document and n_docs and docs:
+                        ids = np.concatenate([np.array([EOT_ID], DTYPE), ids])
                     out.write(ids.tobytes())
-                except OSError as e:
-                    raise _disk_error(e, bin_path) from None
-                n_tokens, n_docs = n_tokens + len(ids), n_docs + docs
-                bar.update(task.progress)
-            try:
-                out.flush()
-                os.fsync(out.fileno())
-            except OSError as e:
-                raise _disk_error(e, bin_path) from None
+                    n_tokens, n_docs = n_tokens + len(ids), n_docs + docs
+                    bar.update(task.progress)
         seconds = time.perf_counter() - t0
         meta = dict(
             format=FORMAT_VERSION, dtype=DTYPE.str, n_tokens=n_tokens, n_documents=n_docs, key=cache_key(corpus),
             corpus=corpus.name, files=[str(f.resolve()) for f in corpus.files], text_key=corpus.text_key,
             separator=EOT_TOKEN, tokenizer=fingerprint(), input_bytes=total, seconds=round(seconds, 3), processes=use,
         )
-        try:
-            tmp_meta.write_text(json.dumps(meta, indent=1))
-            os.replace(tmp_bin, bin_path)  # the tokens first, the metadata that vouches for them last
-            os.replace(tmp_meta, meta_path)
-        except OSError as e:
-            raise _disk_error(e, bin_path) from None
-    finally:
-        for p in (tmp_bin, tmp_meta):
-            p.unlink(missing_ok=True)
+        atomic_write(meta_path, meta)  # the tokens first, the metadata that vouches for them last
+    except OSError as e:
+        raise _disk_error(e, bin_path) from None
     log.info(
         f"token cache: tokenized {corpus.name} ({total / 1e6:,.1f} MB) into {n_tokens:,} tokens in {seconds:.1f} s "
         f"({total / 1e6 / max(seconds, 1e-9):.1f} MB/s, {use} process{'es' if use > 1 else ''}): {bin_path}"

@@ -1,26 +1,23 @@
 """Callbacks: a text sample every N steps, the loss plot written when training ends, and each run's
 job_result.json (what a sweep summary reads).
-(Checkpoints: gptlit/checkpoint_callbacks.py.)"""
+(Checkpoints: gptlit/training/checkpointing.py.)"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
-import os
-import socket
 import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from gptlit.errors import UserError
-from gptlit.generate import SampleTextConfig, generate_text
-from gptlit.report import RESULT_FILE, override_values, write_json
-from gptlit.sweep import hydra_job, one_line
+from gptlit.core.errors import UserError
+from gptlit.model.generate import SampleTextConfig, generate_text
+from gptlit.core.files import atomic_file
+from gptlit.core.job_record import JobRecord, hydra_job, one_line, override_values
 
 
 class SampleText(L.Callback):
@@ -198,10 +195,9 @@ def plot_losses(train, val, path: Path, train_eval=()):
     top.set_xlabel("tokens seen")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _tokens_at(xlim, steps, tokens):
@@ -214,56 +210,57 @@ def _tokens_at(xlim, steps, tokens):
 
 
 class JobResult(L.Callback):
-    """Keeps `job_result.json` in the run directory: the val loss curve (step, tokens seen, loss) and,
-    when training ends, the status (ok, stopped early, failed: reason), best and final val/loss, steps,
-    tokens and wall time. It is rewritten at every validation, so a running or interrupted job can be
-    compared too. At the end it logs the job's overrides with its best and final val/loss through each
-    logger's hyperparameter API (TensorBoard's HPARAMS tab)."""
+    """Keeps `job_result.json` (gptlit.core.job_record.JobRecord) in the run directory: the val loss
+    curve (step, tokens seen, loss) and, when training ends, the status (ok, stopped early, failed:
+    reason), steps, tokens and wall time. It is rewritten at every validation, so a running or
+    interrupted job can be compared too. At the end it logs the job's overrides with its best and
+    final val/loss through each logger's hyperparameter API (TensorBoard's HPARAMS tab)."""
 
     def __init__(self, dirpath: str):
-        self.path = Path(dirpath) / RESULT_FILE
+        self.dirpath = Path(dirpath)
         job = hydra_job()
-        self.job, self.overrides = job.get("num"), job.get("overrides", [])
+        self.rec = JobRecord(job=job.get("num"), overrides=job.get("overrides", []))
         self.hparams = {}  # what the HPARAMS tab shows: set in setup from the job's overrides
-        self.curve: list[list] = []  # [step, tokens seen, val/loss]
         self.started = time.time()
-        self.status = "running"
-        self.steps = self.tokens = 0
+
+    @property
+    def curve(self) -> list[list]:
+        return self.rec.val_curve
+
+    @property
+    def overrides(self) -> list[str]:
+        return self.rec.overrides
+
+    @overrides.setter
+    def overrides(self, value: list[str]):
+        self.rec.overrides = list(value)
+
+    @property
+    def status(self) -> str:
+        return self.rec.status
+
+    @status.setter
+    def status(self, value: str):
+        self.rec.status = value
 
     def setup(self, trainer, pl_module, stage):
         self.started = time.time()
-        values = override_values(self.overrides)
+        values = override_values(self.rec.overrides)
         swept = hydra_job().get("swept")  # in a sweep, the HPARAMS columns are the values it varies
         self.hparams = {k: v for k, v in values.items() if k in swept} if swept else values
         if trainer.is_global_zero:
             self.write()
 
     def record(self) -> dict:
-        losses = [(c[2], c[0]) for c in self.curve if math.isfinite(c[2])]
-        best = min(losses) if losses else (None, None)
-        final = self.curve[-1][2] if self.curve else None
-        return {
-            "status": self.status,
-            "job": self.job,
-            "overrides": self.overrides,
-            "best_val_loss": best[0],
-            "best_step": best[1],
-            "final_val_loss": final,
-            "final_val_ppl": math.exp(final) if final is not None and final < 700 else None,
-            "steps": self.steps,
-            "tokens": self.tokens,
-            "wall_time_s": round(time.time() - self.started, 2),
-            "val_curve": self.curve,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        }
+        self.rec.wall_time_s = round(time.time() - self.started, 2)
+        return self.rec.to_dict()
 
     def write(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.path, self.record())
+        self.rec.wall_time_s = round(time.time() - self.started, 2)
+        self.rec.write(self.dirpath)
 
     def _progress(self, trainer, pl_module):
-        self.steps, self.tokens = int(trainer.global_step), int(getattr(pl_module, "tokens_seen", 0))
+        self.rec.steps, self.rec.tokens = int(trainer.global_step), int(getattr(pl_module, "tokens_seen", 0))
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -272,7 +269,7 @@ class JobResult(L.Callback):
         self._progress(trainer, pl_module)
         if v is None:
             return
-        self.curve.append([self.steps, self.tokens, float(v)])
+        self.curve.append([self.rec.steps, self.rec.tokens, float(v)])
         if trainer.state.fn == "validate":  # task=validate: one evaluation is the whole job
             self.status = "ok"
         self.write()
@@ -306,7 +303,7 @@ class JobResult(L.Callback):
         return {"curve": [list(c) for c in self.curve]}
 
     def load_state_dict(self, state):
-        self.curve = [list(c) for c in state.get("curve", [])]
+        self.rec.val_curve = [list(c) for c in state.get("curve", [])]
 
     @rank_zero_only
     def log_hparams(self, trainer):
@@ -319,8 +316,8 @@ class JobResult(L.Callback):
         params = dict(self.hparams) or {"run": "default"}  # the HPARAMS tab needs one column at least
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(params, metrics, step=self.steps)  # the hparams summary with its metrics
+                logger.log_hyperparams(params, metrics, step=self.rec.steps)  # the hparams summary with its metrics
             else:
                 logger.log_hyperparams(params)
-                logger.log_metrics(metrics, step=self.steps)
+                logger.log_metrics(metrics, step=self.rec.steps)
             logger.save()

@@ -14,7 +14,7 @@ import inspect
 import types
 import typing
 
-from gptlit.errors import UserError
+from gptlit.core.errors import UserError
 
 UNCHECKED = object()  # an annotation this module cannot check (a class such as Strategy or Logger)
 

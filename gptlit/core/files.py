@@ -1,0 +1,95 @@
+"""Files: paths as the user typed them, and writes that a kill or a full disk never leaves half done.
+
+  user_path      a path relative to where the command ran (Hydra's original working directory)
+  atomic_write   text, bytes or JSON into a file: a temporary file beside it, then a rename
+  atomic_file    the same for a writer that needs a path or an open file (torch.save, savefig)
+  fsync_dir      make a rename in a folder durable
+
+Every file gptlit writes for a reader to come (checkpoints, job records, sweep summaries, plots,
+token files, downloads) goes through atomic_file: a reader sees the old file or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+def user_path(path: str | os.PathLike) -> Path:
+    """A path as the user typed it: `~` expanded, relative paths taken from the directory the
+    command ran in (Hydra's original working directory under train.py/sample.py, else the cwd)."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_absolute():
+        return p
+    base = os.getcwd()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            base = HydraConfig.get().runtime.cwd
+    except ImportError:  # pragma: no cover - hydra is a dependency; Python callers may not run it
+        pass
+    return Path(base) / p
+
+
+def partial_name(path: Path, tag: str | None = None) -> Path:
+    """Where `path` is written before it is renamed into place: hidden, beside it (same filesystem,
+    so the rename is atomic), named by the writing process so that writers never share one."""
+    return path.with_name(f".{path.name}.{tag or os.getpid()}.partial")
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Temporary files of `path` that killed writers left behind."""
+    for p in path.parent.glob(f".{path.name}.*.partial"):
+        p.unlink(missing_ok=True)
+
+
+def fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, durable: bool = False, tag: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block ends without an error it is renamed over
+    `path`, else removed. durable=True also fsyncs the file and the folder (checkpoints, token files).
+
+        with atomic_file(ckpt, durable=True) as tmp:
+            torch.save(state, tmp)
+    """
+    path = Path(path)
+    tmp = partial_name(path, tag)
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes | dict | list, durable: bool = False) -> Path:
+    """Write text, bytes or (a dict or list) JSON to `path` atomically (see atomic_file)."""
+    path = Path(path)
+    if isinstance(data, (dict, list)):
+        data = json.dumps(data, indent=1, ensure_ascii=False)
+    with atomic_file(path, durable) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+    return path

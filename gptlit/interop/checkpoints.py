@@ -1,0 +1,104 @@
+"""gptlit's own checkpoints on disk: finding, loading and checking them.
+
+  find_checkpoint   a .ckpt file, or a run directory's best or last checkpoint (one rule, `prefer`)
+  load_checkpoint   read a checkpoint safely (torch.load with weights_only=True, memory-mapped)
+  model_from_checkpoint   the GPT rebuilt from a checkpoint's stored config and weights
+  check_resumable   a checkpoint's model config against a run's
+
+Reading other formats (Hugging Face folders, the book's .pth files) is gptlit.interop.hf's job; which
+model config a run takes from such files is gptlit.run.build's (model_for_run).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from gptlit.model.config import GPTConfig
+from gptlit.core.errors import UserError
+from gptlit.core.files import user_path
+from gptlit.model.gpt import GPT
+
+RUNTIME_FIELDS = ("activation_checkpointing",)  # how a step runs, not the weights: a run may resume with another value
+ARCH_FIELDS = ("vocab_size", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_embeddings")  # fixed by the weights
+
+
+# finding -------------------------------------------------------------------------------------
+CHECKPOINT_NAMES = {"best": "best.ckpt", "last": "last.ckpt"}
+
+
+def find_checkpoint(path: str | os.PathLike, prefer: str = "best", key: str = "ckpt") -> Path:
+    """The checkpoint that `path` names: a .ckpt file itself, or in a run directory the `prefer`red
+    one (checkpoints/<prefer>.ckpt, then <prefer>.ckpt), else the other one.
+
+    prefer="last" resumes training (the latest state); "best" (lowest val/loss) is for sampling,
+    validating and exporting. `key` is the config key the path came from, named in errors.
+    """
+    if prefer not in CHECKPOINT_NAMES:
+        raise ValueError(f"prefer={prefer!r}: use 'best' or 'last'")
+    p = user_path(path)
+    if p.is_dir():
+        order = [prefer, *(k for k in CHECKPOINT_NAMES if k != prefer)]
+        for kind in order:
+            for cand in (p / "checkpoints" / CHECKPOINT_NAMES[kind], p / CHECKPOINT_NAMES[kind]):
+                if cand.is_file():
+                    return cand
+        raise UserError(
+            f"{key}={path}: the folder {p} has no checkpoints/best.ckpt or last.ckpt; give a .ckpt file or a run directory"
+        )
+    if not p.is_file():
+        raise UserError(f"{key}={path}: no such file or folder ({p}); give a .ckpt file or a run directory under outputs/")
+    return p
+
+
+# reading --------------------------------------------------------------------------------------
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a Lightning checkpoint written by gptlit, with weights_only=True (no arbitrary code runs).
+
+    Memory-mapped: a tensor is read from disk only when used, so the checks that need only the
+    stored config or the resume state (check_resumable, gptlit.training.resume) cost no read of the weights."""
+    p = Path(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - garbage can fail anywhere in the unpickler (IndexError, KeyError, ...)
+        msg = str(e).split("WeightsUnpickler error:", 1)[-1]  # drop torch's advice to load unsafely
+        first = next((line.strip() for line in msg.splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"{p} is not a readable checkpoint ({first}); is the file complete and a .ckpt from gptlit?") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model" not in (ckpt.get("hyper_parameters") or {}):
+        raise UserError(f"{p} is not a gptlit checkpoint (no state_dict with model hyperparameters); give a .ckpt written by train.py")
+    return ckpt
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
+    """Rebuild the GPT from the config stored in the checkpoint and load its weights."""
+    ckpt = load_checkpoint(path)
+    cfg = GPTConfig.from_dict(ckpt["hyper_parameters"]["model"])
+    model = GPT(cfg)
+    state = {}
+    for k, v in ckpt["state_dict"].items():
+        k = k.replace("_orig_mod.", "")
+        if k.startswith("model."):
+            state[k[len("model.") :]] = v
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not fit the stored model config ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), ckpt
+
+
+def saved_model_config(path: str | os.PathLike) -> GPTConfig:
+    """The model config stored in a gptlit checkpoint."""
+    return GPTConfig.from_dict(load_checkpoint(path)["hyper_parameters"]["model"])
+
+
+def check_resumable(path: str | os.PathLike, model_cfg: GPTConfig, shown: str | None = None) -> None:
+    """Raise UserError unless the checkpoint at `path` was trained with this model config."""
+    saved = load_checkpoint(path)["hyper_parameters"]["model"]
+    for k, v in model_cfg.to_dict().items():
+        if k in saved and saved[k] != v and k not in RUNTIME_FIELDS:
+            raise UserError(
+                f"ckpt_path={shown or path} was trained with model.{k}={saved[k]} but this run has model.{k}={v}; "
+                f"pass model.{k}={saved[k]} (or the same model= preset) to resume"
+            )

@@ -1,0 +1,252 @@
+"""Which setting won: the summary of a sweep, built from its jobs' files alone.
+
+    python report.py outputs/multirun/<date>/<time>
+
+writes sweep_summary.csv, sweep_summary.md and sweep_val_loss.png into the sweep directory and
+prints the table. It reads each job's job_result.json (gptlit.core.job_record.JobRecord) and .hydra/overrides.yaml,
+so it works for a finished sweep, an interrupted one and one still running. train.py -m writes the
+same report when the sweep ends (gptlit.run.sweep.SweepSummary, a Hydra callback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gptlit.core.errors import EXIT_USER_ERROR
+from gptlit.core.files import atomic_file, atomic_write
+from gptlit.core.job_record import RESULT_FILE, JobRecord, override_values
+
+
+CSV_FILE, MD_FILE, PLOT_FILE = "sweep_summary.csv", "sweep_summary.md", "sweep_val_loss.png"
+COLUMNS = ["best val/loss", "best step", "final val/loss", "final val/ppl", "steps", "tokens", "wall time (s)",
+           "status"]
+
+
+@dataclass
+class Report:
+    sweep_dir: Path
+    rows: list[dict]  # sorted by best val/loss, the best first
+    varying: list[str]  # the override keys whose values differ between jobs
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def best(self) -> dict | None:
+        ok = [r for r in self.rows if _finite(r["best_val_loss"]) and not r["status"].startswith("failed")]
+        return ok[0] if ok else None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _alive(pid, host) -> bool:
+    if host != socket.gethostname() or not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _job_overrides(job_dir: Path, result: dict | None) -> list[str]:
+    import yaml
+
+    p = job_dir / ".hydra" / "overrides.yaml"
+    if p.is_file():
+        return list(yaml.safe_load(p.read_text()) or [])
+    return list((result or {}).get("overrides") or [])
+
+
+def _job_num(job_dir: Path, result: dict | None):
+    if result and result.get("job") is not None:
+        return int(result["job"])
+    head = job_dir.name.split("_", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def find_jobs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job directories: each child holding a job_result.json or Hydra's .hydra/."""
+    return [p for p in sorted(sweep_dir.iterdir())
+            if p.is_dir() and ((p / RESULT_FILE).is_file() or (p / ".hydra").is_dir())]
+
+
+def read_jobs(sweep_dir: Path) -> list[dict]:
+    rows = []
+    for d in find_jobs(sweep_dir):
+        rec = JobRecord.read(d)
+        r = rec.to_dict() if rec is not None else None
+        status = (r or {}).get("status")
+        if status is None:
+            status = "incomplete"  # no result yet: not started training, or ended before it could write one
+        elif status == "running" and not _alive(r.get("pid"), r.get("host")):
+            status = "interrupted"
+        rows.append({
+            "job": _job_num(d, r),
+            "dir": d.name,
+            "overrides": override_values(_job_overrides(d, r)),
+            "best_val_loss": (r or {}).get("best_val_loss"),
+            "best_step": (r or {}).get("best_step"),
+            "final_val_loss": (r or {}).get("final_val_loss"),
+            "final_val_ppl": (r or {}).get("final_val_ppl"),
+            "steps": (r or {}).get("steps"),
+            "tokens": (r or {}).get("tokens"),
+            "wall_time_s": (r or {}).get("wall_time_s"),
+            "status": status,
+            "val_curve": (r or {}).get("val_curve") or [],
+        })
+    return rows
+
+
+def varying_keys(rows: list[dict]) -> list[str]:
+    keys = []
+    for row in rows:
+        keys += [k for k in row["overrides"] if k not in keys]
+    return [k for k in keys if len({repr(row["overrides"].get(k)) for row in rows}) > 1]
+
+
+def label(row: dict, varying: list[str]) -> str:
+    parts = [f"{k}={row['overrides'][k]}" for k in varying if k in row["overrides"]]
+    return " ".join(parts) if parts else f"job {row['job']}"
+
+
+def _sort_key(row):
+    """Best val/loss first; failed jobs and jobs without a val/loss last."""
+    b = row["best_val_loss"]
+    last = row["status"].startswith("failed") or not _finite(b)
+    return (last, b if _finite(b) else math.inf, row["job"] if row["job"] is not None else 1 << 30)
+
+
+def _fmt(v, kind: str = "") -> str:
+    if v is None:
+        return ""
+    if kind == "loss":
+        return f"{v:.4f}"
+    if kind == "ppl":
+        return f"{v:.2f}" if v < 1e6 else f"{v:.3g}"
+    if kind == "int":
+        return f"{int(v):,}"
+    if kind == "time":
+        return f"{v:.1f}"
+    return str(v)
+
+
+def table_rows(report: Report, formatted: bool) -> list[list]:
+    out = []
+    for r in report.rows:
+        vals = [r["best_val_loss"], r["best_step"], r["final_val_loss"], r["final_val_ppl"], r["steps"],
+                r["tokens"], r["wall_time_s"], r["status"]]
+        if formatted:
+            kinds = ["loss", "int", "loss", "ppl", "int", "int", "time", ""]
+            vals = [_fmt(v, k) for v, k in zip(vals, kinds)]
+        out.append([r["job"], *[r["overrides"].get(k, "") for k in report.varying], *vals])
+    return out
+
+
+def markdown(report: Report) -> str:
+    head = ["job", *report.varying, *COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table_rows(report, formatted=True):
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    best = report.best
+    lines.append("")
+    if best is not None:
+        name = label(best, report.varying)
+        name = f"job {best['job']}" + (f" ({name})" if name != f"job {best['job']}" else "")
+        lines.append(f"best: {name}: val/loss {best['best_val_loss']:.4f} at step {best['best_step']}, {best['dir']}")
+    else:
+        lines.append("best: none (no job reached a finite val/loss)")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(report: Report, path: Path):
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["job", *report.varying, *COLUMNS, "dir"])
+    for row, r in zip(table_rows(report, formatted=False), report.rows):
+        w.writerow([*row, r["dir"]])
+    atomic_write(path, buf.getvalue())
+
+
+def plot(report: Report, path: Path) -> bool:
+    """Val loss of every job against tokens seen, labelled by its varying overrides; the best drawn bold."""
+    curves = [(r, [c for c in r["val_curve"] if _finite(c[2])]) for r in report.rows]
+    curves = [(r, c) for r, c in curves if c]
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = report.best
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r, c in reversed(curves):  # the best last, so it is drawn on top
+        is_best = best is not None and r is best
+        name = label(r, report.varying) + (" (best)" if is_best else "")
+        if not r["status"].startswith(("ok", "stopped")):
+            name += f" [{r['status'].split(':')[0]}]"
+        ax.plot([p[1] for p in c], [p[2] for p in c], marker="o" if len(c) < 30 else None, markersize=3,
+                linewidth=2.8 if is_best else 1.2, alpha=1.0 if is_best else 0.75, zorder=3 if is_best else 2,
+                linestyle="--" if r["status"].startswith("failed") else "-", label=name)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("val loss")
+    ax.set_title(f"sweep {report.sweep_dir.name}: val loss by job")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper right")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return True
+
+
+def build_report(sweep_dir: Path, echo: bool = True) -> Report:
+    """Read the jobs of `sweep_dir`, write the summary files there and (echo) print the table."""
+    sweep_dir = Path(sweep_dir)
+    rows = read_jobs(sweep_dir)
+    rows.sort(key=_sort_key)
+    report = Report(sweep_dir, rows, varying_keys(rows))
+    md = markdown(report)
+    write_csv(report, sweep_dir / CSV_FILE)
+    atomic_write(sweep_dir / MD_FILE, md)
+    report.files = [sweep_dir / CSV_FILE, sweep_dir / MD_FILE]
+    if plot(report, sweep_dir / PLOT_FILE):
+        report.files.append(sweep_dir / PLOT_FILE)
+    if echo:
+        print(f"sweep summary ({len(rows)} job{'s' if len(rows) != 1 else ''}, sorted by best val/loss): {sweep_dir}")
+        print(md, end="")
+        print("wrote " + ", ".join(p.name for p in report.files))
+    return report
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="python report.py",
+        description="Summarize a sweep (finished, interrupted or running): writes sweep_summary.csv, "
+                    "sweep_summary.md and sweep_val_loss.png into the sweep directory and prints the table.")
+    ap.add_argument("sweep_dir", help="a multirun directory, e.g. outputs/multirun/2026-11-27/14-02-11")
+    args = ap.parse_args(argv)
+    d = Path(args.sweep_dir)
+    if not d.is_dir():
+        print(f"error: {args.sweep_dir}: no such directory; give a sweep directory "
+              f"(outputs/multirun/<date>/<time>)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    if not find_jobs(d):
+        print(f"error: {args.sweep_dir} holds no sweep jobs (no subdirectory with {RESULT_FILE} or .hydra/); "
+              f"give a sweep directory (outputs/multirun/<date>/<time>)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    build_report(d, echo=True)
+
+
+if __name__ == "__main__":
+    main()

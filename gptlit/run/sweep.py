@@ -1,0 +1,123 @@
+"""Sweeps: DDP jobs inside a sweep, short job directory names, the search plugin check, and the Hydra
+callback that writes the sweep summary when a multirun ends (gptlit/run/report.py). How a job runs and
+fails is gptlit.run.runner's. Light on imports: Hydra loads this module before any job."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from gptlit.core.errors import EXIT_USER_ERROR
+
+
+# Set by a DDP job of a sweep for the ranks Lightning starts (see ddp_child_argv).
+DDP_JOB_ENV = "GPTLIT_SWEEP_DDP_JOB"
+# Variables Lightning's process launcher puts into os.environ; a later job of the sweep must not see them.
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", DDP_JOB_ENV)
+
+
+def cut(name: str, n: int = 120) -> str:
+    """A sweep job's directory is named after its overrides (conf/train.yaml, hydra.sweep.subdir): cut
+    the name short of the file system's 255-byte limit (the job number in front keeps names unique)."""
+    return name if len(name) <= int(n) else name[: int(n)] + "..."
+
+
+def register_sweep_resolvers() -> None:
+    """${gptlit.cut:...} in conf/train.yaml; train.py calls this before Hydra composes its config."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("gptlit.cut", cut, replace=True)
+
+
+# ---- DDP inside a sweep --------------------------------------------------------------------------
+
+@contextmanager
+def ddp_in_sweep(cfg: DictConfig, job: dict):
+    """Lightning starts ranks 1..N-1 of a DDP job by re-running the command line with Hydra's
+    `hydra.run.dir` added. In a multirun that command line is the whole sweep (`-m` and every
+    value), so each rank would start a sweep of its own. Here the job tells its ranks which single run
+    they belong to (an environment variable they inherit; train.py turns it into their command line,
+    see ddp_child_argv), and afterwards the variables Lightning left in os.environ are removed and the
+    process group is closed, so the next job of the sweep starts its own processes again."""
+    before = {k: os.environ.get(k) for k in DDP_ENV}
+    os.environ[DDP_JOB_ENV] = json.dumps({"overrides": job.get("overrides", []), "dir": str(cfg.paths.output_dir)})
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ddp_child_argv(argv: list[str], environ=os.environ) -> list[str]:
+    """The command line of a DDP rank > 0 started inside a sweep: this job's overrides as a single run
+    in the job's directory (instead of the sweep's `-m` command line Lightning re-runs); else argv."""
+    job = environ.get(DDP_JOB_ENV)
+    rank = environ.get("LOCAL_RANK", "0")
+    if not job or rank == "0":
+        return argv
+    job = json.loads(job)
+    return [argv[0], *job["overrides"], f'hydra.run.dir="{job["dir"]}"', f"hydra.job.name=train_ddp_process_{rank}",
+            "hydra.output_subdir=null"]
+
+
+# ---- searches ------------------------------------------------------------------------------------
+
+# hparams_search option -> (the Hydra sweeper plugin's module, what to install)
+SEARCH_PLUGINS = {"optuna": ("hydra_plugins.hydra_optuna_sweeper", 'pip install -e ".[sweep]" (hydra-optuna-sweeper)')}
+
+
+def check_search_plugin(args: list[str]):
+    """hparams_search=optuna needs Hydra's Optuna sweeper: without it Hydra would fail with a long
+    config-composition error, so say in one line what to install (exit 2)."""
+    from importlib.util import find_spec
+
+    for a in args:
+        key, _, value = a.lstrip("+").partition("=")
+        if key != "hparams_search" or value not in SEARCH_PLUGINS:
+            continue
+        module, install = SEARCH_PLUGINS[value]
+        try:
+            found = find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            print(f"error: hparams_search={value} needs Hydra's {value} sweeper plugin, which is not installed: "
+                  f"{install}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+
+# ---- the end of a sweep -------------------------------------------------------------------------
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object
+
+
+class SweepSummary(_HydraCallback):
+    """Hydra callback (conf/train.yaml, hydra.callbacks): when a multirun ends, write and print the
+    sweep summary (gptlit.run.report) and exit with code 1 if some jobs failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from gptlit.run.report import build_report
+
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return
+        report = build_report(Path(config.hydra.sweep.dir), echo=True)
+        failed = [r for r in report.rows if r["status"].startswith("failed")]
+        if failed:
+            print(f"{len(failed)} of {len(report.rows)} jobs failed: "
+                  + "; ".join(f"job {r['job']} {r['status']}" for r in failed), file=sys.stderr)
+            sys.exit(1)
