@@ -73,7 +73,7 @@ def test_inexact_resume_is_refused_or_overridden(corpus, tmp_path, caplog):
     with pytest.raises(UserError, match=r"cannot continue its data order exactly: it was trained with "
                                           r"data.batch_size 4, this run has 8; .*resume_inexact=true"):
         build(compose_cfg(tiny(corpus, "data.batch_size=8", f"ckpt_path={last}"), tmp_path / "second"))
-    with pytest.raises(UserError, match=r"data.stride 32, this run has 16"):
+    with pytest.raises(UserError, match=r"data.stride=32, this run has data.stride=16"):
         build(compose_cfg(tiny(corpus, "data.stride=16", f"ckpt_path={last}"), tmp_path / "second"))
     other = tmp_path / "other.txt"
     other.write_text(corpus.read_text().replace("fox", "cat"))

@@ -124,13 +124,36 @@ def order_fingerprint(dataset, batch_size: int, world_size: int, micro_batch_siz
     }
 
 
-# How each fingerprint entry is set, for the error that names a difference.
+# How each fingerprint entry is set, for the error that names a difference: the setting (a config key
+# to set back, or None where the value is not one setting) and its description.
 FINGERPRINT_KEYS = {
     "batch_size": "data.batch_size",
-    "micro_batch_size": "data.micro_batch_size (set it to the checkpoint's value)",
+    "micro_batch_size": "data.micro_batch_size",
     "world_size": "processes (trainer.devices x trainer.num_nodes)",
     "max_length": "data.max_length",
     "stride": "data.stride",
     "windows": "train windows (the corpus or data.val_fraction)",
     "corpus": "training corpus (token digest)",
 }
+# Entries that only cut the order into batches: at an epoch's first batch they may change.
+BATCH_LAYOUT_KEYS = ("batch_size", "micro_batch_size", "world_size")
+
+
+def describe_setting(key: str, value) -> str:
+    """A fingerprint entry and its value as a message says it: `data.batch_size=4`, `2 processes (...)`."""
+    what = FINGERPRINT_KEYS[key]
+    if what.startswith("data."):
+        return f"{what}={value}"
+    if key == "corpus":
+        return f"the training corpus with token digest {value}"
+    return f"{value} {what}"
+
+
+def setting_fix(key: str, value) -> str:
+    """What to do to continue the checkpoint's order exactly."""
+    what = FINGERPRINT_KEYS[key]
+    if what.startswith("data."):
+        return f"set {what}={value} as the checkpoint has"
+    if key == "world_size":
+        return f"run on {value} processes as the checkpoint did"
+    return "train on the checkpoint's corpus and data settings"

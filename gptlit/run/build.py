@@ -27,6 +27,7 @@ from gptlit.training.optim import validate_optim
 from gptlit.data.datamodule import GPTDataModule
 from gptlit.core.errors import UserError
 from gptlit.interop.hf import load_weights, read_pretrained
+from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.lit_module import GPTLitModule
 from gptlit.training.resume import setup_exact_resume
 from gptlit.run.trainer_args import check_trainer_args
@@ -129,6 +130,7 @@ def build(cfg: DictConfig):
     if task not in ("train", "validate", "prepare"):
         raise UserError(f"task={cfg.task} is unknown: use task=train, task=validate or task=prepare")
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    tcfg["max_epochs"] = resolve_max_epochs(tcfg.get("max_epochs"), tcfg.get("max_steps"))  # max_steps alone: no epoch limit
     tcfg["precision"] = resolve_precision(tcfg.get("precision"), str(tcfg.get("accelerator", "auto")))
     check_trainer_args(tcfg)  # accelerator, precision, types: before the corpus is read or the model built
     if tcfg.get("gradient_clip_val"):

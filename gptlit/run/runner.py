@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from gptlit.core.errors import EXIT_USER_ERROR, UserError
 from gptlit.core.job_record import JobRecord, hydra_job, mark_failed, one_line
 from gptlit.run.build import build, prepare
+from gptlit.training.limits import stop_reason
 from gptlit.run.sweep import ddp_in_sweep
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def run(cfg: DictConfig) -> dict:
         if ckpt is not None:
             score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""
             rank_zero_info(f"best checkpoint: {ckpt.best_model_path}{score}")
+        rank_zero_info(stop_reason(trainer))  # which limit ended the run, in the last lines
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     rank_zero_info("final: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if "/" in k))
     return metrics

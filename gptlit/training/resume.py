@@ -9,14 +9,16 @@ step. Lightning 2.6 saves no RNG state, so without them dropout masks after a re
 from __future__ import annotations
 
 import random
+import warnings
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from gptlit.core.errors import UserError
-from gptlit.data.sampler import FINGERPRINT_KEYS
+from gptlit.data.sampler import BATCH_LAYOUT_KEYS, FINGERPRINT_KEYS, describe_setting, setting_fix
 
 KEY = "gptlit_resume"
 FORMAT = 1
@@ -72,6 +74,7 @@ class ExactResume(L.Callback):
         self._step_seen: int | None = None
         self._pending_rng: dict | None = None  # to restore before the first batch after a resume
         self._in_optimizer_step = False
+        self._fix_log_step = False  # set by a resume (see on_train_batch_start)
 
     @property
     def at_step_boundary(self) -> bool:
@@ -85,6 +88,15 @@ class ExactResume(L.Callback):
             self.rng = [rng_state()]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._fix_log_step:
+            # Lightning 2.6 restores its logging step (_batches_that_stepped) one short when the checkpoint
+            # was written after the step's batch had completed (at a validation, at the end), so every
+            # metric after a resume was logged at the previous step: train/tokens_seen looked one batch
+            # too high. With one optimizer it equals the optimizer steps; set here, after Lightning's own
+            # adjustment in the epoch loop's reset and before this batch logs anything.
+            self._fix_log_step = False
+            if pl_module.automatic_optimization:
+                trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
         if self._pending_rng is not None:  # after every hook that ran between the load and this batch
             set_rng_state(self._pending_rng)
             self._pending_rng = None
@@ -114,16 +126,39 @@ class ExactResume(L.Callback):
         }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        # Lightning restores the loops after the callbacks, from this same dict
+        self._fix_log_step = True
         state = checkpoint.get(KEY)
         if not state:
             return
         self.epoch, self.stepped = int(state["epoch"]), int(state["batches"])
         if self.stepped >= self.batches_per_epoch:  # saved at the end of its epoch: the next one is up
             self.epoch, self.stepped = self.epoch + 1, 0
+            start_next_epoch_afresh(checkpoint)
         self.ended = self.stepped
         rngs = state.get("rng") or []
         if state.get("data") == self.fingerprint and len(rngs) == trainer.world_size:
             self._pending_rng = rngs[trainer.global_rank]
+
+
+def start_next_epoch_afresh(checkpoint: dict) -> None:
+    """For a checkpoint written once its epoch had ended: make Lightning start the next epoch at its
+    first batch.
+
+    With max_steps set, Lightning 2.6 treats every resume as a restart inside the saved epoch
+    (FitLoop.restarting is forced on for step-based training), so the epoch loop kept the saved
+    epoch's batch count: the next epoch ended after one batch (61 -> 62 steps, then "max_epochs=2
+    reached"). Its per-epoch counters are zeroed here when the fit loop had completed that epoch, as
+    Lightning itself does when a new epoch starts; the totals are kept."""
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = loops.get("epoch_progress"), loops.get("epoch_loop.batch_progress")
+    if not epochs or not batches:
+        return
+    cur = epochs.get("current", {})
+    if not (cur.get("ready") == cur.get("started") == cur.get("processed") == cur.get("completed")):
+        return  # the epoch's end was not completed: Lightning's own restart handles it
+    batches["current"] = {k: 0 for k in batches.get("current", {})}
+    batches["is_last_batch"] = False
 
 
 def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow_inexact: bool) -> dict | None:
@@ -140,13 +175,18 @@ def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch
         return None
     seed, epoch, batches = int(state["seed"]), int(state["epoch"]), int(state["batches"])
     saved = state.get("data") or {}
-    diff = next((k for k in FINGERPRINT_KEYS if saved.get(k) != fingerprint.get(k)), None)
+    # At the first batch of an epoch (a checkpoint written before the first step finished, say) no
+    # batch of the order was consumed: batch size, micro-batch size and process count only cut the
+    # order into batches, so any of them continues it exactly.
+    layout_only = BATCH_LAYOUT_KEYS if batches == 0 and state.get("exact", True) else ()
+    diff = next((k for k in FINGERPRINT_KEYS if k not in layout_only and saved.get(k) != fingerprint.get(k)), None)
     if diff is not None:
-        what = FINGERPRINT_KEYS[diff]
+        was, now = describe_setting(diff, saved.get(diff)), describe_setting(diff, fingerprint.get(diff))
         msg = (f"ckpt_path={ckpt_path} cannot continue its data order exactly: it was trained with "
-               f"{what} {saved.get(diff)}, this run has {fingerprint.get(diff)}")
+               f"{was}, this run has {now}")
         if not allow_inexact:
-            raise UserError(f"{msg}; set it back, or pass resume_inexact=true to start epoch {epoch}'s order afresh")
+            raise UserError(f"{msg}; {setting_fix(diff, saved.get(diff))}, or pass resume_inexact=true "
+                            f"to start epoch {epoch}'s order afresh")
         rank_zero_info(f"warning: {msg}; resume_inexact=true: epoch {epoch}'s data order starts afresh")
         return {"seed": seed, "epoch": epoch, "start_batch": 0}
     if not state.get("exact", True):
@@ -172,6 +212,10 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
         dm.order.seed = default_seed(seed)
     else:
         dm.order.seed, dm.order.epoch, dm.order.start_batch = plan["seed"], plan["epoch"], plan["start_batch"]
+        # Lightning warns on every mid-epoch resume that the train loader "is not resumable" (it has no
+        # state_dict of its own); the sampler above starts at the checkpoint's batch, so the warning is
+        # wrong here. Only that message is filtered, only when gptlit sets the data position.
+        warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable", category=PossibleUserWarning)
     tracker = ExactResume(fingerprint, dm.order.seed, per_epoch)
     trainer.callbacks.insert(0, tracker)
     return tracker
