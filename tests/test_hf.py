@@ -415,3 +415,16 @@ def test_export_cli_errors(tmp_path, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and pattern in err
+
+
+def test_exported_weights_follow_the_umask(tmp_path):
+    # safetensors writes 0600; the weights were readable by their owner only, unlike config.json
+    import os
+
+    old = os.umask(0o022)
+    try:
+        files = write_hf_folder(tiny_gptlit(), tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {"config.json": "0o644", "model.safetensors": "0o644"}
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []  # no temporary file left

@@ -157,3 +157,16 @@ def test_plan_resume_message_reads_well(key, saved, now, text):
     with pytest.raises(UserError) as e:
         plan_resume(ckpt_at(3, **{key: saved}), "last.ckpt", fingerprint(**{key: now}), 8, False)
     assert text in str(e.value)
+
+
+def test_seed_null_gives_each_run_of_a_process_its_own_shuffle_seed(corpus, tmp_path, monkeypatch):
+    from gptlit.data.sampler import default_seed
+
+    monkeypatch.delenv("GPTLIT_SHUFFLE_SEED", raising=False)
+    # two jobs of one sweep run in one process, one after the other; with seed=null they shared one seed
+    seeds = [build(compose_cfg([*TINY, "data=text", f"data.path={corpus}", "seed=null"], tmp_path / f"job{i}"))[0].order.seed
+             for i in range(2)]
+    assert seeds[0] != seeds[1]
+    # the DDP ranks of the second job (started with a copy of its environment) read its seed
+    assert default_seed(None, run=str(tmp_path / "job1")) == seeds[1]
+    assert default_seed(3, run=str(tmp_path / "job1")) == 3

@@ -408,3 +408,52 @@ def test_waiting_for_a_preparer_that_writes_elsewhere_is_a_one_line_error(tmp_pa
     with pytest.raises(UserError, match="set data.prepare_per_node=true"):
         ensure(Corpus("a", files=(f,)), tmp_path / "cache", num_proc=1, preparer=False, poll_s=0.05, wait_s=0.2)
     assert not list(tmp_path.rglob("*.bin"))  # nothing tokenized here
+
+
+# ---- the lock file and bounded waits ---------------------------------------------------------------
+
+
+def test_no_lock_file_stays_in_the_cache(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("words and more words " * 50, encoding="utf-8")
+    cache = tmp_path / "cache"
+    ensure(Corpus("a", files=(f,)), cache, num_proc=1)  # built
+    ensure(Corpus("a", files=(f,)), cache, num_proc=1)  # found
+    bin_path, meta_path = file_paths(Corpus("a", files=(f,)), cache)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([bin_path.name, meta_path.name])
+
+
+def stalled_preparer(tmp_path):
+    """A preparer that started (its lock file and partial file are there) and then stopped writing."""
+    f = tmp_path / "a.txt"
+    f.write_text("words " * 100, encoding="utf-8")
+    corpus, cache = Corpus("a", files=(f,)), tmp_path / "cache"
+    cache.mkdir()
+    bin_path, _ = file_paths(corpus, cache)
+    lock = Path(str(bin_path) + ".lock")
+    lock.touch()
+    (cache / f".{bin_path.name}.host-1.partial").write_bytes(b"\0" * 64)
+    return corpus, cache, lock
+
+
+def test_waiting_for_a_stalled_preparer_is_bounded(tmp_path):
+    corpus, cache, _ = stalled_preparer(tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"made no progress for 0 s \(its partial file stayed at 64 bytes\)"):
+        ensure(corpus, cache, num_proc=1, preparer=False, poll_s=0.05, wait_s=0.4)
+    assert time.monotonic() - t0 < 30  # waited without bound before
+
+
+def test_waiting_for_a_hung_lock_holder_is_bounded(tmp_path):
+    import fcntl
+
+    corpus, cache, lock = stalled_preparer(tmp_path)
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another open file holds the lock: a process that hangs
+    try:
+        with pytest.raises(UserError, match=r"made no progress"):
+            ensure(corpus, cache, num_proc=1, preparer=True, poll_s=0.05, wait_s=0.4)
+    finally:
+        os.close(fd)
+    got = ensure(corpus, cache, num_proc=1, preparer=True, wait_s=0.4)  # released: this process builds it
+    assert got.built and not lock.exists()

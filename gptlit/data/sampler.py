@@ -89,12 +89,24 @@ class TrainOrder:
                                            step_size=step_size)
 
 
-def default_seed(seed: int | None) -> int:
-    """The shuffle seed: the run's seed, else a random one shared with the other DDP ranks through the
-    environment (Lightning starts them with a copy of rank 0's environment)."""
+SEED_ENV = "GPTLIT_SHUFFLE_SEED"
+
+
+def default_seed(seed: int | None, run: str | None = None) -> int:
+    """The shuffle seed: the run's seed, else a random one for the run `run` (its output directory).
+
+    The random one is kept in the environment as `<seed>@<run>`: the DDP ranks of a run, which
+    Lightning starts with a copy of rank 0's environment, read rank 0's; the next job of a sweep in
+    the same process is another run and draws its own (with seed=null the jobs of a sweep shared one)."""
     if seed is not None:
         return int(seed)
-    return int(os.environ.setdefault("GPTLIT_SHUFFLE_SEED", str(int.from_bytes(os.urandom(4), "little"))))
+    key = os.path.abspath(run) if run else ""
+    value, _, held_for = os.environ.get(SEED_ENV, "").partition("@")
+    if value and held_for == key:
+        return int(value)
+    drawn = int.from_bytes(os.urandom(4), "little")
+    os.environ[SEED_ENV] = f"{drawn}@{key}"
+    return drawn
 
 
 def corpus_digest(tokens, pieces: int = 64, width: int = 64) -> str:

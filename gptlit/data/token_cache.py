@@ -16,6 +16,7 @@ metadata last. A file lock lets one process (DDP rank, sweep job) prepare while 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import gzip
@@ -138,35 +139,26 @@ def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_b
            preparer: bool = True, poll_s: float = 1.0, wait_s: float | None = None) -> CachedTokens:
     """The token file of `corpus` under cache_dir, tokenizing it first unless a complete one is there.
 
+    While another process tokenizes it (it holds the lock file `<token file>.lock`), wait for it.
     preparer=False (a process of a multi-node launch that is not the one preparing): never tokenize,
-    wait until the preparer's complete file appears. If after wait_s seconds the preparer has not even
-    started (no lock file in cache_dir: the folder is not the one it writes to), stop with a UserError."""
-    from filelock import FileLock, Timeout
-
+    wait until the preparer's complete file appears.
+    wait_s bounds every wait: if after wait_s seconds the preparer has not even started (no lock
+    file and no partial file in cache_dir: the folder is not the one it writes to), or once started
+    its partial token file has not grown for wait_s seconds (it died or hangs), stop with a UserError."""
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
     bin_path, meta_path = file_paths(corpus, cache_dir)
     meta, _ = read_meta(bin_path, meta_path)  # a complete file is used even from a read-only folder
     if meta is None and not preparer:
         log.info(f"token cache: waiting for the preparing process to write {bin_path}")
-        lock_path = Path(str(bin_path) + ".lock")  # made by the preparer when it starts, and left there
+        watch = _Progress(bin_path, wait_s)
         while meta is None:
-            if wait_s is not None and time.perf_counter() - t0 > wait_s and not lock_path.exists():
-                raise UserError(
-                    f"data.prepare_per_node=false: after {wait_s:.0f} s the preparing process (global rank 0) "
-                    f"has not started writing into {cache_dir}, so this node does not share its cache folder; "
-                    f"set data.prepare_per_node=true for a cache folder on each node's disk, or run task=prepare first"
-                )
+            watch.check(cache_dir, started_needed=True)
             time.sleep(poll_s)
             meta, _ = read_meta(bin_path, meta_path)
     if meta is None:
         writable_dir(cache_dir)
-        lock = FileLock(str(bin_path) + ".lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log.info(f"token cache: another process is tokenizing {corpus.name} into {bin_path}; waiting for it")
-            lock.acquire()
+        lock = _acquire(bin_path, corpus, poll_s, wait_s)
         try:
             meta, damaged = read_meta(bin_path, meta_path)  # the process we waited for may have made it
             if meta is None:
@@ -180,6 +172,117 @@ def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_b
             lock.release()
     log.info(f"token cache: {bin_path} ({meta['n_tokens']:,} tokens)")
     return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], False, time.perf_counter() - t0)
+
+
+class _Progress:
+    """What a waiting process sees of the preparer: its lock file and the size of its partial token
+    file. check() raises the UserError that ends a wait bounded by wait_s."""
+
+    def __init__(self, bin_path: Path, wait_s: float | None):
+        self.bin_path, self.wait_s = bin_path, wait_s
+        self.lock_path = lock_path(bin_path)
+        self.t0 = self.changed = time.monotonic()
+        self.state = None
+
+    def seen(self) -> tuple[bool, int]:
+        sizes = 0
+        for p in self.bin_path.parent.glob(f".{self.bin_path.name}.*.partial"):
+            with contextlib.suppress(FileNotFoundError):
+                sizes += p.stat().st_size
+        return self.lock_path.exists(), sizes
+
+    def check(self, cache_dir: Path, started_needed: bool = False) -> None:
+        if self.wait_s is None:
+            return
+        now, state = time.monotonic(), self.seen()
+        if state != self.state:
+            self.state, self.changed = state, now
+        started = state[0] or state[1] > 0
+        if read_meta(self.bin_path, meta_path_of(self.bin_path))[0] is not None:
+            return  # done between two looks
+        if started_needed and not started and now - self.t0 > self.wait_s:
+            raise UserError(
+                f"data.prepare_per_node=false: after {self.wait_s:.0f} s the preparing process (global rank 0) "
+                f"has not started writing into {cache_dir}, so this node does not share its cache folder; "
+                f"set data.prepare_per_node=true for a cache folder on each node's disk, or run task=prepare first"
+            )
+        if started and now - self.changed > self.wait_s:
+            raise UserError(
+                f"the process tokenizing into {self.bin_path} made no progress for {self.wait_s:.0f} s (its partial "
+                f"file stayed at {state[1]:,} bytes): it died or hangs; stop it, remove {self.lock_path.name} if it "
+                f"stays, and run again (task=prepare tokenizes alone), or raise dist_timeout_s"
+            )
+
+
+def lock_path(bin_path: Path) -> Path:
+    return Path(str(bin_path) + ".lock")
+
+
+def meta_path_of(bin_path: Path) -> Path:
+    return bin_path.with_suffix(".json")
+
+
+class _Lock:
+    """The preparation lock of one token file: an exclusive flock on `<token file>.lock`, removed on
+    release so the cache keeps no empty lock files.
+
+    Removing a lock file is safe only this way: the holder unlinks it while it still holds the flock,
+    and a process that gets a flock checks that the file it locked is still the one at the path (a
+    process that opened the file before the unlink ends up holding a removed file: it tries again)."""
+
+    def __init__(self, path: Path, fd: int | None = None, fallback=None):
+        self.path, self.fd, self.fallback = path, fd, fallback
+
+    @classmethod
+    def try_acquire(cls, path: Path):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: filelock's lock, whose file stays
+            from filelock import FileLock, Timeout
+
+            lock = FileLock(str(path))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                return None
+            return cls(path, fallback=lock)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            held, now = os.fstat(fd), os.stat(path)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return cls(path, fd)
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the previous holder removed this file after we opened it
+        return None
+
+    def release(self) -> None:
+        if self.fallback is not None:  # pragma: no cover
+            self.fallback.release()
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()  # while held: see the class docstring
+        os.close(self.fd)
+
+
+def _acquire(bin_path: Path, corpus: Corpus, poll_s: float, wait_s: float | None) -> _Lock:
+    """The preparation lock of bin_path; while another process holds it, wait (bounded as ensure says)."""
+    path = lock_path(bin_path)
+    lock = _Lock.try_acquire(path)
+    if lock is not None:
+        return lock
+    log.info(f"token cache: another process is tokenizing {corpus.name} into {bin_path}; waiting for it")
+    watch = _Progress(bin_path, wait_s)
+    while lock is None:
+        time.sleep(min(poll_s, 0.2))
+        watch.check(bin_path.parent)
+        lock = _Lock.try_acquire(path)
+    return lock
 
 
 # ---- reading a corpus in pieces --------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import re
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from gptlit.model.config import GPTConfig
 from gptlit.core.errors import UserError
+from gptlit.core.files import atomic_file
 from gptlit.model.gpt import GPT
 
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads in OpenAI's four sizes
@@ -339,10 +341,21 @@ def write_hf_folder(model: GPT, out_dir: str | Path) -> list[Path]:
     if not cfg.tie_embeddings:  # tied: HF ties lm_head to wte itself (safetensors refuses shared tensors)
         tensors["lm_head.weight"] = sd["head.weight"][: cfg.vocab_size].detach().float().contiguous().clone()
     weights = out / "model.safetensors"
-    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with atomic_file(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        # safetensors creates its file readable by its owner only (0600); like every other file
+        # gptlit writes, the weights follow the umask (0644 under the usual 022)
+        os.chmod(tmp, 0o666 & ~current_umask())
     config = out / "config.json"
     config.write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n", encoding="utf-8")
     return [config, weights]
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def hf_config_dict(cfg: GPTConfig) -> dict:

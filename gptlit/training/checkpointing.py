@@ -157,10 +157,44 @@ class LastCheckpoint(Checkpoint):
             self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception):
-        # Under DDP a collective after one rank failed can hang for ever: there the last periodic
-        # last.ckpt is the resume point.
-        if trainer.world_size == 1 and trainer.state.fn == TrainerFn.FITTING and self.saved_step != trainer.global_step:
+        if trainer.state.fn != TrainerFn.FITTING or self.saved_step == trainer.global_step:
+            return
+        if trainer.world_size == 1:
             self.save(trainer)
+        else:
+            self.save_alone(trainer)
+
+    def save_alone(self, trainer) -> bool:
+        """After an exception under DDP: global rank 0 writes last.ckpt of the last finished step by
+        itself, with no collective (after one rank failed, a barrier or gather can hang for ever).
+
+        Plain DDP keeps the whole model and optimizer state on every rank, so rank 0's is the run's.
+        Sharded strategies (FSDP, DeepSpeed) need every rank to gather it: there the last periodic
+        last.ckpt stays the resume point. The data position is exact; only rank 0's RNG states are
+        known, so a resume continues the data order exactly but draws new dropout masks."""
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = trainer.strategy
+        if not trainer.is_global_zero or type(strategy) is not DDPStrategy:
+            return False
+        tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
+        if tracker is not None and not tracker.at_step_boundary:
+            return False
+        try:
+            if tracker is not None:
+                tracker.local_only = True  # its RNG gather is a collective
+            # what trainer.save_checkpoint writes, without its barrier (Lightning's own dump)
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            strategy.checkpoint_io.save_checkpoint(checkpoint, self.path)
+        except Exception as e:  # the run already failed: report, and keep its own error the one raised
+            rank_zero_info(f"warning: last.ckpt could not be written after the failure ({type(e).__name__}: {e})")
+            return False
+        finally:
+            if tracker is not None:
+                tracker.local_only = False
+        self.saved_step = trainer.global_step
+        rank_zero_info(f"last.ckpt of step {trainer.global_step} written by rank 0 after the failure: {self.path}")
+        return True
 
 
 class BestCheckpoint(Checkpoint):

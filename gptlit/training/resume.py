@@ -75,6 +75,7 @@ class ExactResume(L.Callback):
         self._pending_rng: dict | None = None  # to restore before the first batch after a resume
         self._in_optimizer_step = False
         self._fix_log_step = False  # set by a resume (see on_train_batch_start)
+        self.local_only = False  # a checkpoint written by one rank alone (after a failure): no gather
 
     @property
     def at_step_boundary(self) -> bool:
@@ -121,7 +122,7 @@ class ExactResume(L.Callback):
             "batches": self.stepped,
             "seed": self.seed,
             "data": dict(self.fingerprint),
-            "rng": gather(self.rng[0], trainer),
+            "rng": [self.rng[0]] if self.local_only else gather(self.rng[0], trainer),
             "exact": self.at_step_boundary,
         }
 
@@ -209,7 +210,7 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
     per_epoch = sampler.batches_per_epoch()
     plan = plan_resume(ckpt, ckpt_path, fingerprint, per_epoch, allow_inexact) if ckpt_path else None
     if plan is None:
-        dm.order.seed = default_seed(seed)
+        dm.order.seed = default_seed(seed, run=str(trainer.default_root_dir))  # one random seed per run
     else:
         dm.order.seed, dm.order.epoch, dm.order.start_batch = plan["seed"], plan["epoch"], plan["start_batch"]
         # Lightning warns on every mid-epoch resume that the train loader "is not resumable" (it has no
