@@ -61,3 +61,14 @@ class StopRank(L.Callback):
             out = dict(rank=self.rank, step=trainer.global_step, time=time.time(), pid=os.getpid())
             Path(self.dirpath, f"stopped_rank{self.rank}.json").write_text(json.dumps(out))
             os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class FailRank(L.Callback):
+    """On global rank `rank`, before the batch after `at_step` optimizer steps: raise RuntimeError."""
+
+    def __init__(self, rank: int = 1, at_step: int = 3):
+        self.rank, self.at_step = rank, at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.at_step:
+            raise RuntimeError(f"injected failure on rank {self.rank} at step {self.at_step}")

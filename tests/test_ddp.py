@@ -52,3 +52,29 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert len(list(tmp_path.rglob("events.out.tfevents.*"))) == 1
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == steps and ckpt["gptlit"]["tokens_seen"] == steps * batch * T * 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing_rank", [1, 0])
+def test_ddp_failure_of_one_rank_leaves_a_resumable_last_ckpt(tmp_path, failing_rank):
+    # under DDP no checkpoint was written when a rank failed (a collective could hang); now rank 0
+    # writes the last finished step alone
+    out = tmp_path / "run"
+    common = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model=nano", "data.max_length=32",
+              "data.batch_size=4", "trainer.limit_val_batches=2", "sampling.every_n_steps=0",
+              "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "dist_timeout_s=60"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "trainer.max_steps=6",
+                        "+callbacks.fail._target_=ddp_probe.FailRank", f"+callbacks.fail.rank={failing_rank}",
+                        f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "injected failure" in r.stderr + r.stdout
+    last = out / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)  # the only last.ckpt: no validation before step 6
+    assert ckpt["global_step"] == 3 and ckpt["gptlit_resume"]["batches"] == 3 and ckpt["gptlit_resume"]["exact"]
+    assert "written by rank 0 after the failure" in r.stdout + r.stderr
+    again = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "trainer.max_steps=5", f"ckpt_path={last}",
+                            f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from gptlit.core.errors import EXIT_USER_ERROR, UserError
 from gptlit.core.job_record import JobRecord, hydra_job, mark_failed, one_line
 from gptlit.run.build import build, prepare
+from gptlit.training.guard import GuardRollback, rollback_config
 from gptlit.training.limits import stop_reason
 from gptlit.run.sweep import ddp_in_sweep
 
@@ -34,7 +35,13 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("task", "train") == "validate":
         trainer.validate(module, datamodule=dm, ckpt_path=ckpt_path)
     else:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        while True:
+            try:
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+                break
+            except GuardRollback as rb:  # the loss guard went back to a good last.ckpt: go on from there
+                cfg = rollback_config(cfg, rb)
+                dm, module, trainer, ckpt_path = build(cfg)
         ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
         if ckpt is not None:
             score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""

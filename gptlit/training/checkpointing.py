@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file, remove_stale_partials
+from gptlit.training.guard import GuardRollback
 from gptlit.training.resume import ExactResume
 
 
@@ -158,6 +159,8 @@ class LastCheckpoint(Checkpoint):
 
     def on_exception(self, trainer, pl_module, exception):
         if trainer.state.fn != TrainerFn.FITTING or self.saved_step == trainer.global_step:
+            return
+        if isinstance(exception, GuardRollback):  # last.ckpt holds the good state the run goes back to
             return
         if trainer.world_size == 1:
             self.save(trainer)

@@ -1,0 +1,103 @@
+"""The loss guard (gptlit/training/guard.py): a NaN step is skipped without touching the weights or the
+optimizer state; repeated spikes roll the run back to the last good last.ckpt, skip those batches, lower
+the lr, and the run finishes; after max_rollbacks it stops with one line."""
+
+from __future__ import annotations
+
+import hashlib
+
+import lightning as L
+import pytest
+import torch
+from conftest import TINY, compose_cfg
+
+from gptlit.core.errors import UserError
+from gptlit.run.runner import run
+from gptlit.training.guard import LossGuard
+
+RECORD: dict = {}
+
+
+def digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class Inject(L.Callback):
+    """Test-only: multiplies the loss by NaN at step `nan_at` and by `factor` at steps `spike_at`; records
+    the weights and optimizer state around each step and each batch's digest, per fit."""
+
+    def __init__(self, nan_at: int = -1, spike_at: tuple = (), factor: float = 30.0):
+        self.nan_at, self.spike_at, self.factor = nan_at, tuple(spike_at), factor
+        self.hook = None
+        RECORD.setdefault("fits", []).append({})
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        opt = trainer.optimizers[0]
+        state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+        RECORD["fits"][-1][step] = {"weights": digest(pl_module.parameters()), "opt": digest(state),
+                                    "batch": digest([batch[0]])}
+        scale = float("nan") if step == self.nan_at else self.factor if step in self.spike_at else None
+        if scale is not None:
+            self.hook = pl_module.model.register_forward_hook(lambda m, i, out: out * scale)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
+
+
+def cfg(corpus, tmp_path, *extra):
+    return compose_cfg([*TINY, "data=text", f"data.path={corpus}", "trainer.max_steps=16", "trainer.log_every_n_steps=2",
+                        "callbacks.guard.window=5", "callbacks.last_checkpoint.every_n_train_steps=4",
+                        "optim.grad_clip=null", "optim.scheduler=constant", "optim.warmup_steps=0",
+                        "+callbacks.inject._target_=test_guard.Inject", *extra], tmp_path / "run")
+
+
+def test_nan_step_skipped_and_spikes_rolled_back(corpus, tmp_path, caplog):
+    RECORD.clear()
+    with caplog.at_level("INFO"):
+        run(cfg(corpus, tmp_path, "+callbacks.inject.nan_at=3", "+callbacks.inject.spike_at=[8,9,10]"))
+    first, second = RECORD["fits"]  # one rollback: a second fit
+    # the NaN step left weights and optimizer state as they were; the next step changed them
+    assert first[4]["weights"] == first[3]["weights"] and first[4]["opt"] == first[3]["opt"]
+    assert first[5]["weights"] != first[4]["weights"]
+    # back to last.ckpt of step 8 (written before the spikes), which replays the same batches 8, 9, 10 and skips them
+    assert min(second) == 8 and second[8]["weights"] == first[8]["weights"]
+    assert [second[s]["batch"] for s in (8, 9, 10)] == [first[s]["batch"] for s in (8, 9, 10)]
+    assert [second[s]["weights"] for s in (8, 9, 10, 11)] == [second[8]["weights"]] * 4  # skipped: unchanged
+    messages = [r.getMessage() for r in caplog.records]
+    assert "guard: step 3: loss or gradient norm not finite (loss nan): optimizer step skipped" in messages
+    rollback = [m for m in messages if "back to last.ckpt" in m]
+    assert rollback == ["guard: 3 bad steps in a row (steps 8-10): back to last.ckpt of step 8, skipping 8, 9, 10, "
+                        "lr x0.5 (rollback 1 of 3)"]
+    # the run finishes, at half the lr, and its checkpoint keeps what the guard did
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 16
+    assert [g["lr"] for g in ckpt["optimizer_states"][0]["param_groups"]] == [pytest.approx(5e-4)] * 2
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("LossGuard"))
+    assert state["rollbacks"] == 1 and state["skip_steps"] == [8, 9, 10] and state["lr_scale"] == 0.5
+    assert [m for m in messages if m.startswith("stopped")] == ["stopped: max_steps=16 reached (0.57 epochs)"]
+    from test_train import scalars
+
+    assert "guard" in " ".join(scalars(tmp_path / "run")["_text"])  # the TensorBoard text entries
+
+
+def test_guard_gives_up_after_max_rollbacks(corpus, tmp_path, caplog):
+    RECORD.clear()
+    with caplog.at_level("INFO"):
+        run(cfg(corpus, tmp_path, "callbacks.guard.max_rollbacks=0", "+callbacks.inject.spike_at=[8,9,10]"))
+    assert len(RECORD["fits"]) == 1
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped")]
+    assert len(lines) == 1 and lines[0].startswith("stopped at step 12: loss guard gave up: 3 bad steps in a row "
+                                                   "(steps 8-10) after 0 rollbacks (callbacks.guard.max_rollbacks=0)")
+
+
+def test_guard_settings_are_checked():
+    with pytest.raises(UserError, match=r"callbacks.guard.spike_factor=1 must be a number > 1"):
+        LossGuard(spike_factor=1)
+    with pytest.raises(UserError, match=r"callbacks.guard.lr_factor=0 must be a number in \(0, 1\]"):
+        LossGuard(lr_factor=0)
