@@ -56,11 +56,11 @@ class Reader:
     def takes(self, f: Path) -> bool:
         return f.name.endswith(self.suffixes)
 
-    def check(self) -> None:
-        """Raise UserError when this format cannot be read here (a library missing)."""
+    def check(self, f: Path) -> None:
+        """Raise UserError, naming f, when this format cannot be read here (a library missing)."""
 
-    def pieces(self, f: Path, piece_bytes: int) -> Iterator[Piece]:
-        """The file as pieces of about piece_bytes, in order."""
+    def pieces(self, f: Path, piece_bytes: int, options: dict) -> Iterator[Piece]:
+        """The file as pieces of about piece_bytes, in order. `options`: as for `texts`."""
         raw = open(f, "rb")
         try:
             with raw, (gzip.GzipFile(fileobj=raw, mode="rb") if f.name.endswith(".gz") else raw) as stream:

@@ -85,8 +85,11 @@ def find_text_files(path: str) -> list[Path]:
 
 def check_readers(files: list[Path]) -> None:
     """Each format among `files` can be read here (e.g. its library is installed)."""
-    for reader in {type(r): r for r in map(reader_for, files)}.values():
-        reader.check()
+    first = {}  # one file of each reader
+    for f in files:
+        first.setdefault(type(reader_for(f)), f)
+    for f in first.values():
+        reader_for(f).check(f)
 
 
 def reader_settings(cfg: DataConfig, files) -> dict:

@@ -174,9 +174,10 @@ def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_b
 def tasks(corpus: Corpus, piece_bytes: int) -> Iterator[Piece]:
     """The corpus as pieces, in order, each file read a piece at a time by its reader."""
     yield from DOCUMENTS.documents(corpus.documents or (), corpus.name)
+    options = reader_options(corpus)
     for f in corpus.files:
         try:
-            yield from reader_for(f).pieces(f, piece_bytes)
+            yield from reader_for(f).pieces(f, piece_bytes, options)
         except OSError as e:
             raise UserError(f"data.path: cannot read {f} ({e.strerror or e}); check the file and its permissions") from None
 
