@@ -138,7 +138,7 @@ def test_relative_path_resolves_against_cwd(tmp_path, monkeypatch, corpus):
         (dict(num_workers=-2), r"data.num_workers=-2"),
         (dict(num_proc=0), r"data.num_proc=0 must be a positive integer or null"),
         (dict(max_val_windows=0), r"data.max_val_windows=0 must be a positive integer or null"),
-        (dict(text_key=""), r"data.text_key= must be the JSON key of the text"),
+        (dict(text_key=""), r"data.text_key= must be the key or column of the text"),
         (dict(max_lenght=8), r"data.max_lenght is not a data setting: use one of batch_size, cache_dir, "),
     ],
 )

@@ -37,7 +37,7 @@ class DataConfig:
     eval_train_batches: int = 5
     num_workers: int = 0  # DataLoader worker processes
     max_val_windows: int | None = 1000  # validate on at most this many val windows, spread evenly; None = all
-    text_key: str = "text"  # .jsonl corpora: the JSON key holding each document's text
+    text_key: str = "text"  # record formats (.jsonl): the key or column holding each document's text
     num_proc: int | None = None  # processes that tokenize a new corpus; None = all cores
     cache_dir: str | None = None  # where token files go; None = $GPTLIT_CACHE/tokens, else ~/.cache/gptlit/tokens
     # several nodes: False = one shared cache_dir, global rank 0 tokenizes;
@@ -74,7 +74,7 @@ class DataConfig:
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise UserError(f"data.{name}={v} must be a positive integer or null")
         if not isinstance(self.text_key, str) or not self.text_key:
-            raise UserError(f"data.text_key={self.text_key} must be the JSON key of the text (e.g. text)")
+            raise UserError(f"data.text_key={self.text_key} must be the key or column of the text (e.g. text)")
         if not isinstance(self.val_fraction, (int, float)) or not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"data.val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
         return self
