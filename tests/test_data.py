@@ -148,7 +148,10 @@ def test_bad_values(kwargs, match):
 
 
 def test_empty_folder(tmp_path):
-    with pytest.raises(UserError, match=r"holds no .txt, .txt.gz, .jsonl, .jsonl.gz files"):
+    from gptlit.data.readers import corpus_suffixes
+
+    assert corpus_suffixes()[:4] == (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")  # what a folder contributes, by reader
+    with pytest.raises(UserError, match=rf"holds no {', '.join(corpus_suffixes())} files; add some"):
         GPTDataModule(source="files", path=str(tmp_path))
 
 
