@@ -175,6 +175,62 @@ class JsonLinesReader(Reader):
         return out
 
 
+class ParquetReader(Reader):
+    """Apache Parquet (needs pyarrow: pip install -e ".[parquet]"): one document per row, its text in
+    the column data.text_key; the pieces are record batches of about piece_bytes of that column.
+
+    The text is read here, in the main process, and the pieces carry it as strings: the tokenizing
+    processes are forked, and pyarrow's thread pools should not be used across a fork."""
+
+    suffixes = (".parquet",)
+    options = ("text_key",)
+
+    def check(self, f):
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise UserError(f'data.path: {f} is Parquet, which needs pyarrow: pip install -e ".[parquet]"') from None
+
+    def pieces(self, f, piece_bytes, options):
+        self.check(f)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        key = options["text_key"]
+        try:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            if key not in names:
+                raise UserError(f"data.text_key={key}: {f} has no column {key!r} (its columns: {', '.join(names)}); "
+                                f"set data.text_key to the column of the text")
+            kind = pf.schema_arrow.field(key).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise UserError(f"data.text_key={key}: column {key!r} of {f} holds {kind}, not text; "
+                                f"set data.text_key to the column of the text")
+            md, size = pf.metadata, f.stat().st_size
+            if md.num_rows == 0:
+                raise UserError(f"data.path: {f} is empty (no rows); delete it or add documents to it")
+            text_bytes = sum(md.row_group(g).column(c).total_uncompressed_size for g in range(md.num_row_groups)
+                             for c in range(md.num_columns) if md.row_group(g).column(c).path_in_schema == key)
+            rows = max(1, piece_bytes * md.num_rows // max(1, text_bytes))  # rows per piece, from the column's size
+            first = seen = 0
+            for batch in pf.iter_batches(batch_size=rows, columns=[key]):
+                texts = batch.column(0).to_pylist()
+                if None in texts:
+                    raise UserError(f"data.text_key={key}: row {first + texts.index(None)} of {f} has no text "
+                                    f"(null); remove that row or fill it")
+                end = first + len(texts)
+                done = size * end // md.num_rows  # bytes on disk, counted in proportion to the rows
+                yield Piece(self, texts, str(f), first, True, done - seen)
+                first, seen = end, done
+        except pa.ArrowException as e:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"data.path: {f} is not a readable Parquet file ({why}); check or re-export it") from None
+
+    def texts(self, piece, options):
+        return piece.payload
+
+
 class DocumentsReader(Reader):
     """Documents already in memory (the pydocs source): each piece is one whole document."""
 
@@ -188,7 +244,7 @@ class DocumentsReader(Reader):
 
 # The formats a corpus file can have. A folder contributes the files some reader here takes; a file
 # named directly that none takes is read as plain text (gzip-compressed if its name ends in .gz).
-READERS: tuple[Reader, ...] = (TextReader(), JsonLinesReader())
+READERS: tuple[Reader, ...] = (TextReader(), JsonLinesReader(), ParquetReader())
 PLAIN = READERS[0]
 DOCUMENTS = DocumentsReader()
 
