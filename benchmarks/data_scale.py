@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))  # the gptlit of this checkout, as the subprocesse
 PREPARE = """
 import json, resource, sys, time
 from pathlib import Path
-from gptlit.data.token_cache import Corpus, ensure
+from gptlit.data.readers import Corpus
+from gptlit.data.token_cache import ensure
 f, cache, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 t = time.perf_counter()
 u0 = resource.getrusage(resource.RUSAGE_SELF)
