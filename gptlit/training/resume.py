@@ -203,20 +203,21 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
                        ckpt: dict | None = None) -> ExactResume:
     """Set the datamodule's training order (seed, and where a resume starts) and put the ExactResume
     callback first among the trainer's callbacks. Raises UserError before any training."""
-    from gptlit.data.sampler import default_seed, order_fingerprint
+    from gptlit.data.sampler import TrainOrder, default_seed, order_fingerprint
 
-    sampler = dm.train_sampler(trainer)
-    fingerprint = order_fingerprint(dm.train_set, dm.batch_size, trainer.world_size, dm.loader_batch_size)
+    sampler = dm.train_sampler(trainer)  # its length does not depend on the order's seed or position
+    fingerprint = order_fingerprint(dm.train_set, dm.config.batch_size, trainer.world_size, dm.loader_batch_size)
     per_epoch = sampler.batches_per_epoch()
     plan = plan_resume(ckpt, ckpt_path, fingerprint, per_epoch, allow_inexact) if ckpt_path else None
     if plan is None:
-        dm.order.seed = default_seed(seed, run=str(trainer.default_root_dir))  # one random seed per run
+        order = TrainOrder(default_seed(seed, run=str(trainer.default_root_dir)))  # one random seed per run
     else:
-        dm.order.seed, dm.order.epoch, dm.order.start_batch = plan["seed"], plan["epoch"], plan["start_batch"]
+        order = TrainOrder(plan["seed"], plan["epoch"], plan["start_batch"])
         # Lightning warns on every mid-epoch resume that the train loader "is not resumable" (it has no
-        # state_dict of its own); the sampler above starts at the checkpoint's batch, so the warning is
+        # state_dict of its own); the sampler starts at the checkpoint's batch, so the warning is
         # wrong here. Only that message is filtered, only when gptlit sets the data position.
         warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable", category=PossibleUserWarning)
-    tracker = ExactResume(fingerprint, dm.order.seed, per_epoch)
+    dm.set_plan(order=order)
+    tracker = ExactResume(fingerprint, order.seed, per_epoch)
     trainer.callbacks.insert(0, tracker)
     return tracker
