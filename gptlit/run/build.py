@@ -131,9 +131,9 @@ def build(cfg: DictConfig):
     if task not in ("train", "validate", "prepare"):
         raise UserError(f"task={cfg.task} is unknown: use task=train, task=validate or task=prepare")
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    tcfg["max_epochs"] = resolve_max_epochs(tcfg.get("max_epochs"), tcfg.get("max_steps"))  # max_steps alone: no epoch limit
     tcfg["precision"] = resolve_precision(tcfg.get("precision"), str(tcfg.get("accelerator", "auto")))
     check_trainer_args(tcfg)  # accelerator, precision, types: before the corpus is read or the model built
+    tcfg["max_epochs"] = resolve_max_epochs(tcfg.get("max_epochs"), tcfg.get("max_steps"))  # max_steps alone: no epoch limit
     if tcfg.get("gradient_clip_val"):
         raise UserError(
             f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "

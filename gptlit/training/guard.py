@@ -105,6 +105,12 @@ class LossGuard(L.Callback):
             return
         norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
         bad = ~torch.isfinite(norm)
+        if trainer.world_size > 1 and "DDPStrategy" not in type(trainer.strategy).__name__:
+            # sharded gradients (FSDP): each rank sees its shard; all skip if any shard is bad (a device
+            # collective, no host read). Under DDP the gradients are the same on every rank already.
+            flag = bad.float()
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = flag > 0
         skip = self._step in self.skip_steps
         if skip:
             bad = torch.ones_like(bad)
