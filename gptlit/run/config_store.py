@@ -1,7 +1,7 @@
 """Hydra config groups whose values live in Python: registered in Hydra's ConfigStore.
 
   model=<preset>   GPTConfig's defaults + gptlit.model.config.PRESETS[<preset>], plus `name` and `init_from`
-  optim=adamw      gptlit.model.config.OptimConfig
+  optim=adamw      gptlit.training.optim.OptimConfig
   sampling=default gptlit.model.generate.SampleTextConfig (conf/sampling/greedy.yaml extends it)
 
 Each default is written once, in those dataclasses; conf/ only selects and overrides them, so
