@@ -145,3 +145,34 @@ def test_markdown_links_exist():
 def test_the_scan_finds_names(text, expected):
     assert {m.group(0) for m in DOTTED.finditer(text)} == expected
     assert resolves("gptlit.core.errors.UserError") and not resolves("gptlit.core.errors.NoSuchName")
+
+
+def test_pyproject_declares_every_import():
+    """Every package that gptlit/ and the command lines import is a dependency or an extra of pyproject.toml."""
+    import sys
+    from importlib.metadata import packages_distributions
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"]) + [s for extra in project.get("optional-dependencies", {}).values() for s in extra]
+    norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    declared = {norm(re.match(r"[A-Za-z0-9_.-]+", s).group(0)) for s in specs}
+    dists = packages_distributions()
+    files = sorted((ROOT / "gptlit").rglob("*.py")) + [ROOT / c for c in COMMANDS if (ROOT / c).is_file()]
+    missing = {}
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "gptlit":
+                    continue
+                if not {norm(d) for d in dists.get(top, [top])} & declared:
+                    missing.setdefault(top, set()).add(str(f.relative_to(ROOT)))
+    assert not missing, f"imported but not declared in pyproject.toml (package: files): {missing}"
