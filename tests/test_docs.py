@@ -89,8 +89,6 @@ def is_resolver(name: str) -> bool:
 
 
 def resolves(dotted: str) -> bool:
-    if is_resolver(dotted):
-        return True
     parts = dotted.split(".")
     for i in range(len(parts), 0, -1):
         try:
@@ -99,10 +97,10 @@ def resolves(dotted: str) -> bool:
             continue
         for attr in parts[i:]:
             if not hasattr(obj, attr):
-                return False
+                return is_resolver(dotted)
             obj = getattr(obj, attr)
         return True
-    return False
+    return is_resolver(dotted)
 
 
 def test_dotted_names_exist():
