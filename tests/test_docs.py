@@ -8,7 +8,7 @@ comments of gptlit/**/*.py, the command lines, benchmarks/*.py and tests/*.py. I
 - paths `gptlit/<path>.py`, `conf/<path>.yaml`, `benchmarks/<name>.py`, `tests/<name>.py`, `docs/<name>.md`: the file exists
   (relative to the repository root);
 - the relative link targets of the Markdown files (images under docs/img included): they exist, relative
-  to the file that links.
+  to the file that links, and so does the heading a `#anchor` names.
 Nothing trains; the test imports gptlit's modules and reads files.
 """
 
@@ -123,16 +123,29 @@ def test_paths_exist():
     assert not stale, f"files that do not exist (path: where): {stale}"
 
 
+def anchors(f: Path) -> set[str]:
+    """The #anchors GitHub gives the headings of a Markdown file."""
+    heads = re.findall(r"^#+\s+(.*?)\s*$", re.sub(r"^```.*?^```", "", f.read_text(), flags=re.M | re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
 def test_markdown_links_exist():
     stale = []
     for f in markdown_files():
         for m in LINK.finditer(f.read_text()):
-            target = m.group(1).split("#")[0]
-            if not target or re.match(r"[a-z]+:", target):
+            target, _, anchor = m.group(1).partition("#")
+            if re.match(r"[a-z]+:", target):
                 continue
-            if not (f.parent / target).exists():
+            path = (f.parent / target) if target else f
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
                 stale.append(f"{f.relative_to(ROOT)}: {m.group(1)}")
-    assert not stale, f"links to files that do not exist: {stale}"
+    assert not stale, f"links to files or headings that do not exist: {stale}"
+
+
+def test_code_fences_are_closed():
+    """An unclosed ``` swallows the rest of a page (its headings and links with it)."""
+    odd = [str(f.relative_to(ROOT)) for f in markdown_files() if len(re.findall(r"^\s*```", f.read_text(), re.M)) % 2]
+    assert not odd, f"a code block is not closed in {odd}"
 
 
 @pytest.mark.parametrize("text, expected", [
