@@ -17,7 +17,9 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
+from gptlit.core.cli import command_line
 from gptlit.core.errors import EXIT_USER_ERROR, UserError
+from gptlit.core.files import write_failure
 from gptlit.core.job_record import JobRecord, hydra_job, mark_failed, one_line
 from gptlit.run.build import build, prepare
 from gptlit.run.sweep import ddp_in_sweep
@@ -33,7 +35,12 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("task", "train") == "validate":
         trainer.validate(module, datamodule=dm, ckpt_path=ckpt_path)
     else:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1), after writing last.ckpt
+            if trainer.interrupted and trainer.is_global_zero:
+                log.info(f"interrupted at step {trainer.global_step}. {resume_hint(cfg.paths.output_dir)}")
+            raise
         ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
         if ckpt is not None:
             score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""
@@ -65,6 +72,9 @@ def task_wrapper(task):
       a UserError of any job but the first is recorded in that job's job_result.json and the sweep
       goes on (the first job's would be every job's, or the user learns of it before waiting);
     - another process of the run lost (a dead or hung node): one line that says how to resume, exit 1;
+    - a write that the disk refused (no space left, read-only, no permission): one line naming the file,
+      the cause, the last.ckpt that survives and how to resume, exit 1 (a sweep job records it and the
+      sweep goes on);
     - any other exception: a single run raises it (the traceback is the report); a sweep job records it
       (one line on the console, the traceback in train.log) and the sweep goes on, its exit code 1 at
       the end (gptlit.run.sweep.SweepSummary).
@@ -91,6 +101,19 @@ def task_wrapper(task):
             from gptlit.core.launch_env import lost_peer_message
 
             reason = one_line(f"{type(e).__name__}: {e}".rstrip(": "))
+            failed_write = write_failure(e)
+            if failed_write is not None:  # disk full, read-only folder: one line, what survived, how to go on
+                msg = write_failure_message(failed_write, cfg.paths.output_dir)
+                try:
+                    mark_failed(out, msg, job, replace=True)
+                except OSError:  # the record lives on the same full or read-only disk
+                    pass
+                if sweep:
+                    _traceback_to_log_files(f"job {job.get('num')} failed")
+                    log.error(f"job {job.get('num')} failed: {msg}; the sweep goes on")
+                    return None
+                print(f"error: {msg}", file=sys.stderr, flush=True)
+                sys.exit(1)
             msg = lost_peer_message(e, cfg.paths.output_dir)
             if msg is not None:
                 mark_failed(out, msg, job)
@@ -130,3 +153,40 @@ def _traceback_to_log_files(msg: str):
     for h in logging.getLogger().handlers:
         if isinstance(h, logging.FileHandler):
             h.handle(record)
+
+
+def _saved_step(ckpt: Path) -> int | None:
+    """The optimizer step a checkpoint holds (read memory-mapped: no weights are loaded)."""
+    try:
+        from gptlit.interop.checkpoints import load_checkpoint
+
+        return int(load_checkpoint(ckpt)["global_step"])
+    except Exception:  # unreadable: say only that the file is there
+        return None
+
+
+def resume_hint(output_dir) -> str:
+    """Where the run's last.ckpt is and the command that resumes it: this run's command line (its
+    overrides as typed, shell-quoted) with ckpt_path set to it; or that no checkpoint was written."""
+    ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
+    overrides = [o for o in hydra_job().get("overrides", []) if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "train.py"
+    if not ckpt.is_file():
+        return f"No checkpoint was written; start again with: {command_line(script, overrides)}"
+    step = _saved_step(ckpt)
+    at = f" (step {step})" if step is not None else ""
+    return f"last.ckpt{at} is {ckpt}; resume with: {command_line(script, [*overrides, f'ckpt_path={ckpt}'])}"
+
+
+def write_failure_message(failure: tuple[str, str, int], output_dir) -> str:
+    """One line for a write the disk refused: the file, the cause, what survived and how to go on."""
+    path, cause, _ = failure
+    ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if ckpt.is_file():
+        step = _saved_step(ckpt)
+        survived = f"the previous last.ckpt{f' (step {step})' if step is not None else ''} survives"
+        fix = "free space or make the folder writable, then " + resume_hint(output_dir).split("; ", 1)[1]
+    else:
+        survived = "no checkpoint was written before"
+        fix = "free space or choose another folder (hydra.run.dir=<dir>) and start again"
+    return f"cannot write {path}: {cause}; {survived}; {fix}"

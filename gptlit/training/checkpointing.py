@@ -29,7 +29,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from gptlit.core.errors import UserError
-from gptlit.core.files import atomic_file, remove_stale_partials
+from gptlit.core.files import atomic_file, remove_stale_partials, write_error, write_failure
 from gptlit.training.resume import ExactResume
 
 
@@ -41,6 +41,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     first (a second copy of weights and optimizer state in RAM), then writes it to a file in the system
     temp dir and moves it into place: a copy, not a rename, where that dir is another filesystem, and
     a file left behind in /tmp on every kill. Remote (fsspec URL) paths still go through Lightning's.
+    A write that fails for lack of space or a read-only folder raises OSError (ENOSPC, EROFS) naming the
+    checkpoint; the previous file of that name is left as it was.
     """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
@@ -50,7 +52,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(path)
         with atomic_file(path, durable=True) as tmp:
-            torch.save(checkpoint, tmp)
+            # an open file of ours, not a path: closed on any error, so a failed write's space is free again
+            # at once (torch's own file would stay open, held by the traceback, while the failure is reported)
+            with open(tmp, "wb") as f:
+                try:
+                    torch.save(checkpoint, f)
+                except Exception as e:
+                    # torch reports a full disk as "RuntimeError: [enforce fail at inline_container.cc]
+                    # unexpected pos": say which file and why
+                    why = write_error(path, e)
+                    if why is None:
+                        raise
+                    raise why from e
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -158,9 +171,15 @@ class LastCheckpoint(Checkpoint):
 
     def on_exception(self, trainer, pl_module, exception):
         # Under DDP a collective after one rank failed can hang for ever: there the last periodic
-        # last.ckpt is the resume point.
+        # last.ckpt is the resume point. After a failed write (disk full, read-only) another write
+        # would fail the same way.
+        if write_failure(exception) is not None:
+            return
         if trainer.world_size == 1 and trainer.state.fn == TrainerFn.FITTING and self.saved_step != trainer.global_step:
-            self.save(trainer)
+            try:
+                self.save(trainer)
+            except OSError as e:  # the exception that stopped the run is the one to report
+                rank_zero_info(f"warning: last.ckpt not written after the error: {e}")
 
 
 class BestCheckpoint(Checkpoint):
