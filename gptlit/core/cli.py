@@ -2,8 +2,8 @@
 
 Hydra's grammar takes only ASCII in an unquoted value: `prompt=café`, `prompt=每一次努力` or
 `data.path=/data/中文.txt` stop in its lexer with a LexerNoViableAltException. Inside quotes any
-character is fine, so hydra_argv() quotes, for Hydra, each value (or each element of a sweep, list,
-dict or function call such as choice(...)) that holds a non-ASCII character. ASCII arguments, flags
+character is fine, so hydra_argv() quotes, for Hydra, each value (or each element of an `a,b` sweep,
+a list or a dict) that holds a non-ASCII character. ASCII arguments, flags
 (-m, --cfg job, --config-name x), `+`/`~`/`++` prefixes and values already in quotes pass unchanged,
 so the rewrite is idempotent: a command printed from Hydra's recorded overrides runs again as is.
 
@@ -86,8 +86,7 @@ def hydra_value(value: str, multirun: bool) -> str:
     s = value.strip()
     if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"" and len(_pieces(s, {","})) == 1:
         return value  # one quoted string already
-    if s[:1] in "[{" or _FUNCTION.match(s):
-        # a list, dict or function call (choice, range, glob, ...): quote the elements that need it
+    if s[:1] in "[{":  # a list or dict: quote the elements that need it
         return "".join(t if sep else _quote_atom(t) for sep, t in _pieces(value, _STRUCTURE))
     if multirun:  # `a,b` sweeps: each element its own string
         return "".join(t if sep else _quote_atom(t) for sep, t in _pieces(value, {","}))
@@ -106,6 +105,10 @@ def hydra_argv(argv: list[str]) -> list[str]:
             out.append(arg)
             continue
         key, value = arg.split("=", 1)
+        if _FUNCTION.match(value):
+            # Hydra's sweeper hands each element of choice(...)/range(...) to the job unquoted again,
+            # where the lexer stops on it: only the plain `a,b` sweep carries such values through
+            _fail_value(arg, f"sweep values with non-ASCII characters as a list, {key}=a,b (no choice(...) around them)")
         new = f"{key}={hydra_value(value, multirun)}"
         _check(new, arg)
         if new != arg:
@@ -123,12 +126,14 @@ def _check(override: str, typed: str) -> None:
     except HydraException:
         key = typed.split("=", 1)[0]
         if _non_ascii(key):
-            fix = "config keys are ASCII only; put non-ASCII text in the value"
-        else:
-            fix = (f"quote the value for Hydra inside the shell's quotes, e.g. \"{key}='...'\" "
-                   f"(a quote inside it as \\' )")
-        print(f"error: cannot read the command-line value {typed!r}: {fix}", file=sys.stderr, flush=True)
-        sys.exit(2)
+            _fail_value(typed, "config keys are ASCII only; put non-ASCII text in the value")
+        _fail_value(typed, f"quote the value for Hydra inside the shell's quotes, e.g. \"{key}='...'\" "
+                           f"(a quote inside it as \\' )")
+
+
+def _fail_value(typed: str, fix: str):
+    print(f"error: cannot read the command-line value {typed!r}: {fix}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def typed(override: str) -> str:
