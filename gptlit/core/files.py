@@ -131,11 +131,13 @@ def write_failure(exc: BaseException) -> tuple[str, str, int] | None:
     while e is not None and len(chain) < 20:
         chain.append(e)
         e = e.__cause__ or e.__context__
-    for e in reversed(chain):  # the first failure: later ones are often its consequences
-        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
-            path = str(final_name(e.filename)) if e.filename else "?"
-            return path, describe_os_error(e), e.errno
-    return None
+    # the first failure (later ones are often its consequences), preferring one that names its file
+    failed = [e for e in reversed(chain) if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS]
+    if not failed:
+        return None
+    e = next((e for e in failed if e.filename), failed[0])
+    path = str(final_name(e.filename)) if e.filename else "a file"
+    return path, describe_os_error(e), e.errno
 
 
 def write_error(path: str | os.PathLike, cause: BaseException) -> OSError | None:

@@ -170,7 +170,8 @@ def resume_hint(output_dir) -> str:
     overrides as typed, shell-quoted) with ckpt_path set to it; or that no checkpoint was written."""
     ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
     overrides = [o for o in hydra_job().get("overrides", []) if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
-    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "train.py"
+    argv0 = sys.argv[0] if sys.argv else ""
+    script = argv0 if argv0.endswith(".py") and Path(argv0).name != "__main__.py" else "train.py"  # as it was typed
     if not ckpt.is_file():
         return f"No checkpoint was written; start again with: {command_line(script, overrides)}"
     step = _saved_step(ckpt)
