@@ -68,6 +68,8 @@ def quiet_logs():
 def task_wrapper(task):
     """The failure policy of every job, single run or sweep job:
 
+    - Ctrl-C: during training Lightning writes last.ckpt and exits 1 (run() prints where it is and the
+      command that resumes); before training, one line and exit 130;
     - a UserError (bad value, missing file) prints one line `error: ...` and exits with 2; in a sweep,
       a UserError of any job but the first is recorded in that job's job_result.json and the sweep
       goes on (the first job's would be every job's, or the user learns of it before waiting);
@@ -90,6 +92,9 @@ def task_wrapper(task):
         try:
             with ddp_in_sweep(cfg, job) if sweep else contextlib.nullcontext():
                 return task(cfg)
+        except KeyboardInterrupt:  # Ctrl-C before training started (Lightning handles it during training)
+            print("interrupted before training started; nothing to resume", file=sys.stderr, flush=True)
+            sys.exit(130)
         except UserError as e:
             if sweep and job.get("num"):
                 log.error(f"job {job['num']} failed: {e}")
