@@ -44,10 +44,10 @@ def with_bar(corpus, tmp_path, *more):
     return compose_cfg([*keep, "data=text", f"data.path={corpus}", *more], tmp_path / "run")
 
 
-def test_the_sample_at_the_end_is_printed_with_the_progress_bar_on(corpus, tmp_path, capsys):
+def test_the_sample_at_the_end_is_printed_with_the_progress_bar_on(corpus, tmp_path, capsys, monkeypatch):
     # before: Lightning's bar, closed when training ends, swallowed it (only TensorBoard had it)
-    cfg = with_bar(corpus, tmp_path, "trainer.max_steps=2", "sampling.every_n_steps=1000", "sampling.max_new_tokens=3",
-                   "callbacks.progress_log.when=never")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal: the bar stays on
+    cfg = with_bar(corpus, tmp_path, "trainer.max_steps=2", "sampling.every_n_steps=1000", "sampling.max_new_tokens=3")
     dm, module, trainer, _ = build(cfg)
     assert trainer.progress_bar_callback is not None
     trainer.fit(module, datamodule=dm)
