@@ -170,29 +170,37 @@ def _saved_step(ckpt: Path) -> int | None:
         return None
 
 
-def resume_hint(output_dir) -> str:
-    """Where the run's last.ckpt is and the command that resumes it: this run's command line (its
-    overrides as typed, shell-quoted) with ckpt_path set to it; or that no checkpoint was written."""
+def resume_command(output_dir) -> str:
+    """This run's command line (its overrides as typed, shell-quoted) with ckpt_path=<run dir>/checkpoints/last.ckpt."""
     ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
     overrides = [o for o in hydra_job().get("overrides", []) if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
     argv0 = sys.argv[0] if sys.argv else ""
     script = argv0 if argv0.endswith(".py") and Path(argv0).name != "__main__.py" else "train.py"  # as it was typed
+    return command_line(script, [*overrides, f"ckpt_path={ckpt}"])
+
+
+def resume_hint(output_dir) -> str:
+    """Where the run's last.ckpt is and the command that resumes it, or that no checkpoint was written."""
+    ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
-        return f"No checkpoint was written; start again with: {command_line(script, overrides)}"
+        return "No checkpoint was written: nothing to resume"
     step = _saved_step(ckpt)
     at = f" (step {step})" if step is not None else ""
-    return f"last.ckpt{at} is {ckpt}; resume with: {command_line(script, [*overrides, f'ckpt_path={ckpt}'])}"
+    return f"last.ckpt{at} is {ckpt}; resume with: {resume_command(output_dir)}"
 
 
 def write_failure_message(failure: tuple[str, str, int], output_dir) -> str:
     """One line for a write the disk refused: the file, the cause, what survived and how to go on."""
-    path, cause, _ = failure
+    import errno
+
+    path, cause, code = failure
     ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
+    remedy = "free some space" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "make the folder writable"
     if ckpt.is_file():
         step = _saved_step(ckpt)
         survived = f"the previous last.ckpt{f' (step {step})' if step is not None else ''} survives"
-        fix = "free space or make the folder writable, then " + resume_hint(output_dir).split("; ", 1)[1]
+        fix = f"{remedy}, then resume with: {resume_command(output_dir)}"
     else:
         survived = "no checkpoint was written before"
-        fix = "free space or choose another folder (hydra.run.dir=<dir>) and start again"
+        fix = f"{remedy} or choose another folder (hydra.run.dir=<dir>) and start again"
     return f"cannot write {path}: {cause}; {survived}; {fix}"
