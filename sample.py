@@ -123,4 +123,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from gptlit.core.cli import hydra_argv
+
+    sys.argv = hydra_argv(sys.argv)  # values with non-ASCII characters (prompt="每一次努力") quoted for Hydra
     main()

@@ -22,8 +22,10 @@ LAUNCH_VARS = ["RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "G
 
 
 @pytest.fixture
-def launched(monkeypatch):
-    """Set a launcher's variables (and nothing else of the kind) for this test."""
+def launched(monkeypatch, tmp_path):
+    """Set a launcher's variables (and nothing else of the kind) for this test; run directories that
+    resolving hydra.run.dir creates go below tmp_path."""
+    monkeypatch.chdir(tmp_path)
     for v in LAUNCH_VARS:
         monkeypatch.delenv(v, raising=False)
     monkeypatch.setattr(launch_env, "_agreed", {})
@@ -164,3 +166,67 @@ def test_strategies_take_the_timeout(make_cfg):
         node = OmegaConf.to_container(make_cfg(f"trainer={trainer}", "dist_timeout_s=42").trainer.strategy, resolve=True)
         assert instantiate(node["timeout"]) == timedelta(seconds=42)
         assert isinstance(instantiate(node), kind)
+
+
+# --- a run owns its directory ----------------------------------------------------------------------
+
+
+def test_a_taken_name_gets_a_suffix_and_the_answer_stays(launched, tmp_path):
+    (tmp_path / "outputs" / "2026-01-01" / "12-00-00").mkdir(parents=True)  # another run's
+    first = launch_env.run_dir("outputs", "2026-01-01/12-00-00")
+    assert first == "outputs/2026-01-01/12-00-00_2" and (tmp_path / first).is_dir()
+    # Hydra resolves hydra.run.dir more than once: the same answer, no third directory
+    assert launch_env.run_dir("outputs", "2026-01-01/12-00-00") == first
+    assert sorted(p.name for p in (tmp_path / "outputs" / "2026-01-01").iterdir()) == ["12-00-00", "12-00-00_2"]
+    # another process (a fresh cache) that starts in the same second takes the next name
+    launch_env._agreed.clear()
+    assert launch_env.run_dir("outputs", "2026-01-01/12-00-00") == "outputs/2026-01-01/12-00-00_3"
+
+
+def test_ranks_other_than_zero_create_nothing(launched, tmp_path):
+    launched(LOCAL_RANK=1)  # a process Lightning's launcher started (it passes rank 0's hydra.run.dir anyway)
+    assert launch_env.run_dir("outputs", "2026-01-01/12-00-00") == "outputs/2026-01-01/12-00-00"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unwritable_place_for_the_run_directory_is_one_line(launched, tmp_path, capsys):
+    (tmp_path / "outputs").write_text("a file where the folder would go")
+    with pytest.raises(SystemExit) as e:
+        launch_env.run_dir("outputs", "2026-01-01/12-00-00")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: cannot create the run directory outputs/2026-01-01/")
+
+
+def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path, corpus):
+    # two real train.py processes, started together, Hydra's clock stopped at one second for both
+    # (tests/rundir_probe.py): before, both wrote into outputs/2026-01-01/12-00-00
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT, TINY
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [*TINY, "data=text", f"data.path={corpus}", "trainer.max_steps=1"]
+    procs = {lr: subprocess.Popen([sys.executable, str(ROOT / "tests" / "rundir_probe.py"), *args, f"optim.lr={lr}"],
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for lr in ("0.001", "0.003")}
+    for p in procs.values():
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    day = tmp_path / "outputs" / "2026-01-01"
+    assert sorted(p.name for p in day.iterdir()) == ["12-00-00", "12-00-00_2"]
+    seen = set()
+    for run in day.iterdir():  # each directory holds one run only, all of its files agreeing
+        overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
+        lr = next(o.split("=")[1] for o in overrides if o.startswith("optim.lr="))
+        ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["hyper_parameters"]["optim"]["lr"] == float(lr)
+        assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+        assert (run / "train.log").read_text().count("model: nano") == 1
+        seen.add(lr)
+    assert seen == {"0.001", "0.003"}

@@ -111,7 +111,21 @@ def runs(trained, pool):
                            "sampling.temperature=0.5,1.5", "sampling.top_k=5,50"),
         "empty": launch(pool, d / "empty", "ckpt=../final.ckpt", "prompt=''", "max_new_tokens=4"),
         "long": launch(pool, d / "long", "ckpt=../final.ckpt", f"prompt='{long_prompt}'", "max_new_tokens=4"),
+        # typed as is, unquoted for Hydra: a sweep of a Chinese prompt with an emoji and an accented one
+        "non_ascii": launch(pool, d / "non_ascii", "-m", "ckpt=../final.ckpt", f"prompt={CHINESE},café au lait",
+                            "max_new_tokens=4"),
     }
+
+
+CHINESE = "每一次努力都让你前进 🚀"
+
+
+def test_prompts_in_chinese_with_emoji_and_accents(runs):
+    # before: LexerNoViableAltException from Hydra's override parser, exit 1
+    out = ok(runs["non_ascii"].result())
+    blocks = out.split("=== temperature=")[1:]
+    assert len(blocks) == 2
+    assert [b.splitlines()[2][: len(p)] for b, p in zip(blocks, (CHINESE, "café au lait"))] == [CHINESE, "café au lait"]
 
 
 def ok(r: subprocess.CompletedProcess) -> str:

@@ -379,6 +379,26 @@ def test_cli_relative_data_path_from_another_directory(tmp_path, corpus):
     assert len(runs) == 1  # outputs land under the directory the user ran from
 
 
+def test_cli_chinese_data_path_and_plain_progress_lines(tmp_path, corpus):
+    # a corpus whose folder and file names are Chinese, typed as is (before: Hydra's lexer stopped on them);
+    # stdout is a pipe here: plain progress lines instead of the bar's carriage returns, and the sample at
+    # the end of training on the console (before: the closed bar swallowed it)
+    folder = tmp_path / "语料 été"
+    folder.mkdir()
+    (folder / "中文.txt").write_text(corpus.read_text(), encoding="utf-8")
+    r = cli("model=nano", "data.max_length=32", "data.batch_size=4", "trainer.limit_val_batches=2",
+            "data=text", f"data.path={folder / '中文.txt'}", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
+            "sampling.every_n_steps=1000", "sampling.max_new_tokens=3", "sampling.prompt=努力", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stdout and "\r" not in r.stderr
+    lines = r.stdout.splitlines()
+    assert [l.split(" loss ")[0] for l in lines if l.startswith("step ") and " loss " in l] == \
+        ["step 1/2 epoch 1/1", "step 2/2 epoch 1/1"]
+    assert any(l.startswith("step 2 validation: val/loss ") for l in lines)
+    assert any(l.startswith("[step 2] 努力") for l in lines)  # the sample at the end
+    assert "中文.txt" in (next(tmp_path.glob("outputs/*/*/.hydra")) / "overrides.yaml").read_text(encoding="utf-8")
+
+
 def test_cli_multirun_separate_dirs(tmp_path, corpus):
     r = cli("-m", *FAST, "data=text", f"data.path={corpus}", "optim.lr=1e-3,3e-4", "trainer.max_steps=2",
             f"hydra.sweep.dir={tmp_path}/sweep", timeout=600)

@@ -98,13 +98,13 @@ class JobRecord:
             return None
 
 
-def mark_failed(run_dir: str | os.PathLike, reason: str, job: dict | None = None) -> JobRecord:
+def mark_failed(run_dir: str | os.PathLike, reason: str, job: dict | None = None, replace: bool = False) -> JobRecord:
     """Record a job that failed (outside training, or before its first validation); an earlier
-    failure's reason is kept."""
+    failure's reason is kept, unless replace (a clearer account of the same failure)."""
     job = job or {}
     r = JobRecord.read(run_dir) or JobRecord(job=job.get("num"), overrides=list(job.get("overrides", [])))
-    if not r.failed:
-        r.status = "failed: " + one_line(reason)
+    if replace or not r.failed:
+        r.status = "failed: " + one_line(reason, 1000 if replace else 200)
     r.write(run_dir)
     return r
 

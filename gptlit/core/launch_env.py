@@ -12,10 +12,14 @@ The resolvers registered here make the choice the same everywhere:
   outputs/<date>/<time> and hands it to the others through the torchrun agent's key-value store
 - several nodes and none of the above: the user must name it (hydra.run.dir=...), the same on every node.
 
+outputs/<date>/<time> is created exclusively by the process that picks it (claim_run_dir): two runs
+started in the same second get outputs/<date>/<time> and outputs/<date>/<time>_2, never one directory.
+A hydra.run.dir the user gives is the user's choice and used as it is (resuming into it is fine).
+
 Only global rank 0 writes the .hydra/ folder and train.log; the other ranks log to their console
 (torchrun and srun keep each rank's output apart).
 
-Everything here reads environment variables only; torch and Lightning are imported when needed,
+Apart from creating the run directory, everything here reads environment variables only; torch and Lightning are imported when needed,
 so `train.py --help` stays fast.
 """
 
@@ -25,6 +29,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 # The name that Hydra configs use: ${gptlit.run_dir:...}, ${gptlit.on_rank_zero:...}
@@ -135,7 +140,33 @@ def _choose_run_dir(base: str, stamped: str, num_nodes: int, timeout_s: float, e
             f"for all nodes: pass the same hydra.run.dir=<dir> on every node, or launch with torchrun --rdzv-id or "
             f"srun (docs/multi-node.md)"
         )
-    return default
+    # One process, or rank 0 of Lightning's own launch (it hands the directory to the ranks it starts
+    # as hydra.run.dir=...): the directory is this run's alone.
+    return claim_run_dir(default) if env.is_global_zero else default
+
+
+def claim_run_dir(path: str) -> str:
+    """Create `path` (or, when another run holds that name already, `path_2`, `path_3`, ...) and return
+    the name created. Creation is exclusive (mkdir fails on an existing directory), so runs started in
+    the same second, which get the same outputs/<date>/<time>, each own a directory and never write
+    into another's. An unwritable location ends with one line, before anything runs."""
+    parent, name = os.path.split(path)
+    try:
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        for n in range(1, 10_000):
+            candidate = path if n == 1 else os.path.join(parent, f"{name}_{n}")
+            try:
+                os.mkdir(candidate)
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as e:
+        from gptlit.core.files import describe_os_error
+
+        _fail(f"cannot create the run directory {path}: {describe_os_error(e)}; run from a folder you can "
+              f"write to, or choose one with hydra.run.dir=<dir>")
+    _fail(f"{path}: 10,000 runs started in this second already hold its name; choose one with hydra.run.dir=<dir>")
 
 
 def _share_from_rank_zero(default: str, env: LaunchEnv, timeout_s: float) -> str:
@@ -152,8 +183,9 @@ def _share_from_rank_zero(default: str, env: LaunchEnv, timeout_s: float) -> str
     # a restarted worker group (torchrun --max-restarts) agrees anew
     store = PrefixStore(f"gptlit/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
     if env.is_global_zero:
-        store.set("run_dir", default)
-        return default
+        mine = claim_run_dir(default)  # rank 0 alone creates it, so the others share rank 0's name
+        store.set("run_dir", mine)
+        return mine
     try:
         return store.get("run_dir").decode()  # waits for rank 0, at most timeout_s
     except Exception as e:  # the store's timeout error type differs between torch versions
@@ -201,3 +233,28 @@ def lost_peer_message(exc: BaseException, output_dir: str) -> str | None:
         f"{rank}lost contact with another process of the run ({detail}); a node died or hangs. "
         f"Resume by starting every node again with ckpt_path={output_dir}/checkpoints/last.ckpt"
     )
+
+
+class WritableRunDir(Callback):
+    """A Hydra callback (conf/train.yaml hydra.callbacks): before a single run starts, its run directory
+    must take a write, else one line names the directory and the cause (read-only, no space, no
+    permission) and the run stops with exit code 2, nothing written. Without it, Hydra's own mkdir or
+    its .hydra/ write fails with a traceback. Rank 0 checks (the other ranks write nothing there)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        if not detect().is_global_zero:
+            return
+        d = str(config.hydra.run.dir)  # resolving it claims outputs/<date>/<time> (claim_run_dir)
+        try:
+            os.makedirs(d, exist_ok=True)
+            probe = os.path.join(d, f".write-check.{os.getpid()}")
+            with open(probe, "wb") as f:
+                f.write(b"0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            os.remove(probe)
+        except OSError as e:
+            from gptlit.core.files import describe_os_error
+
+            _fail(f"cannot write the run directory {d}: {describe_os_error(e)}; nothing was written; "
+                  f"choose another with hydra.run.dir=<dir>")

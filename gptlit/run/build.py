@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from gptlit.training import memory
-from gptlit.training.callbacks import SampleText
+from gptlit.training.callbacks import ProgressLog, SampleText
 from gptlit.training.checkpointing import AtomicCheckpointIO
 from gptlit.core.files import user_path
 from gptlit.interop.checkpoints import ARCH_FIELDS, check_resumable, find_checkpoint, load_checkpoint, saved_model_config
@@ -189,6 +189,11 @@ def build(cfg: DictConfig):
     loggers = instantiate_dict(cfg.get("logger"), "logger")
 
     tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()), micro)
+    plain = next((c for c in callbacks if isinstance(c, ProgressLog)), None)
+    if plain is not None and plain.active:  # output to a file or pipe: plain lines instead of the bar
+        tcfg["enable_progress_bar"] = False
+    else:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressLog)]
     if tcfg.get("enable_progress_bar") is False:  # one flag is enough: drop the configured bar callback too
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not loggers:  # logger=null: nothing to log the learning rate to (Lightning would refuse the monitor)

@@ -17,7 +17,9 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
+from gptlit.core.cli import command_line
 from gptlit.core.errors import EXIT_USER_ERROR, UserError
+from gptlit.core.files import write_failure
 from gptlit.core.job_record import JobRecord, hydra_job, mark_failed, one_line
 from gptlit.run.build import build, prepare
 from gptlit.training.guard import GuardRollback, rollback_config
@@ -42,6 +44,10 @@ def run(cfg: DictConfig) -> dict:
             except GuardRollback as rb:  # the loss guard went back to a good last.ckpt: go on from there
                 cfg = rollback_config(cfg, rb)
                 dm, module, trainer, ckpt_path = build(cfg)
+            except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1), after writing last.ckpt
+                if trainer.interrupted and trainer.is_global_zero:
+                    log.info(f"interrupted at step {trainer.global_step}. {resume_hint(cfg.paths.output_dir)}")
+                raise
         ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
         if ckpt is not None:
             score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""
@@ -70,10 +76,15 @@ def quiet_logs():
 def task_wrapper(task):
     """The failure policy of every job, single run or sweep job:
 
+    - Ctrl-C: during training Lightning writes last.ckpt and exits 1 (run() prints where it is and the
+      command that resumes); before training, one line and exit 130;
     - a UserError (bad value, missing file) prints one line `error: ...` and exits with 2; in a sweep,
       a UserError of any job but the first is recorded in that job's job_result.json and the sweep
       goes on (the first job's would be every job's, or the user learns of it before waiting);
     - another process of the run lost (a dead or hung node): one line that says how to resume, exit 1;
+    - a write that the disk refused (no space left, read-only, no permission): one line naming the file,
+      the cause, the last.ckpt that survives and how to resume, exit 1 (a sweep job records it and the
+      sweep goes on);
     - any other exception: a single run raises it (the traceback is the report); a sweep job records it
       (one line on the console, the traceback in train.log) and the sweep goes on, its exit code 1 at
       the end (gptlit.run.sweep.SweepSummary).
@@ -89,6 +100,9 @@ def task_wrapper(task):
         try:
             with ddp_in_sweep(cfg, job) if sweep else contextlib.nullcontext():
                 return task(cfg)
+        except KeyboardInterrupt:  # Ctrl-C before training started (Lightning handles it during training)
+            print("interrupted before training started; nothing to resume", file=sys.stderr, flush=True)
+            sys.exit(130)
         except UserError as e:
             if sweep and job.get("num"):
                 log.error(f"job {job['num']} failed: {e}")
@@ -100,6 +114,19 @@ def task_wrapper(task):
             from gptlit.core.launch_env import lost_peer_message
 
             reason = one_line(f"{type(e).__name__}: {e}".rstrip(": "))
+            failed_write = write_failure(e)
+            if failed_write is not None:  # disk full, read-only folder: one line, what survived, how to go on
+                msg = write_failure_message(failed_write, cfg.paths.output_dir)
+                try:
+                    mark_failed(out, msg, job, replace=True)
+                except OSError:  # the record lives on the same full or read-only disk
+                    pass
+                if sweep:
+                    _traceback_to_log_files(f"job {job.get('num')} failed")
+                    log.error(f"job {job.get('num')} failed: {msg}; the sweep goes on")
+                    return None
+                print(f"error: {msg}", file=sys.stderr, flush=True)
+                sys.exit(1)
             msg = lost_peer_message(e, cfg.paths.output_dir)
             if msg is not None:
                 mark_failed(out, msg, job)
@@ -139,3 +166,49 @@ def _traceback_to_log_files(msg: str):
     for h in logging.getLogger().handlers:
         if isinstance(h, logging.FileHandler):
             h.handle(record)
+
+
+def _saved_step(ckpt: Path) -> int | None:
+    """The optimizer step a checkpoint holds (read memory-mapped: no weights are loaded)."""
+    try:
+        from gptlit.interop.checkpoints import load_checkpoint
+
+        return int(load_checkpoint(ckpt)["global_step"])
+    except Exception:  # unreadable: say only that the file is there
+        return None
+
+
+def resume_command(output_dir) -> str:
+    """This run's command line (its overrides as typed, shell-quoted) with ckpt_path=<run dir>/checkpoints/last.ckpt."""
+    ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
+    overrides = [o for o in hydra_job().get("overrides", []) if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
+    argv0 = sys.argv[0] if sys.argv else ""
+    script = argv0 if argv0.endswith(".py") and Path(argv0).name != "__main__.py" else "train.py"  # as it was typed
+    return command_line(script, [*overrides, f"ckpt_path={ckpt}"])
+
+
+def resume_hint(output_dir) -> str:
+    """Where the run's last.ckpt is and the command that resumes it, or that no checkpoint was written."""
+    ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        return "No checkpoint was written: nothing to resume"
+    step = _saved_step(ckpt)
+    at = f" (step {step})" if step is not None else ""
+    return f"last.ckpt{at} is {ckpt}; resume with: {resume_command(output_dir)}"
+
+
+def write_failure_message(failure: tuple[str, str, int], output_dir) -> str:
+    """One line for a write the disk refused: the file, the cause, what survived and how to go on."""
+    import errno
+
+    path, cause, code = failure
+    ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
+    remedy = "free some space" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "make the folder writable"
+    if ckpt.is_file():
+        step = _saved_step(ckpt)
+        survived = f"the previous last.ckpt{f' (step {step})' if step is not None else ''} survives"
+        fix = f"{remedy}, then resume with: {resume_command(output_dir)}"
+    else:
+        survived = "no checkpoint was written before"
+        fix = f"{remedy} or choose another folder (hydra.run.dir=<dir>) and start again"
+    return f"cannot write {path}: {cause}; {survived}; {fix}"

@@ -1,5 +1,5 @@
-"""Callbacks: a text sample every N steps, the loss plot written when training ends, and each run's
-job_result.json (what a sweep summary reads).
+"""Callbacks: a text sample every N steps, the time estimate, plain progress lines where the output is no
+terminal, the loss plot written when training ends, and each run's job_result.json (what a sweep summary reads).
 (Checkpoints: gptlit/training/checkpointing.py.)"""
 
 from __future__ import annotations
@@ -18,6 +18,23 @@ from gptlit.core.errors import UserError
 from gptlit.model.generate import SampleTextConfig, generate_text
 from gptlit.core.files import atomic_file
 from gptlit.core.job_record import JobRecord, hydra_job, one_line, override_values
+
+
+def say(trainer: L.Trainer, msg: str) -> None:
+    """Print a line on the console: above the progress bar while it runs (so the bar is not torn), else plainly.
+    Lightning's TQDM bar prints nothing once closed (at the end of training), so then plain print it is."""
+    bar = trainer.progress_bar_callback
+    if bar is not None and bar.is_enabled and hasattr(bar, "print"):
+        try:
+            closed = bool(bar.train_progress_bar.disable)  # TQDM's bar after on_train_end
+        except TypeError:  # TQDM's bar not set up yet: it would print nothing either
+            closed = True
+        except AttributeError:  # another kind of bar
+            closed = False
+        if not closed:
+            bar.print(msg)
+            return
+    print(msg, flush=True)
 
 
 class SampleText(L.Callback):
@@ -51,12 +68,7 @@ class SampleText(L.Callback):
         with paused():
             text = generate_text(pl_module.model, self.prompt, self.cfg, seed=self.seed)
         self.samples.append((step, text))
-        msg = f"[step {step}] {self.prompt}{text}".replace("\n", " ")
-        bar = trainer.progress_bar_callback
-        if bar is not None and hasattr(bar, "print") and bar.is_enabled and not at_end:
-            bar.print(msg)
-        else:  # at the end the bar has closed (it runs before this callback), and its print would drop the text
-            print(msg, flush=True)
+        say(trainer, f"[step {step}] {self.prompt}{text}".replace("\n", " "))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("samples", f"**{self.prompt}**{text}", step)
@@ -72,21 +84,27 @@ class SampleText(L.Callback):
 
 
 class StepTime(L.Callback):
-    """After the first optimizer steps, print the measured time per step and the estimated time to the end.
+    """Print the time per optimizer step and the estimated time to the end of training, early.
 
-    The first `skip_steps` steps (one-time allocations, kernel choices) are left out; the next
-    `timed_steps` are timed from batch start to batch end, so validation and samples do not count.
+    Measured: the first `skip_steps` optimizer steps (one-time allocations, kernel choices, compilation)
+    are left out; the next `timed_steps` are timed from batch start to batch end, so validation and
+    samples do not count. A first estimate comes sooner, from the first micro-batch (its time times the
+    micro-batches per step), where `first_batch` says so (None: when training on the CPU, where one
+    optimizer step of a large model can take minutes and the first micro-batch costs about as much as
+    the next; on a GPU the first one carries start-up costs and would mislead).
     """
 
-    def __init__(self, skip_steps: int = 1, timed_steps: int = 1):
+    def __init__(self, skip_steps: int = 1, timed_steps: int = 1, first_batch: bool | None = None):
         if skip_steps < 0 or timed_steps < 1:
             raise UserError(
                 f"callbacks.step_time: skip_steps={skip_steps} must be >= 0 and timed_steps={timed_steps} >= 1"
             )
-        self.skip_steps, self.timed_steps = skip_steps, timed_steps
+        self.skip_steps, self.timed_steps, self.first_batch = skip_steps, timed_steps, first_batch
         self.seconds = 0.0  # measured time of the timed steps so far
         self.per_step: float | None = None
+        self.first_estimate: float | None = None  # seconds per step from the first micro-batch, if printed
         self._start = self._t = None
+        self._first_seen = False
 
     def on_train_start(self, trainer, pl_module):
         self._start = trainer.global_step  # a resumed run counts from where it resumes
@@ -94,23 +112,97 @@ class StepTime(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._t, self._step = time.perf_counter(), trainer.global_step
 
+    def _wants_first_batch(self, trainer) -> bool:
+        if self.first_batch is not None:
+            return bool(self.first_batch)
+        from lightning.pytorch.accelerators import CPUAccelerator
+
+        return isinstance(trainer.accelerator, CPUAccelerator)
+
+    def _line(self, trainer, per_step: float, how: str) -> str:
+        left = max(0, int(trainer.estimated_stepping_batches) - trainer.global_step)
+        limit = f"max_steps={trainer.max_steps}" if (trainer.max_steps or -1) > 0 else f"max_epochs={trainer.max_epochs}"
+        return (f"time: {per_step:.2f} s per optimizer step{how}; {left} more to {limit}: "
+                f"~{duration(left * per_step)} (validation not included)")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.per_step is not None or self._t is None:
             return
+        took = time.perf_counter() - self._t
+        if not self._first_seen:
+            self._first_seen = True
+            micro = max(1, int(trainer.accumulate_grad_batches or 1))
+            measured_now = micro == 1 and self.skip_steps == 0 and self.timed_steps == 1
+            if self._wants_first_batch(trainer) and not measured_now and trainer.is_global_zero:
+                self.first_estimate = took * micro
+                parts = f"{micro} micro-batches of {took:.2f} s" if micro > 1 else "the first step"
+                say(trainer, self._line(trainer, self.first_estimate, f", a first estimate from {parts}"))
         if self._step - self._start >= self.skip_steps:  # this (micro-)batch belongs to a timed step
-            self.seconds += time.perf_counter() - self._t
+            self.seconds += took
         if trainer.global_step - self._start < self.skip_steps + self.timed_steps:
             return
         self.per_step = self.seconds / self.timed_steps
-        left = max(0, int(trainer.estimated_stepping_batches) - trainer.global_step)
-        limit = f"max_steps={trainer.max_steps}" if (trainer.max_steps or -1) > 0 else f"max_epochs={trainer.max_epochs}"
-        msg = (f"time: {self.per_step:.2f} s per optimizer step; {left} more to {limit}: "
-               f"~{duration(left * self.per_step)} (validation not included)")
-        bar = trainer.progress_bar_callback
-        if bar is not None and hasattr(bar, "print") and bar.is_enabled:
-            bar.print(msg)
-        else:
-            print(msg, flush=True)
+        if trainer.is_global_zero:
+            say(trainer, self._line(trainer, self.per_step, ""))
+
+
+class ProgressLog(L.Callback):
+    """Plain progress lines, for output that is not a terminal (a file, a pipe, a scheduler's log), where
+    the progress bar's carriage returns would fill the log with one long line of redrawn bars.
+
+    Every `every_n_steps` optimizer steps (None: trainer.log_every_n_steps) one line: step, epoch,
+    loss, learning rate, tokens per second since the last line, elapsed time; and one line per
+    validation. `when`: auto (only when stdout is not a terminal; gptlit.run.build then drops the
+    progress bar), always, or never.
+    """
+
+    def __init__(self, when: str = "auto", every_n_steps: int | None = None):
+        if when not in ("auto", "always", "never"):
+            raise UserError(f"callbacks.progress_log.when={when} is unknown: use auto, always or never")
+        if every_n_steps is not None and (not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool)
+                                          or every_n_steps < 1):
+            raise UserError(f"callbacks.progress_log.every_n_steps={every_n_steps} must be an integer >= 1 "
+                            f"(or null: trainer.log_every_n_steps)")
+        self.when, self.every_n_steps = when, every_n_steps
+        self._mark = None  # (time, tokens seen) at the last line
+
+    @property
+    def active(self) -> bool:
+        import sys
+
+        return self.when == "always" or (self.when == "auto" and not sys.stdout.isatty())
+
+    def on_train_start(self, trainer, pl_module):
+        self._started = time.monotonic()
+        self._mark = (self._started, int(getattr(pl_module, "tokens_seen", 0)))
+        self._step_seen = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step == self._step_seen or not trainer.is_global_zero:  # no optimizer step finished, or not rank 0
+            return
+        self._step_seen = step
+        n = self.every_n_steps or trainer.log_every_n_steps or 1
+        if step % n and step != trainer.max_steps:
+            return
+        now, tokens = time.monotonic(), int(getattr(pl_module, "tokens_seen", 0))
+        rate = (tokens - self._mark[1]) / max(now - self._mark[0], 1e-9)
+        self._mark = (now, tokens)
+        loss = getattr(pl_module, "step_loss", None)
+        loss = f" loss {float(loss):.4f}" if loss is not None else ""
+        lr = f" lr {trainer.optimizers[0].param_groups[0]['lr']:.2e}" if trainer.optimizers else ""
+        total = int(trainer.estimated_stepping_batches)
+        epochs = f"/{trainer.max_epochs}" if (trainer.max_epochs or -1) > 0 else ""
+        print(f"step {step}/{total} epoch {trainer.current_epoch + 1}{epochs}{loss}{lr} {rate:,.0f} tokens/s "
+              f"elapsed {duration(now - self._started)}", flush=True)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+            return
+        shown = [(k, trainer.callback_metrics.get(k)) for k in ("val/loss", "val/ppl", "train/eval_loss")]
+        values = ", ".join(f"{k} {float(v):.4f}" for k, v in shown if v is not None)
+        if values:
+            print(f"step {trainer.global_step} validation: {values}", flush=True)
 
 
 def duration(seconds: float) -> str:
@@ -297,7 +389,10 @@ class JobResult(L.Callback):
                 self.status = "interrupted"
             else:
                 self.status = "failed: " + one_line(f"{type(exception).__name__}: {exception}".rstrip(": "))
-            self.write()
+            try:
+                self.write()
+            except OSError:  # e.g. the disk is full: the exception that stopped the run is the one to report
+                pass
 
     def state_dict(self):  # a resumed job keeps its val curve
         return {"curve": [list(c) for c in self.curve]}

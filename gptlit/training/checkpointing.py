@@ -29,7 +29,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from gptlit.core.errors import UserError
-from gptlit.core.files import atomic_file, remove_stale_partials
+from gptlit.core.files import atomic_file, remove_stale_partials, write_error, write_failure
 from gptlit.training.guard import GuardRollback
 from gptlit.training.resume import ExactResume
 
@@ -42,6 +42,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     first (a second copy of weights and optimizer state in RAM), then writes it to a file in the system
     temp dir and moves it into place: a copy, not a rename, where that dir is another filesystem, and
     a file left behind in /tmp on every kill. Remote (fsspec URL) paths still go through Lightning's.
+    A write that fails for lack of space or a read-only folder raises OSError (ENOSPC, EROFS) naming the
+    checkpoint; the previous file of that name is left as it was.
     """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
@@ -51,7 +53,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(path)
         with atomic_file(path, durable=True) as tmp:
-            torch.save(checkpoint, tmp)
+            # an open file of ours, not a path: closed on any error, so a failed write's space is free again
+            # at once (torch's own file would stay open, held by the traceback, while the failure is reported)
+            with open(tmp, "wb") as f:
+                try:
+                    torch.save(checkpoint, f)
+                except Exception as e:
+                    # torch reports a full disk as "RuntimeError: [enforce fail at inline_container.cc]
+                    # unexpected pos": say which file and why
+                    why = write_error(path, e)
+                    if why is None:
+                        raise
+                    raise why from e
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -162,10 +175,15 @@ class LastCheckpoint(Checkpoint):
             return
         if isinstance(exception, GuardRollback):  # last.ckpt holds the good state the run goes back to
             return
-        if trainer.world_size == 1:
-            self.save(trainer)
-        else:
-            self.save_alone(trainer)
+        if write_failure(exception) is not None:  # after a failed write (disk full, read-only) another fails alike
+            return
+        try:
+            if trainer.world_size == 1:
+                self.save(trainer)
+            else:
+                self.save_alone(trainer)
+        except OSError as e:  # the exception that stopped the run is the one to report
+            rank_zero_info(f"warning: last.ckpt not written after the error: {e}")
 
     def save_alone(self, trainer) -> bool:
         """After an exception under DDP: global rank 0 writes last.ckpt of the last finished step by
