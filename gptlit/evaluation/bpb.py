@@ -75,6 +75,15 @@ class CorpusScores:
     def bpb(self) -> float:
         return self.text_nats / LN2 / self.bytes
 
+    def units(self, min_documents: int = 2) -> tuple[str, dict[str, np.ndarray]]:
+        """What the interval resamples: documents when there are at least `min_documents`, else windows
+        (a one-document corpus; windows of one text are not independent, so that interval is narrower than it should be)."""
+        if len(self.doc_all_tokens) >= min_documents:
+            return "documents", dict(nats=self.doc_nats, bytes=self.doc_bytes, all_nats=self.doc_all_nats,
+                                     all_tokens=self.doc_all_tokens)
+        return "windows", dict(nats=self.window_nats, bytes=self.window_bytes, all_nats=self.window_all_nats,
+                               all_tokens=self.window_all_tokens)
+
 
 @torch.no_grad()
 def score_corpus(model: GPT, dm: GPTDataModule, batch_size: int = 4) -> CorpusScores:
@@ -125,11 +134,3 @@ def score_corpus(model: GPT, dm: GPTDataModule, batch_size: int = 4) -> CorpusSc
         window_bytes=win_bytes, window_all_nats=win_all_nats, window_all_tokens=win_all_tokens,
     )
 
-    def units(self, min_documents: int = 2) -> tuple[str, dict[str, np.ndarray]]:
-        """What the interval resamples: documents when there are at least `min_documents`, else windows
-        (a one-document corpus; windows of one text are not independent, so that interval is narrower than it should be)."""
-        if len(self.doc_all_tokens) >= min_documents:
-            return "documents", dict(nats=self.doc_nats, bytes=self.doc_bytes, all_nats=self.doc_all_nats,
-                                     all_tokens=self.doc_all_tokens)
-        return "windows", dict(nats=self.window_nats, bytes=self.window_bytes, all_nats=self.window_all_nats,
-                               all_tokens=self.window_all_tokens)

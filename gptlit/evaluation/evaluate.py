@@ -299,6 +299,9 @@ def evaluate(cfg, out_dir: Path, warn=None, echo=print) -> dict:
     if show and result.items:
         echo(shown_items(result))
     echo(table(result, other_result, diff, confidence))
+    methods = dict.fromkeys(e.method for e in [*result.metrics.values(), *(diff or {}).values()])
+    echo(f"n counts {'documents' if result.info.get('interval_unit') == 'documents' else result.info.get('interval_unit', 'items')}; "
+         f"intervals: {'; '.join(methods)}")
 
     out = {
         "task": name,
