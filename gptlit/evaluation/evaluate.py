@@ -59,6 +59,9 @@ def load_model(path, device: str = "cpu", key: str = "ckpt", pretrained: bool | 
         except UserError as e:
             raise UserError(f"{key}={path}: {e}") from None
         return LoadedModel(model.to(device).eval(), str(path), "pretrained", 0)
+    if key == "ckpt" and is_pretrained(path):
+        raise UserError(f"ckpt={path} holds pretrained weights (a Hugging Face folder or a .pth), not a gptlit run; "
+                        f"use init_from={path}")
     found = find_checkpoint(path, prefer="best", key=key)
     model, ckpt = model_from_checkpoint(found, device)
     return LoadedModel(model, str(path), "checkpoint", int(ckpt.get("global_step", 0) or 0))
