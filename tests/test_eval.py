@@ -306,6 +306,24 @@ def test_cut_contexts_are_counted_and_reported_not_refused(tmp_path, capsys):
     assert written["metrics"]["acc"]["n"] == 6 and len(written["items"]) == 5
 
 
+def test_a_multirun_ends_with_every_task_in_one_table(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from gptlit.evaluation.evaluate import EvalSummary, evaluate
+
+    hf = tiny_hf(64)
+    hf.save_pretrained(tmp_path / "hf")
+    sweep = tmp_path / "sweep"
+    for job, task, path in (("0_task=hellaswag", "hellaswag", HELLASWAG), ("1_task=lambada", "lambada", LAMBADA_JSONL)):
+        evaluate(eval_cfg(init_from=str(tmp_path / "hf"), task={"name": task, "path": str(path)}, show=0), sweep / job)
+    capsys.readouterr()
+    EvalSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    printed = capsys.readouterr().out
+    rows = json.loads((sweep / "eval_summary.json").read_text())
+    assert [(r["task"], r["metric"], r["n"]) for r in rows] == [("hellaswag", "acc", 6), ("hellaswag", "acc_norm", 6), ("lambada", "acc", 5)]
+    assert "1_task=lambada" in printed and "acc_norm" in printed
+
+
 def test_bpb_task_and_comparison_in_process(tmp_path, corpus):
     from gptlit.evaluation.evaluate import evaluate
 

@@ -5,6 +5,7 @@
                that a comparison pairs, the items to show
   compare      the paired difference of two models on the same items
   evaluate     the whole of eval.py for a composed config: returns what eval.json holds
+  EvalSummary  after `python eval.py -m ...`: every job's scores in one table and eval_summary.json
 """
 
 from __future__ import annotations
@@ -324,3 +325,44 @@ def evaluate(cfg, out_dir: Path, warn=None, echo=print) -> dict:
     tb = write_tensorboard(out_dir, result, main.step, diff)
     echo(f"wrote {out_dir / 'eval.json'} and TensorBoard scalars in {tb}")
     return out
+
+
+# several tasks: python eval.py -m task=hellaswag,lambada ------------------------------------------
+def summary_rows(sweep_dir: Path) -> list[dict]:
+    """One row per metric of every job's eval.json under a multirun folder, in job order."""
+    import json
+
+    rows = []
+    for f in sorted(Path(sweep_dir).glob("*/eval.json"), key=lambda p: (len(p.parent.name.split("_")[0]), p.parent.name)):
+        r = json.loads(f.read_text(encoding="utf-8"))
+        for m, e in r["metrics"].items():
+            d = (r.get("difference") or {}).get(m)
+            rows.append({"job": f.parent.name, "task": r["task"], "model": r["model"]["source"], "metric": m, **e,
+                         "difference": d})
+    return rows
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra is a dependency
+    _HydraCallback = object
+
+
+class EvalSummary(_HydraCallback):
+    """Hydra callback (conf/eval.yaml): when a multirun ends, its jobs' scores as one table and eval_summary.json."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        rows = summary_rows(sweep)
+        if not rows:
+            return
+        head = ["job", "task", "metric", "n", "score", "95% interval", "difference"]
+        cells = [head] + [[r["job"], r["task"], r["metric"], str(r["n"]), f"{r['score']:.4f}",
+                           "n/a" if r["low"] is None else f"[{r['low']:.4f}, {r['high']:.4f}]",
+                           "" if not r["difference"] else f"{r['difference']['score']:+.4f}"] for r in rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        print("\n".join(lines), flush=True)
+        atomic_write(sweep / "eval_summary.json", rows)
+        print(f"wrote {sweep / 'eval_summary.json'}", flush=True)
