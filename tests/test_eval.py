@@ -209,12 +209,12 @@ def test_bootstrap_intervals_are_seeded_and_honest():
     assert a.low < a.score < a.high and a.n == 200
     small = stats.ratio(num[:20], den[:20], scale=1 / math.log(2), seed=1)
     assert small.high - small.low > a.high - a.low  # fewer documents, wider
-    assert stats.ratio(num[:1], den[:1]).low is None  # one document: no interval, not a fake one
-    same = stats.paired_difference(rng.integers(0, 2, 50), np.zeros(50) + 0)
+    assert stats.ratio(num[:1], den[:1], seed=0).low is None  # one document: no interval, not a fake one
+    same = stats.paired_difference(rng.integers(0, 2, 50), np.zeros(50), seed=0)
     assert same.low <= same.score <= same.high
     x = rng.integers(0, 2, 300)
-    assert stats.paired_difference(x, x).low == stats.paired_difference(x, x).high == 0.0
-    better = stats.paired_ratio_difference(num, den, num * 1.05, den)
+    assert stats.paired_difference(x, x, seed=0).low == stats.paired_difference(x, x, seed=0).high == 0.0
+    better = stats.paired_ratio_difference(num, den, num * 1.05, den, seed=0)
     assert better.high < 0  # a model with 5% more loss on every document: the difference excludes 0
 
 

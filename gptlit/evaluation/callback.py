@@ -27,7 +27,10 @@ from gptlit.evaluation.scoring import score_choices, score_last_words
 
 
 class EvalTask(L.Callback):
-    def __init__(self, task: str = "hellaswag", path: str | None = None, every_n_steps: int = 200, limit: int | None = 200,
+    """Score `limit` items of the `task` file at `path` every `every_n_steps` optimizer steps (and at the end).
+    Its defaults are in conf/callbacks/eval_task/."""
+
+    def __init__(self, task: str, path: str | None, every_n_steps: int, limit: int | None = 200,
                  batch_size: int = 8, at_end: bool = True, with_activity_label: bool = False, text_key: str = "text"):
         key = "callbacks.eval_task"
         if task not in ("hellaswag", "lambada"):

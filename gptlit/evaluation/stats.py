@@ -58,7 +58,7 @@ def _bootstrap(samples: tuple, statistic, confidence: float, n_resamples: int, s
                                  rng=np.random.default_rng(seed)).confidence_interval)
 
 
-def ratio(num, den, scale: float = 1.0, confidence: float = CONFIDENCE, n_resamples: int = 2000, seed: int = 0,
+def ratio(num, den, scale: float = 1.0, confidence: float = CONFIDENCE, n_resamples: int = 2000, *, seed: int,
           unit: str = "documents") -> Estimate:
     """scale * sum(num) / sum(den), with a bootstrap over the units (entries of num and den)."""
     num, den = np.asarray(num, float), np.asarray(den, float)
@@ -73,7 +73,7 @@ def ratio(num, den, scale: float = 1.0, confidence: float = CONFIDENCE, n_resamp
     return Estimate(float(score), low, high, int(num.size), f"bootstrap over {unit}")
 
 
-def paired_difference(a, b, confidence: float = CONFIDENCE, n_resamples: int = 2000, seed: int = 0,
+def paired_difference(a, b, confidence: float = CONFIDENCE, n_resamples: int = 2000, *, seed: int,
                       unit: str = "items") -> Estimate:
     """mean(a) - mean(b) of per-item scores of two models on the same items, with a paired bootstrap."""
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -85,7 +85,7 @@ def paired_difference(a, b, confidence: float = CONFIDENCE, n_resamples: int = 2
 
 
 def paired_ratio_difference(num_a, den_a, num_b, den_b, scale: float = 1.0, confidence: float = CONFIDENCE,
-                            n_resamples: int = 2000, seed: int = 0, unit: str = "documents") -> Estimate:
+                            n_resamples: int = 2000, *, seed: int, unit: str = "documents") -> Estimate:
     """scale * (sum(num_a)/sum(den_a) - sum(num_b)/sum(den_b)), units resampled together for both models."""
     arrs = tuple(np.asarray(x, float) for x in (num_a, den_a, num_b, den_b))
 
