@@ -22,8 +22,10 @@ from omegaconf import DictConfig
 
 from gptlit.core.errors import exit_on_user_error
 from gptlit.core.launch_env import register_resolvers
+from gptlit.evaluation.evaluate import register_task_configs
 
 register_resolvers()  # conf/hydra/job_logging/gptlit.yaml uses one
+register_task_configs()  # task=bpb|hellaswag|lambada (gptlit.evaluation.evaluate.TASK_OPTIONS)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

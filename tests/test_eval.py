@@ -416,3 +416,28 @@ def test_eval_py_on_pretrained_weights_and_on_a_run(trained, pool, tmp_path_fact
     assert c.returncode == 2
     err = c.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: task.path=missing/hellaswag_val.jsonl: no such file")
+
+
+@pytest.mark.parametrize("values, expect", [
+    (dict(init_from="x"), "task is required: task=bpb | task=hellaswag | task=lambada"),
+    (dict(task={"name": "hellaswag", "path": str(HELLASWAG)}), "ckpt is required"),
+    (dict(ckpt="a", init_from="b", task={"name": "lambada", "path": str(LAMBADA_TXT)}), "give one of them"),
+    (dict(ckpt=str(FIX), task={"name": "bpb"}, show=-1), "show=-1 must be an integer >= 0"),
+    (dict(ckpt=str(FIX), task={"name": "bpb"}, limit=0), "limit=0 must be an integer >= 1 or null"),
+    (dict(ckpt=str(FIX), task={"name": "bpb"}, confidence=95), "confidence=95 must be between 0 and 1"),
+    (dict(ckpt=str(FIX), task={"name": "bpb"}), "has no checkpoints/best.ckpt or last.ckpt"),
+], ids=["no task", "no model", "two models", "show", "limit", "confidence", "not a run"])
+def test_bad_settings_are_one_line(values, expect, tmp_path):
+    from gptlit.evaluation.evaluate import evaluate
+
+    with pytest.raises(UserError) as e:
+        evaluate(eval_cfg(**{"device": "cpu", **values}), tmp_path / "out")
+    assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+def test_ckpt_given_pretrained_weights_says_init_from(pair, tmp_path):
+    from gptlit.evaluation.evaluate import evaluate
+
+    _, folder, _ = pair
+    with pytest.raises(UserError, match=rf"^ckpt={folder} holds pretrained weights .* use init_from={folder}$"):
+        evaluate(eval_cfg(ckpt=str(folder), task={"name": "hellaswag", "path": str(HELLASWAG)}), tmp_path / "out")

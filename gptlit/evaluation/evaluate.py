@@ -27,6 +27,28 @@ from gptlit.evaluation.scoring import score_choices, score_last_words
 from gptlit.model.gpt import GPT
 
 
+# the task group of eval.py ---------------------------------------------------------------------------
+# Stored in Hydra's ConfigStore by eval.py alone, not as conf/task/*.yaml: train.py's `task` is a plain
+# value (train | validate | prepare), and a conf/task folder would make every `task=` a group choice there.
+TASK_OPTIONS = {
+    # loss, perplexity and bits per byte on the data group's corpus (data=text data.path=...)
+    "bpb": {"name": "bpb"},
+    # HellaSwag-format multiple choice; with_activity_label: "<activity_label>: <ctx>" as lm-evaluation-harness writes it
+    "hellaswag": {"name": "hellaswag", "path": "${eval_data}/hellaswag_val.jsonl", "with_activity_label": False},
+    # LAMBADA-format last word: JSON Lines (.jsonl, .json: the passage under text_key) or one passage per line
+    "lambada": {"name": "lambada", "path": "${eval_data}/lambada_test.jsonl", "text_key": "text"},
+}
+
+
+def register_task_configs() -> None:
+    """eval.py's `task` group (task=bpb|hellaswag|lambada). Only eval.py calls it: registered in a process that
+    also composes train.yaml, it would turn train.py's task=validate into a group choice."""
+    from hydra.core.config_store import ConfigStore
+
+    for name, node in TASK_OPTIONS.items():
+        ConfigStore.instance().store(group="task", name=name, node=node)
+
+
 # models -------------------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
