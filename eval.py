@@ -23,8 +23,10 @@ from omegaconf import DictConfig
 from gptlit.core.errors import exit_on_user_error
 from gptlit.core.launch_env import register_resolvers
 from gptlit.evaluation.evaluate import register_task_configs
+from gptlit.run.config_store import register_configs
 
 register_resolvers()  # conf/hydra/job_logging/gptlit.yaml uses one
+register_configs()  # the data group's base (gptlit.data.config.DataConfig): task=bpb's corpus
 register_task_configs()  # task=bpb|hellaswag|lambada (gptlit.evaluation.evaluate.TASK_OPTIONS)
 
 

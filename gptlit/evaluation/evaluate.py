@@ -150,7 +150,7 @@ def run_bpb(model: GPT, dm, batch_size: int, show: int, confidence: float, n_res
     items = [{"document": i + 1, "tokens": int(t), "bytes": int(b), "loss": float(a / t),
               "bpb": float(n / LN2 / b) if b else None}
              for i, (n, b, a, t) in enumerate(zip(s.doc_nats, s.doc_bytes, s.doc_all_nats, s.doc_all_tokens)) if i < show]
-    info = {"corpus": dm.corpus().name, "windows": s.windows, "max_length": dm.max_length, "stride": dm.stride,
+    info = {"corpus": dm.corpus().name, "windows": s.windows, "max_length": dm.config.max_length, "stride": dm.config.stride,
             "tokens": s.tokens, "text_tokens": s.text_tokens, "bytes": s.bytes, "documents": int(len(s.doc_all_tokens)),
             "interval_unit": unit, "n": s.windows}
     return TaskResult("bpb", {"bpb": bpb, "loss": loss, "ppl": ppl}, {"unit": unit, **u}, items, info)
@@ -261,9 +261,7 @@ def make_datamodule(data: dict, context_length: int):
     if args["max_length"] > context_length if isinstance(args["max_length"], int) else False:
         raise UserError(f"data.max_length={args['max_length']} exceeds the model's context of {context_length}; "
                         f"lower it or leave it null (the model's context)")
-    if args.get("stride") is None:
-        args["stride"] = args["max_length"]
-    return GPTDataModule(**args, val_all=True)
+    return GPTDataModule(val_all=True, **args)  # DataConfig checks the values; stride None = max_length
 
 
 def evaluate(cfg, out_dir: Path, warn=None, echo=print) -> dict:
