@@ -17,6 +17,7 @@ from gptlit.core.errors import UserError
 from gptlit.core.files import user_path
 
 TASKS = ("bpb", "hellaswag", "lambada")
+LAMBADA_TEXT_KEY = "text"  # the passage's key in OpenAI's lambada_test.jsonl
 
 
 @dataclass
@@ -133,11 +134,12 @@ def _split_last_word(text: str, where: str) -> tuple[str, str]:
     return ctx, " " + word
 
 
-def read_lambada(path, key: str = "task.path", text_key: str = "text") -> Benchmark:
+def read_lambada(path, key: str = "task.path", text_key: str | None = None) -> Benchmark:
     """Items of a LAMBADA file: JSON Lines (.jsonl, .json: the passage under `text_key`, as in OpenAI's
     lambada_test.jsonl) or plain text (one passage per line, as in the original release).
     The target is the last word (after the last space); the context is everything before that space."""
     p = bench_path(path, key)
+    text_key = text_key or LAMBADA_TEXT_KEY
     jsonl = p.name.lower().endswith((".jsonl", ".json"))
     items = []
     for n, line in _lines(p, key, str(path)):
@@ -159,7 +161,7 @@ def read_benchmark(name: str, path, key: str = "task.path", **options) -> Benchm
     if name == "hellaswag":
         return read_hellaswag(path, key, with_activity_label=bool(options.get("with_activity_label", False)))
     if name == "lambada":
-        return read_lambada(path, key, text_key=options.get("text_key") or "text")
+        return read_lambada(path, key, text_key=options.get("text_key"))
     raise UserError(f"task={name} is unknown: use one of {', '.join(TASKS)}")
 
 

@@ -86,8 +86,10 @@ class CorpusScores:
 
 
 @torch.no_grad()
-def score_corpus(model: GPT, dm: GPTDataModule, batch_size: int = 4) -> CorpusScores:
-    """Per-token losses of `model` on dm's validation windows (dm built with val_all=True)."""
+def score_corpus(model: GPT, dm: GPTDataModule, batch_size: int | None = None) -> CorpusScores:
+    """Per-token losses of `model` on dm's validation windows (dm built with val_all=True), `batch_size`
+    windows per forward pass (None: 4)."""
+    batch_size = batch_size or 4
     dm.setup("validate")
     ds = dm.val_set
     idx = dm.val_indices()

@@ -31,12 +31,13 @@ class EvalTask(L.Callback):
     Its defaults are in conf/callbacks/eval_task/."""
 
     def __init__(self, task: str, path: str | None, every_n_steps: int, limit: int | None = 200,
-                 batch_size: int = 8, at_end: bool = True, with_activity_label: bool = False, text_key: str = "text"):
+                 batch_size: int | None = None, at_end: bool = True, with_activity_label: bool = False,
+                 text_key: str | None = None):
         key = "callbacks.eval_task"
         if task not in ("hellaswag", "lambada"):
             raise UserError(f"{key}.task={task} is unknown: use hellaswag or lambada (bits per byte: val/loss, or eval.py task=bpb)")
         for name, v, low in (("every_n_steps", every_n_steps, 1), ("batch_size", batch_size, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            if (v is not None or name != "batch_size") and (isinstance(v, bool) or not isinstance(v, int) or v < low):
                 raise UserError(f"{key}.{name}={v} must be an integer >= {low}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise UserError(f"{key}.limit={limit} must be an integer >= 1, or null for every item")

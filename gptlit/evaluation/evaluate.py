@@ -21,7 +21,7 @@ import torch
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_write, user_path
 from gptlit.evaluation import stats
-from gptlit.evaluation.benchmarks import TASKS, Benchmark, read_benchmark
+from gptlit.evaluation.benchmarks import LAMBADA_TEXT_KEY, TASKS, Benchmark, read_benchmark
 from gptlit.evaluation.bpb import LN2, score_corpus
 from gptlit.evaluation.scoring import score_choices, score_last_words
 from gptlit.model.gpt import GPT
@@ -36,7 +36,7 @@ TASK_OPTIONS = {
     # HellaSwag-format multiple choice; with_activity_label: "<activity_label>: <ctx>" as lm-evaluation-harness writes it
     "hellaswag": {"name": "hellaswag", "path": "${eval_data}/hellaswag_val.jsonl", "with_activity_label": False},
     # LAMBADA-format last word: JSON Lines (.jsonl, .json: the passage under text_key) or one passage per line
-    "lambada": {"name": "lambada", "path": "${eval_data}/lambada_test.jsonl", "text_key": "text"},
+    "lambada": {"name": "lambada", "path": "${eval_data}/lambada_test.jsonl", "text_key": LAMBADA_TEXT_KEY},
 }
 
 

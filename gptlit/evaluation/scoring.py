@@ -22,6 +22,8 @@ from gptlit.model.gpt import GPT
 from gptlit.model.tokenizer import encode
 from gptlit.evaluation.benchmarks import Choice, LastWord
 
+SEQUENCES_PER_PASS = 8  # sequences scored per forward pass when the caller does not say (eval.py's batch_size)
+
 
 @dataclass
 class Scored:
@@ -55,9 +57,11 @@ def fit(ctx: list[int], cont: list[int], context_length: int, where: str = "") -
 
 
 @torch.no_grad()
-def score_requests(model: GPT, requests: list[tuple[list[int], list[int]]], batch_size: int = 8,
+def score_requests(model: GPT, requests: list[tuple[list[int], list[int]]], batch_size: int | None = None,
                    where: list[str] | None = None) -> list[Scored]:
-    """Score each (context ids, continuation ids) with `model` (put in eval mode for the call, then back)."""
+    """Score each (context ids, continuation ids) with `model` (put in eval mode for the call, then back),
+    `batch_size` sequences per forward pass (None: SEQUENCES_PER_PASS)."""
+    batch_size = batch_size or SEQUENCES_PER_PASS
     was_training = model.training
     model.eval()
     device = model.pos_emb.weight.device
@@ -95,7 +99,7 @@ class ChoiceResult:
     cut: int
 
 
-def score_choices(model: GPT, items: list[Choice], batch_size: int = 8, key: str = "task.path") -> list[ChoiceResult]:
+def score_choices(model: GPT, items: list[Choice], batch_size: int | None = None, key: str = "task.path") -> list[ChoiceResult]:
     """Each ending is scored as " " + ending after the context (GPT-2's tokens carry the space before a word)."""
     requests, where = [], []
     for it in items:
@@ -123,7 +127,7 @@ class WordResult:
     cut: int
 
 
-def score_last_words(model: GPT, items: list[LastWord], batch_size: int = 8, key: str = "task.path") -> list[WordResult]:
+def score_last_words(model: GPT, items: list[LastWord], batch_size: int | None = None, key: str = "task.path") -> list[WordResult]:
     from gptlit.model.tokenizer import decode
 
     requests = [(encode(it.context), encode(it.target)) for it in items]
