@@ -171,7 +171,7 @@ def test_command_line_and_python_get_the_same_optimizer_and_sampling(make_cfg):
     cli_optim = validate_optim(OmegaConf.to_container(cfg.optim))
     python_optim = GPTLitModule(GPTConfig.from_name("nano").to_dict()).hparams.optim
     assert {**cli_optim, "betas": tuple(cli_optim["betas"])} == {**python_optim, "betas": tuple(python_optim["betas"])}
-    assert python_optim["lr"] == 1e-3 and python_optim["warmup_steps"] == 20  # the defaults README states
+    assert python_optim["lr"] == 1e-3 and python_optim["warmup_steps"] == 20  # the defaults docs/training.md states
     assert OmegaConf.to_container(cfg.sampling) == dataclasses.asdict(SampleTextConfig())
     cli_sampler, py_sampler = SampleText(**OmegaConf.to_container(cfg.sampling)), SampleText()
     assert cli_sampler.cfg == py_sampler.cfg == SamplingConfig()

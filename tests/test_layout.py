@@ -36,7 +36,7 @@ def sources() -> dict[str, Path]:
 
 
 def imports_of(path: Path, known: set[str]) -> set[str]:
-    """The gptlit modules that `path` imports (a `from gptlit.x import y` names module gptlit.x.y when that is one)."""
+    """The gptlit modules that `path` imports (`from gptlit.<package> import <name>` names the module gptlit.<package>.<name> when that is one)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):

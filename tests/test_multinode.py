@@ -1,5 +1,5 @@
 """Two machines simulated on one: two torchrun launches with --nnodes 2, one per "node", each in its own
-working directory, meeting on 127.0.0.1 over gloo (the commands of README: Several machines)."""
+working directory, meeting on 127.0.0.1 over gloo (the commands of docs/multi-node.md)."""
 
 import json
 import os

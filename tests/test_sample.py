@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPT = "Every effort moves you"  # conf/sampling/default.yaml's prompt, used by both SampleText and sample.py
+PROMPT = "Every effort moves you"  # sampling=default's prompt (gptlit.model.generate.SampleTextConfig), used by both SampleText and sample.py
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def ok(r: subprocess.CompletedProcess) -> str:
 
 def test_default_sample_is_the_training_callbacks_text(runs, trained):
     out = ok(runs["default"].result())
-    assert "=== temperature=1.0 top_k=50 top_p=None seed=123 ckpt=../final.ckpt ===" in out  # conf/sampling/default.yaml
+    assert "=== temperature=1.0 top_k=50 top_p=None seed=123 ckpt=../final.ckpt ===" in out  # sampling=default (gptlit.model.generate.SampleTextConfig)
     assert f"--- sample 1/1 ---\n{PROMPT}{trained.text}\n" in out
     assert len(trained.text) > 20  # 50 tokens of (random-ish) text, not an empty match
     assert list((trained.root / "default" / "outputs" / "samples").glob("*/*/.hydra/config.yaml"))

@@ -133,7 +133,7 @@ def _choose_run_dir(base: str, stamped: str, num_nodes: int, timeout_s: float, e
         _fail(
             f"trainer.num_nodes={max(num_nodes, env.num_nodes)} but no launcher job id to name one run directory "
             f"for all nodes: pass the same hydra.run.dir=<dir> on every node, or launch with torchrun --rdzv-id or "
-            f"srun (README: Several machines)"
+            f"srun (docs/multi-node.md)"
         )
     return default
 

@@ -1,8 +1,9 @@
-"""The defaults of model and optimizer, written here once.
+"""The model's defaults, written here once.
 
-GPTConfig and PRESETS are the model (`model=nano|mini|small|medium|large|xl`), OptimConfig the
-optimizer (`optim=adamw`). gptlit.run.config_store registers them as Hydra's `model` and `optim`
-config groups, so `python train.py` and Python callers start from the same values.
+GPTConfig and PRESETS are the model (`model=nano|mini|small|medium|large|xl`); the optimizer's
+defaults are gptlit.training.optim.OptimConfig (`optim=adamw`). gptlit.run.config_store registers
+them as Hydra's `model` and `optim` config groups, so `python train.py` and Python callers start
+from the same values.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """From a composed Hydra config to (datamodule, module, trainer, ckpt_path).
 
-The config's values are checked here (or by the class each configures) before the model is built,
-so a bad one ends as a one-line UserError; gptlit.run.runner runs what build returns.
+A bad value ends as a one-line UserError, raised here or by the class it configures, before any
+training. The order: the task, the `trainer.*` values, the model config, `optim.*`, `sampling.*` and
+`data.max_length` are checked before the corpus is read; the corpus is then tokenized (or found in the
+token cache: a corpus too short fails there), and the memory plan is made, before the model is built;
+the callbacks and loggers are built last, so a bad `callbacks.*` or `logger.*` value (or logger=wandb
+without wandb) fails after tokenizing. gptlit.run.runner runs what build returns.
 The model config of a run comes from the config alone or from the files it names (model_for_run).
 """
 

@@ -42,7 +42,7 @@ class SampleText(L.Callback):
         self.samples: list[tuple[int, str]] = []
         self._last_step = -1
 
-    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule):
+    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule, at_end: bool = False):
         step = trainer.global_step
         if step == self._last_step or not trainer.is_global_zero:
             return
@@ -53,9 +53,9 @@ class SampleText(L.Callback):
         self.samples.append((step, text))
         msg = f"[step {step}] {self.prompt}{text}".replace("\n", " ")
         bar = trainer.progress_bar_callback
-        if bar is not None and hasattr(bar, "print") and bar.is_enabled:
+        if bar is not None and hasattr(bar, "print") and bar.is_enabled and not at_end:
             bar.print(msg)
-        else:
+        else:  # at the end the bar has closed (it runs before this callback), and its print would drop the text
             print(msg, flush=True)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -68,7 +68,7 @@ class SampleText(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         if self.every_n_steps and self.at_end:
-            self._sample(trainer, pl_module)
+            self._sample(trainer, pl_module, at_end=True)
 
 
 class StepTime(L.Callback):
