@@ -42,4 +42,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from gptlit.core.cli import hydra_argv
+
+    sys.argv = hydra_argv(sys.argv)  # values with non-ASCII characters (task.path=中文.jsonl) quoted for Hydra
     main()
