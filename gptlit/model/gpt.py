@@ -5,6 +5,7 @@ Shapes: B batch, T sequence length, C emb_dim, H n_heads, D head_dim = C // H, V
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -271,3 +272,27 @@ class GPT(nn.Module):
         p = self.pos_emb.weight
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
         return [KVCache(batch_size, self.cfg, p.device, dtype) for _ in self.blocks]
+
+
+def tensor_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in GPT(cfg).state_dict() (a tied head under both names), read off a GPT
+    built on the meta device: no memory, no initialization. What other modules need to know of the
+    architecture's tensors (the memory plan, the Hugging Face converter) comes from here."""
+    return dict(_meta_facts(_key(cfg))[0])
+
+
+def num_params(cfg: GPTConfig) -> int:
+    """Every parameter of GPT(cfg) as allocated: vocabulary padding rows included, a tied matrix once."""
+    return _meta_facts(_key(cfg))[1]
+
+
+def _key(cfg: GPTConfig) -> tuple:
+    return tuple(sorted(cfg.to_dict().items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_facts(key: tuple) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], int]:
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**dict(key)))
+    shapes = tuple((k, tuple(v.shape)) for k, v in model.state_dict(keep_vars=True).items())
+    return shapes, sum(p.numel() for p in model.parameters())  # parameters() counts a tied matrix once

@@ -21,7 +21,7 @@ from gptlit.training import memory
 from gptlit.training.callbacks import SampleText
 from gptlit.training.checkpointing import AtomicCheckpointIO
 from gptlit.core.files import user_path
-from gptlit.interop.checkpoints import ARCH_FIELDS, check_resumable, find_checkpoint, load_checkpoint, saved_model_config
+from gptlit.interop.checkpoints import check_resumable, find_checkpoint, load_checkpoint, saved_model_config
 from gptlit.model.config import PRESETS, GPTConfig
 from gptlit.training.optim import validate_optim
 from gptlit.data.datamodule import GPTDataModule
@@ -276,7 +276,8 @@ def explicit_model_fields(user: dict) -> dict[str, str]:
     name = user.get("name")
     base = {**GPTConfig().to_dict(), **PRESETS.get(name, {})}
     out = {}
-    for f in (*ARCH_FIELDS, "context_length"):
+    # context_length last: where a preset contradicts the weights, its shape is the mismatch to name first
+    for f in sorted(GPTConfig.fields_of("arch"), key=lambda f: f == "context_length"):
         if f in cli:
             out[f] = "command line"
         elif user.get(f) != base[f]:
@@ -287,7 +288,7 @@ def explicit_model_fields(user: dict) -> dict[str, str]:
 
 
 def reconcile(user: dict, weights: GPTConfig, source: str, explicit: dict[str, str], checkpoint: bool = False) -> GPTConfig:
-    """The model config for these weights: architecture from the weights, training fields from the user.
+    """The model config for these weights: architecture from the weights, runtime and training fields from the user.
 
     A field the user chose (see explicit_model_fields) must agree with the weights, except
     context_length, which may be lower for pretrained weights (not for a checkpoint).
@@ -310,7 +311,11 @@ def reconcile(user: dict, weights: GPTConfig, source: str, explicit: dict[str, s
             )
         raise UserError(f"model.{f}={fmt(want)} ({origin}) contradicts the weights in {source} ({fmt(have)}); {fix}")
     context = user["context_length"] if "context_length" in explicit else weights.context_length
+    # a checkpoint's tensors hold its padded vocabulary rows; pretrained files are unpadded and take the run's padding
     pad = weights.pad_vocab_multiple if checkpoint else user.get("pad_vocab_multiple", weights.pad_vocab_multiple)
+    # how a step runs is the run's choice (model.activation_checkpointing=true with model.init_from, say)
+    runtime = {f: user[f] for f in GPTConfig.fields_of("runtime") if f in user}
     return dataclasses.replace(
-        weights, context_length=context, drop_rate=user.get("drop_rate", weights.drop_rate), pad_vocab_multiple=pad
+        weights, context_length=context, drop_rate=user.get("drop_rate", weights.drop_rate), pad_vocab_multiple=pad,
+        **runtime,
     ).validate()

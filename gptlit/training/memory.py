@@ -48,10 +48,11 @@ class StepMemory:
 
 
 def num_params(cfg: GPTConfig) -> int:
-    """Every parameter as allocated (vocabulary padding rows included, a tied matrix once)."""
-    C, V = cfg.emb_dim, cfg.padded_vocab_size
-    block = 12 * C * C + 13 * C  # qkv 3C^2+3C, proj C^2+C, fc 4C^2+4C, proj 4C^2+C, two LayerNorms 4C
-    return V * C * (1 if cfg.tie_embeddings else 2) + cfg.context_length * C + cfg.n_layers * block + 2 * C
+    """Every parameter as allocated (vocabulary padding rows included, a tied matrix once), counted on
+    the model itself (built on the meta device: gptlit.model.gpt.num_params)."""
+    from gptlit.model import gpt
+
+    return gpt.num_params(cfg)
 
 
 def math_attention(cfg: GPTConfig, device_type: str) -> bool:
