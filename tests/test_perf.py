@@ -161,3 +161,59 @@ def test_bf16_learns_like_fp32():
     r = parity("nano", steps=40, seed_run=False)
     assert r["fp32"] < 10.0  # it learned something: the untrained loss is ln(50257) = 10.8
     assert math.isfinite(r["bf16"]) and r["bf16_diff"] <= TOLERANCE, r
+
+
+# per-step host work ---------------------------------------------------------------------------
+SYNC = "aten::_local_scalar_dense"  # a tensor's value read to the host (.item(), float(t), bool(t == x)): on a GPU, a wait
+
+
+class _ProfileStep:
+    """A callback that profiles one optimizer step of the Lightning loop: from the start of batch `at` to the
+    start of the next, so every hook of that step (the module's, the callbacks', Lightning's own) is inside."""
+
+    def __init__(self, at: int):
+        import lightning as L
+
+        class CB(L.Callback):
+            def on_train_batch_start(cb, trainer, pl_module, batch, batch_idx):
+                if batch_idx == at:
+                    self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                    self.prof.__enter__()
+                elif batch_idx == at + 1:
+                    self.prof.__exit__(None, None, None)
+                    self.count = sum(e.name == SYNC for e in self.prof.events())
+
+        self.callback, self.count = CB(), None
+
+
+def _plain_step_syncs(module, batch) -> int:
+    """The same step in a plain PyTorch loop: gptlit's model and AdamW, no Lightning."""
+    opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    x, y = batch
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.zero_grad(set_to_none=True)
+        module.model(x, y).backward()
+        torch.nn.utils.clip_grad_norm_(module.model.parameters(), module.hparams.optim["grad_clip"])
+        opt.step()
+    return sum(e.name == SYNC for e in prof.events())
+
+
+@pytest.mark.parametrize("at, logs", [(4, False), (3, True)])
+def test_a_step_that_does_not_log_reads_no_more_values_than_a_plain_loop(make_cfg, corpus, at, logs):
+    """train.py's machinery (default callbacks, progress bar, loggers) adds no read of a device value to the
+    host in a step that does not log; the steps that log do read (the profiler sees them)."""
+    cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=6", "trainer.log_every_n_steps=2",
+                   "trainer.precision=32-true", "trainer.enable_progress_bar=true",
+                   "callbacks.progress_bar={_target_:gptlit.training.callbacks.LogStepProgressBar}",
+                   "logger=[tensorboard,csv]")
+    dm, module, trainer, _ = build(cfg)
+    probe = _ProfileStep(at)
+    trainer.callbacks.insert(0, probe.callback)
+    trainer.fit(module, datamodule=dm)
+    plain = _plain_step_syncs(module, next(iter(dm.train_dataloader())))
+    assert probe.count is not None and plain > 0  # CPU fused AdamW reads its step counts; on a GPU it does not
+    if logs:  # global step 4 logs (log_every_n_steps=2): the loss, the bar, the loss plot read their values
+        assert probe.count > plain
+    else:
+        assert probe.count == plain

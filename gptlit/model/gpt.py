@@ -167,7 +167,10 @@ class FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         gx, gw = ctx.saved_tensors
-        if not bool(grad == 1):  # e.g. a loss divided for gradient accumulation
+        # grad is 1 unless the loss was scaled (Lightning divides it by the micro-batches of a step). On the
+        # CPU its value is read from host memory, and a multiply of the (padded V, C) gw is saved when it is 1;
+        # on an accelerator reading it would make the host wait for the device every step, so it is applied
+        if grad.device.type != "cpu" or not bool(grad == 1):
             gx, gw = (None if t is None else t * grad for t in (gx, gw))
         return gx, gw, None, None
 

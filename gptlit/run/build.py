@@ -51,6 +51,16 @@ def resolve_precision(precision, accelerator: str) -> str:
     return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
 
 
+def resolve_compile(value, accelerator: str) -> bool:
+    """`compile=auto`: torch.compile on CUDA (nanoGPT's default; faster there), not on CPU, where it gained
+    nothing measurable (docs/performance.md); true or false force it."""
+    if value in (None, "auto"):
+        return memory.device_type_for(str(accelerator)) == "cuda"
+    if isinstance(value, bool):
+        return value
+    raise UserError(f"compile={value} is not a choice: use compile=auto (on CUDA only), compile=true or compile=false")
+
+
 def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
@@ -112,14 +122,14 @@ def val_interval(tcfg: dict, batches_per_epoch: int, micro_batches: int = 1):
     return max(1, min(v * micro_batches, cap))
 
 
-def plan_training_memory(cfg: DictConfig, model_cfg, dm: GPTDataModule, tcfg: dict) -> memory.MicroBatchPlan:
+def plan_training_memory(cfg: DictConfig, model_cfg, dm: GPTDataModule, tcfg: dict, compiled: bool) -> memory.MicroBatchPlan:
     """gptlit.training.memory's micro-batch plan for this run (raises UserError when one sample does not fit)."""
     devices, nodes = tcfg.get("devices", 1), int(tcfg.get("num_nodes") or 1)
     local = devices if isinstance(devices, int) and devices > 0 else 1
     return memory.plan_for_training(
         model_cfg, str(cfg.model.get("name", "custom")), dm.batch_size, dm.max_length, dm.micro_batch_size,
         tcfg["precision"], str(tcfg.get("accelerator", "auto")), processes_per_machine=local,
-        fused_loss=not cfg.get("compile", False), world_size=local * nodes,
+        fused_loss=not compiled, world_size=local * nodes, compiled=compiled,
     )
 
 
@@ -131,6 +141,7 @@ def build(cfg: DictConfig):
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     tcfg["precision"] = resolve_precision(tcfg.get("precision"), str(tcfg.get("accelerator", "auto")))
     check_trainer_args(tcfg)  # accelerator, precision, types: before the corpus is read or the model built
+    compiled = resolve_compile(cfg.get("compile", "auto"), str(tcfg.get("accelerator", "auto")))
     if tcfg.get("gradient_clip_val"):
         raise UserError(
             f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "
@@ -164,12 +175,16 @@ def build(cfg: DictConfig):
 
     micro = 1
     if task == "train":  # data.batch_size per optimizer step, in micro-batches that fit (checked before the model exists)
-        dm.memory_plan = plan = plan_training_memory(cfg, model_cfg, dm, tcfg)
+        dm.memory_plan = plan = plan_training_memory(cfg, model_cfg, dm, tcfg, compiled)
         rank_zero_info(plan.line())
         dm.loader_batch_size, micro = plan.micro_batch_size, plan.accumulate
         tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * micro
 
-    module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=bool(cfg.get("compile", False)))
+    module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=compiled)
+    if compiled:
+        how = "compile=auto on CUDA" if cfg.get("compile", "auto") in (None, "auto") else "compile=true"
+        rank_zero_info(f"compile: on ({how}); the first steps compile the model (a minute or more), "
+                       f"left out of the step time and train/tokens_per_sec")
     if init_state is not None:
         load_weights(module.model, init_state)
     rank_zero_info(f"model: {cfg.model.get('name', 'custom')}, {module.model.num_params():,} parameters")
