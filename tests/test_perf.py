@@ -217,3 +217,64 @@ def test_a_step_that_does_not_log_reads_no_more_values_than_a_plain_loop(make_cf
         assert probe.count > plain
     else:
         assert probe.count == plain
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_smoke_prints_every_row(tmp_path):
+    """benchmarks/gpu_nanogpt.py --smoke runs every loop and row on CPU (nanoGPT's when lightning-gpt is installed)."""
+    import importlib.util
+    import os
+    import re
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}  # the synthetic corpus goes to tmp_path
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_nanogpt.py"), "--smoke"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loops = ["gptlit plain loop", "gptlit train.py machinery"]
+    if importlib.util.find_spec("nanogpt") is not None:
+        loops.append("nanoGPT")
+    else:
+        assert "nanoGPT not found, its rows are left out: pip install" in r.stdout
+    for loop in loops:
+        for batch in (1, 2, 4):
+            assert re.search(rf"^{loop}\s+{batch}\s+[\d,]+\s", r.stdout, re.M), (loop, batch, r.stdout[-3000:])
+    for what in ("logged train/tokens_per_sec", "wall clock, validation and samples in"):
+        assert re.search(rf"^train.py end to end: {what}\s+2\s+[\d,]+\s", r.stdout, re.M), (what, r.stdout[-3000:])
+    assert "micro-batch 4: train.py machinery / plain loop" in r.stdout
+
+
+def test_compile_auto_is_on_for_cuda_only():
+    from omegaconf import OmegaConf
+
+    from gptlit.core.errors import UserError
+    from gptlit.run.build import resolve_compile
+
+    assert OmegaConf.load(ROOT / "conf" / "train.yaml").compile == "auto"  # a GPU user's plain train.py compiles
+    assert resolve_compile("auto", "cpu") is False
+    assert resolve_compile("auto", "gpu") is True and resolve_compile(None, "cuda") is True
+    assert resolve_compile("auto", "auto") is torch.cuda.is_available()
+    assert resolve_compile(True, "cpu") is True and resolve_compile(False, "gpu") is False
+    with pytest.raises(UserError, match="compile=yes is not a choice: use compile=auto"):
+        resolve_compile("yes", "cpu")
+
+
+def test_step_time_leaves_out_the_compile_steps():
+    from types import SimpleNamespace
+
+    from gptlit.training.callbacks import StepTime
+
+    def measured_after(compile_steps: int) -> int:
+        st = StepTime(skip_steps=1, timed_steps=1)
+        module = SimpleNamespace(compile_steps=compile_steps, device=torch.device("cpu"))
+        trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=10, max_steps=10, progress_bar_callback=None)
+        st.on_train_start(trainer, module)
+        for i in range(5):
+            st.on_train_batch_start(trainer, module, None, i)
+            trainer.global_step += 1
+            st.on_train_batch_end(trainer, module, None, None, i)
+            if st.per_step is not None:
+                return trainer.global_step
+
+    assert measured_after(0) == 2  # skip_steps=1, then one timed step
+    assert measured_after(2) == 3  # the two compile steps are left out
