@@ -270,8 +270,13 @@ def main():
         print(f"  {rows[-1]}", flush=True)
         return tps
 
+    def fresh_compile():
+        if shape["compile"]:  # compiled graphs of the last rows go: no recompile limit is reached, their memory is freed
+            torch._dynamo.reset()
+
     ratios = []
     for batch in sizes:
+        fresh_compile()
         with tempfile.TemporaryDirectory(prefix="gptlit-bench-") as out:
             dm, module, trainer, _ = build(gptlit_cfg(shape, corpus, batch, total + 1, a.overrides, out=out))
             cfg = module.model.cfg
@@ -296,6 +301,7 @@ def main():
             free_memory(dev)
 
     if e2e_steps:
+        fresh_compile()
         if shape["compile"]:
             torch._dynamo.config.automatic_dynamic_shapes = True  # train.py's setting: samples vary the length
         batch = shape["e2e_batch"]

@@ -288,3 +288,12 @@ def test_cuda_estimate_against_the_allocator_after_two_steps(compiled):
     peak = torch.cuda.max_memory_allocated() - base
     est = estimate_step_memory(cfg, T, "bf16-mixed", "cuda", fused_loss=not compiled, compiled=compiled).total(micro)
     assert 0.9 * peak <= est <= 1.2 * peak, f"estimate {est / 2**30:.2f} GiB, allocator peak {peak / 2**30:.2f} GiB"
+
+
+def test_every_model_field_says_what_it_does_to_the_estimate():
+    """A new GPTConfig field must be read by the activation formulas or declared parameters-only."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    assert set(memory.ACTIVATION_FIELDS) | set(memory.PARAMETERS_ONLY) == fields
+    assert not set(memory.ACTIVATION_FIELDS) & set(memory.PARAMETERS_ONLY)

@@ -39,6 +39,15 @@ BACKWARD_FACTOR = 1.25  # peak / activations saved for backward: gradients of ac
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq, fp32
 
 
+# What each GPTConfig field does to the estimate. Parameters are counted on the model itself (num_params),
+# so a field that only changes parameter shapes needs nothing here; the per-token activation formulas
+# below read ACTIVATION_FIELDS. tests/test_memory.py fails on a field in neither tuple, so a new model
+# field cannot leave the micro-batch plan silently wrong.
+ACTIVATION_FIELDS = ("vocab_size", "pad_vocab_multiple", "emb_dim", "n_heads", "n_layers", "drop_rate",
+                     "activation_checkpointing")
+PARAMETERS_ONLY = ("context_length", "qkv_bias", "tie_embeddings", "init")  # seq_len, not context_length, sizes a step
+
+
 @dataclass(frozen=True)
 class StepMemory:
     """Peak bytes of one training step: fixed + micro_batch * per_sample, plus what grows with the
