@@ -53,3 +53,15 @@ def test_user_path_is_relative_to_where_the_command_ran(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert user_path("~/c.txt") == tmp_path / "home" / "c.txt"
     assert os.path.isabs(user_path("rel"))
+
+
+def test_weights_fix_the_architecture_the_run_fixes_how_steps_run():
+    """reconcile: arch fields (GPTConfig kind "arch") from the weights, runtime ones from the run."""
+    from gptlit.model.config import GPTConfig
+    from gptlit.run.build import reconcile
+
+    weights = GPTConfig.from_name("nano", context_length=32)
+    user = {**GPTConfig.from_name("mini").to_dict(), "activation_checkpointing": True, "drop_rate": 0.2}
+    got = reconcile(user, weights, "w", explicit={})
+    assert (got.emb_dim, got.n_layers, got.context_length) == (64, 2, 32)
+    assert got.activation_checkpointing and got.drop_rate == 0.2

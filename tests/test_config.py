@@ -70,6 +70,15 @@ def test_top_level_configs_do_not_set_registered_groups():
             assert group not in d, f"{f.name} sets {group}: values belong to the registered dataclass"
 
 
+def _field_default(value: ast.expr) -> ast.expr:
+    """A dataclass field's default: the value itself, or the default inside field(default=...) and
+    gptlit.model.config's _field(default, kind)."""
+    if isinstance(value, ast.Call) and getattr(value.func, "id", None) in ("field", "_field"):
+        given = [k.value for k in value.keywords if k.arg == "default"] or value.args[:1]
+        return given[0] if given else value
+    return value
+
+
 def literal_defaults(source: str, filename: str, keys: set[str]) -> dict[str, list[str]]:
     """Literal defaults (not None) of parameters and class fields named like a config key, by name."""
     found: dict[str, list[str]] = {}
@@ -81,7 +90,7 @@ def literal_defaults(source: str, filename: str, keys: set[str]) -> dict[str, li
             pairs += [(arg.arg, d) for arg, d in zip(pos[len(pos) - len(a.defaults):], a.defaults)]
             pairs += [(x.arg, d) for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
         elif isinstance(node, ast.ClassDef):
-            pairs = [(st.target.id, st.value) for st in node.body
+            pairs = [(st.target.id, _field_default(st.value)) for st in node.body
                      if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name) and st.value is not None]
         for name, d in pairs:
             # None means "not given" (the caller or another default decides); any other literal is a default

@@ -5,6 +5,7 @@ Parity is checked against transformers' GPT2LMHeadModel with tiny random weights
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -428,3 +429,46 @@ def test_exported_weights_follow_the_umask(tmp_path):
         os.umask(old)
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {"config.json": "0o644", "model.safetensors": "0o644"}
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+# what GPT-2 makes of each model field ----------------------------------------------------------
+def test_every_model_field_says_what_gpt2_makes_of_it():
+    """A new GPTConfig field needs an entry in hf.HF_FIELDS (a config.json key, the value GPT-2 requires, or not exported)."""
+    from gptlit.interop.hf import HF_FIELDS
+
+    assert set(HF_FIELDS) == {f.name for f in dataclasses.fields(GPTConfig)}
+
+
+@dataclasses.dataclass
+class _NormConfig(GPTConfig):  # a model field GPT-2 has no key for, as a future RMSNorm option would be
+    norm: str = "rmsnorm"
+
+
+def test_export_refuses_a_field_gpt2_cannot_express(tmp_path, monkeypatch):
+    from gptlit.interop import hf
+
+    model = GPT(GPTConfig.from_name("nano"))
+    model.cfg = _NormConfig(**model.cfg.to_dict())
+    with pytest.raises(UserError, match=r"model.norm=rmsnorm has no Hugging Face GPT-2 equivalent.*HF_FIELDS"):
+        write_hf_folder(model, tmp_path / "unclassified")
+    monkeypatch.setitem(hf.HF_FIELDS, "norm", hf.GPT2Only("layernorm"))
+    with pytest.raises(UserError, match=r"model.norm=rmsnorm cannot be expressed.*model.norm=layernorm"):
+        write_hf_folder(model, tmp_path / "refused")
+    assert not (tmp_path / "unclassified").exists() and not (tmp_path / "refused").exists()  # nothing half-written
+    model.cfg = _NormConfig(**{**model.cfg.to_dict(), "norm": "layernorm"})
+    assert [f.name for f in write_hf_folder(model, tmp_path / "ok")] == ["config.json", "model.safetensors"]
+
+
+def test_export_cli_refuses_with_one_line(tmp_path, monkeypatch, capsys):
+    from gptlit.interop import hf
+
+    cfg = GPTConfig.from_name("nano", qkv_bias=False)
+    state = {f"model.{k}": v for k, v in GPT(cfg).state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"model": cfg.to_dict()}}, tmp_path / "x.ckpt")
+    monkeypatch.setitem(hf.HF_FIELDS, "qkv_bias", hf.GPT2Only(True))  # as if GPT-2 could not take zero biases
+    with pytest.raises(SystemExit) as e:
+        export_cli().main([f"ckpt={tmp_path / 'x.ckpt'}", f"out={tmp_path / 'out'}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.qkv_bias=false cannot be expressed" in err
+    assert not (tmp_path / "out").exists()

@@ -152,3 +152,24 @@ def test_fused_head_loss_matches_plain_loss_and_gradients(tie, pad, scale):
     with torch.no_grad():  # evaluation takes the plain path and gives the same loss
         model.fused_loss = True
         assert torch.allclose(model(x, y), lp, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": False, "qkv_bias": False}, {"pad_vocab_multiple": 1}])
+def test_tensor_shapes_and_param_count_come_from_the_model(overrides):
+    from gptlit.model.gpt import num_params, tensor_shapes
+
+    cfg = GPTConfig.from_name("nano", **overrides)
+    model = GPT(cfg)
+    assert tensor_shapes(cfg) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert num_params(cfg) == sum(p.numel() for p in model.parameters())
+
+
+def test_every_model_field_has_a_kind():
+    import dataclasses
+
+    from gptlit.model.config import KINDS
+
+    names = [f.name for f in dataclasses.fields(GPTConfig)]
+    assert sorted(n for k in KINDS for n in GPTConfig.fields_of(k)) == sorted(names)
+    assert "activation_checkpointing" in GPTConfig.fields_of("runtime")
+    assert {"vocab_size", "emb_dim", "n_layers", "context_length"} <= set(GPTConfig.fields_of("arch"))

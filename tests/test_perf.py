@@ -86,7 +86,10 @@ def test_mfu_logged_only_with_a_known_peak(make_cfg, corpus, monkeypatch):
     m = trainer.callback_metrics
     fpt = model_flops_per_token(module.model, 32)
     assert float(m["train/mfu"]) == pytest.approx(float(m["train/tokens_per_sec"]) * fpt / 1e12, rel=1e-5)
-    assert "train/mfu" in trainer.progress_bar_metrics and "train/tokens_per_sec" in trainer.progress_bar_metrics
+    # not prog_bar metrics (Lightning would read them after every batch): gptlit's bar shows them as last logged
+    from gptlit.training.callbacks import LogStepProgressBar
+
+    assert {"train/mfu", "train/tokens_per_sec"} <= set(LogStepProgressBar.SHOWN) & set(m)
 
 
 def test_sampling_time_is_not_counted_as_training(make_cfg, corpus, monkeypatch):
@@ -161,3 +164,120 @@ def test_bf16_learns_like_fp32():
     r = parity("nano", steps=40, seed_run=False)
     assert r["fp32"] < 10.0  # it learned something: the untrained loss is ln(50257) = 10.8
     assert math.isfinite(r["bf16"]) and r["bf16_diff"] <= TOLERANCE, r
+
+
+# per-step host work ---------------------------------------------------------------------------
+SYNC = "aten::_local_scalar_dense"  # a tensor's value read to the host (.item(), float(t), bool(t == x)): on a GPU, a wait
+
+
+class _ProfileStep:
+    """A callback that profiles one optimizer step of the Lightning loop: from the start of batch `at` to the
+    start of the next, so every hook of that step (the module's, the callbacks', Lightning's own) is inside."""
+
+    def __init__(self, at: int):
+        import lightning as L
+
+        class CB(L.Callback):
+            def on_train_batch_start(cb, trainer, pl_module, batch, batch_idx):
+                if batch_idx == at:
+                    self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                    self.prof.__enter__()
+                elif batch_idx == at + 1:
+                    self.prof.__exit__(None, None, None)
+                    self.count = sum(e.name == SYNC for e in self.prof.events())
+
+        self.callback, self.count = CB(), None
+
+
+def _plain_step_syncs(module, batch) -> int:
+    """The same step in a plain PyTorch loop: gptlit's model and AdamW, no Lightning."""
+    opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    x, y = batch
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.zero_grad(set_to_none=True)
+        module.model(x, y).backward()
+        torch.nn.utils.clip_grad_norm_(module.model.parameters(), module.hparams.optim["grad_clip"])
+        opt.step()
+    return sum(e.name == SYNC for e in prof.events())
+
+
+@pytest.mark.parametrize("at, logs", [(4, False), (3, True)])
+def test_a_step_that_does_not_log_reads_no_more_values_than_a_plain_loop(make_cfg, corpus, at, logs):
+    """train.py's machinery (default callbacks, progress bar, loggers) adds no read of a device value to the
+    host in a step that does not log; the steps that log do read (the profiler sees them)."""
+    cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=6", "trainer.log_every_n_steps=2",
+                   "trainer.precision=32-true", "trainer.enable_progress_bar=true",
+                   "callbacks.progress_bar={_target_:gptlit.training.callbacks.LogStepProgressBar}",
+                   "logger=[tensorboard,csv]")
+    dm, module, trainer, _ = build(cfg)
+    probe = _ProfileStep(at)
+    trainer.callbacks.insert(0, probe.callback)
+    trainer.fit(module, datamodule=dm)
+    plain = _plain_step_syncs(module, next(iter(dm.train_dataloader())))
+    assert probe.count is not None and plain > 0  # CPU fused AdamW reads its step counts; on a GPU it does not
+    if logs:  # global step 4 logs (log_every_n_steps=2): the loss, the bar, the loss plot read their values
+        assert probe.count > plain
+    else:
+        assert probe.count == plain
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_smoke_prints_every_row(tmp_path):
+    """benchmarks/gpu_nanogpt.py --smoke runs every loop and row on CPU (nanoGPT's when lightning-gpt is installed)."""
+    import importlib.util
+    import os
+    import re
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}  # the synthetic corpus goes to tmp_path
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_nanogpt.py"), "--smoke"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loops = ["gptlit plain loop", "gptlit train.py machinery"]
+    if importlib.util.find_spec("nanogpt") is not None:
+        loops.append("nanoGPT")
+    else:
+        assert "nanoGPT not found, its rows are left out: pip install" in r.stdout
+    for loop in loops:
+        for batch in (1, 2, 4):
+            assert re.search(rf"^{loop}\s+{batch}\s+[\d,]+\s", r.stdout, re.M), (loop, batch, r.stdout[-3000:])
+    for what in ("logged train/tokens_per_sec", "wall clock, validation and samples in"):
+        assert re.search(rf"^train.py end to end: {what}\s+2\s+[\d,]+\s", r.stdout, re.M), (what, r.stdout[-3000:])
+    assert "micro-batch 4: train.py machinery / plain loop" in r.stdout
+
+
+def test_compile_auto_is_on_for_cuda_only():
+    from omegaconf import OmegaConf
+
+    from gptlit.core.errors import UserError
+    from gptlit.run.build import resolve_compile
+
+    assert OmegaConf.load(ROOT / "conf" / "train.yaml").compile == "auto"  # a GPU user's plain train.py compiles
+    assert resolve_compile("auto", "cpu") is False
+    assert resolve_compile("auto", "gpu") is True and resolve_compile(None, "cuda") is True
+    assert resolve_compile("auto", "auto") is torch.cuda.is_available()
+    assert resolve_compile(True, "cpu") is True and resolve_compile(False, "gpu") is False
+    with pytest.raises(UserError, match="compile=yes is not a choice: use compile=auto"):
+        resolve_compile("yes", "cpu")
+
+
+def test_step_time_leaves_out_the_compile_steps():
+    from types import SimpleNamespace
+
+    from gptlit.training.callbacks import StepTime
+
+    def measured_after(compile_steps: int) -> int:
+        st = StepTime(skip_steps=1, timed_steps=1)
+        module = SimpleNamespace(compile_steps=compile_steps, device=torch.device("cpu"))
+        trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=10, max_steps=10, progress_bar_callback=None)
+        st.on_train_start(trainer, module)
+        for i in range(5):
+            st.on_train_batch_start(trainer, module, None, i)
+            trainer.global_step += 1
+            st.on_train_batch_end(trainer, module, None, None, i)
+            if st.per_step is not None:
+                return trainer.global_step
+
+    assert measured_after(0) == 2  # skip_steps=1, then one timed step
+    assert measured_after(2) == 3  # the two compile steps are left out

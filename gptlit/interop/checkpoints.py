@@ -21,9 +21,6 @@ from gptlit.core.errors import UserError
 from gptlit.core.files import user_path
 from gptlit.model.gpt import GPT
 
-RUNTIME_FIELDS = ("activation_checkpointing",)  # how a step runs, not the weights: a run may resume with another value
-ARCH_FIELDS = ("vocab_size", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_embeddings")  # fixed by the weights
-
 
 # finding -------------------------------------------------------------------------------------
 CHECKPOINT_NAMES = {"best": "best.ckpt", "last": "last.ckpt"}
@@ -94,10 +91,12 @@ def saved_model_config(path: str | os.PathLike) -> GPTConfig:
 
 
 def check_resumable(path: str | os.PathLike, model_cfg: GPTConfig, shown: str | None = None) -> None:
-    """Raise UserError unless the checkpoint at `path` was trained with this model config."""
+    """Raise UserError unless the checkpoint at `path` was trained with this model config (GPTConfig's
+    runtime fields, such as activation checkpointing, may differ)."""
     saved = load_checkpoint(path)["hyper_parameters"]["model"]
+    runtime = GPTConfig.fields_of("runtime")
     for k, v in model_cfg.to_dict().items():
-        if k in saved and saved[k] != v and k not in RUNTIME_FIELDS:
+        if k in saved and saved[k] != v and k not in runtime:
             raise UserError(
                 f"ckpt_path={shown or path} was trained with model.{k}={saved[k]} but this run has model.{k}={v}; "
                 f"pass model.{k}={saved[k]} (or the same model= preset) to resume"

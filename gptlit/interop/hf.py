@@ -1,6 +1,7 @@
 """Format conversion for GPT-2 weights: Hugging Face folders and the book's .pth state dicts in,
 a Hugging Face folder out (write_hf_folder). Which model config a run takes from such files is
-gptlit.interop.checkpoints' job (model_for_run); this module only reads and writes the formats.
+gptlit.run.build's job (model_for_run); this module reads and writes the formats and says
+which GPTConfig values GPT-2 can express (HF_FIELDS).
 
 Two layouts are read:
   * a Hugging Face GPT-2 folder: config.json + model.safetensors (or pytorch_model.bin, read
@@ -27,11 +28,70 @@ import torch
 from gptlit.model.config import GPTConfig
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file
-from gptlit.model.gpt import GPT
+from gptlit.model.gpt import GPT, tensor_shapes
 
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads in OpenAI's four sizes
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh GELU gptlit uses
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
+
+
+# How each GPTConfig field reaches a Hugging Face GPT-2 config.json. GPT-2 is one architecture, so every
+# field of GPTConfig is one of:
+#   HFKeys(...)        written to (and read from) these config.json keys
+#   GPT2Only(value)    GPT-2 has no key for it and computes as if it had this value: export refuses
+#                      any other value instead of writing a model that computes something else
+#   NotExported(why)   not part of the exported model (how it was trained or how a step runs), or
+#                      expressed by the weights themselves
+# A new GPTConfig field missing here makes export refuse every model (and tests/test_hf.py fail),
+# so a field cannot be added without saying what GPT-2 makes of it.
+@dataclasses.dataclass(frozen=True)
+class HFKeys:
+    keys: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Only:
+    value: object
+
+
+@dataclasses.dataclass(frozen=True)
+class NotExported:
+    why: str
+
+
+HF_FIELDS: dict[str, HFKeys | GPT2Only | NotExported] = {
+    "vocab_size": HFKeys(("vocab_size",)),
+    "context_length": HFKeys(("n_positions", "n_ctx")),
+    "emb_dim": HFKeys(("n_embd",)),
+    "n_heads": HFKeys(("n_head",)),
+    "n_layers": HFKeys(("n_layer",)),
+    "drop_rate": HFKeys(("resid_pdrop", "embd_pdrop", "attn_pdrop")),
+    "tie_embeddings": HFKeys(("tie_word_embeddings",)),
+    "qkv_bias": NotExported("GPT-2 always has the bias; a model without one is written with zero biases, which computes the same"),
+    "pad_vocab_multiple": NotExported("padding rows are left out of the exported weights"),
+    "init": NotExported("how the weights started; the exported weights are what training made of them"),
+    "activation_checkpointing": NotExported("how a training step runs"),
+}
+
+
+def check_gpt2_expressible(cfg: GPTConfig) -> None:
+    """Raise UserError naming the first field of `cfg` that a GPT-2 config.json cannot express."""
+    for f in dataclasses.fields(cfg):
+        rule, value = HF_FIELDS.get(f.name), getattr(cfg, f.name)
+        if rule is None:
+            raise UserError(
+                f"model.{f.name}={_fmt(value)} has no Hugging Face GPT-2 equivalent that gptlit knows of, so the model "
+                f"cannot be exported as GPT-2; classify the field in gptlit/interop/hf.py HF_FIELDS"
+            )
+        if isinstance(rule, GPT2Only) and value != rule.value:
+            raise UserError(
+                f"model.{f.name}={_fmt(value)} cannot be expressed as Hugging Face GPT-2, which always computes "
+                f"model.{f.name}={_fmt(rule.value)}; only a model trained with model.{f.name}={_fmt(rule.value)} exports"
+            )
+
+
+def _fmt(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
 
 # Per block: gptlit name, Hugging Face name, stored transposed (HF Conv1D is (in, out)).
 HF_BLOCK = [
@@ -249,14 +309,8 @@ def _read_book(f: Path, n_heads: int | None) -> tuple[GPTConfig, dict[str, torch
 
 
 def _shape(name: str, cfg: GPTConfig) -> tuple[int, ...]:
-    """Shape of a gptlit tensor, with the vocabulary unpadded and every position of the weights."""
-    C = cfg.emb_dim
-    last = name.split(".", 2)[-1] if name.startswith("blocks.") else name
-    return {
-        "tok_emb.weight": (cfg.vocab_size, C), "head.weight": (cfg.vocab_size, C), "pos_emb.weight": (cfg.context_length, C),
-        "attn.qkv.weight": (3 * C, C), "attn.qkv.bias": (3 * C,), "attn.proj.weight": (C, C),
-        "mlp.fc.weight": (4 * C, C), "mlp.fc.bias": (4 * C,), "mlp.proj.weight": (C, 4 * C),
-    }.get(last, (C,))  # LayerNorm weights and biases, proj biases
+    """Shape of a gptlit tensor, with the vocabulary unpadded and every position of the weights (from the model code)."""
+    return tensor_shapes(dataclasses.replace(cfg, pad_vocab_multiple=1))[name]
 
 
 def _gather(src: dict, plan: Plan, cfg: GPTConfig, where: Path) -> dict[str, torch.Tensor]:
@@ -321,10 +375,13 @@ def _torch_load(f: str | Path) -> dict:
 
 # writing a Hugging Face folder ---------------------------------------------------------------------------------------
 def write_hf_folder(model: GPT, out_dir: str | Path) -> list[Path]:
-    """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads. Returns the files."""
+    """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads. Returns the files.
+
+    Raises UserError, before writing anything, when the model has a field GPT-2 cannot express."""
     from safetensors.torch import save_file
 
     cfg, sd = model.cfg, model.state_dict()
+    check_gpt2_expressible(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -335,7 +392,7 @@ def write_hf_folder(model: GPT, out_dir: str | Path) -> list[Path]:
     for name, hf, transposed in names:
         t = sd.get(name)
         if t is None:  # no qkv bias in gptlit: GPT-2 always has one, so it is zero
-            t = torch.zeros(3 * cfg.emb_dim)
+            t = torch.zeros(_shape(name, dataclasses.replace(cfg, qkv_bias=True)))
         t = t[: cfg.vocab_size] if name == "tok_emb.weight" else t
         tensors[f"transformer.{hf}"] = (t.t() if transposed else t).detach().float().contiguous().clone()
     if not cfg.tie_embeddings:  # tied: HF ties lm_head to wte itself (safetensors refuses shared tensors)
@@ -359,28 +416,22 @@ def current_umask() -> int:
 
 
 def hf_config_dict(cfg: GPTConfig) -> dict:
-    """A Hugging Face GPT-2 config.json for a gptlit config."""
-    return {
+    """A Hugging Face GPT-2 config.json for a gptlit config: GPT-2's fixed values, then each HFKeys field."""
+    d = {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.context_length,
-        "n_ctx": cfg.context_length,
-        "n_embd": cfg.emb_dim,
-        "n_layer": cfg.n_layers,
-        "n_head": cfg.n_heads,
         "n_inner": None,
         "activation_function": "gelu_new",
         "layer_norm_epsilon": 1e-5,
-        "resid_pdrop": cfg.drop_rate,
-        "embd_pdrop": cfg.drop_rate,
-        "attn_pdrop": cfg.drop_rate,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": 50256,
         "eos_token_id": 50256,
         "use_cache": True,
     }
+    for name, rule in HF_FIELDS.items():
+        if isinstance(rule, HFKeys):
+            d.update(dict.fromkeys(rule.keys, getattr(cfg, name)))
+    return d

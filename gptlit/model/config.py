@@ -9,23 +9,43 @@ from the same values.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gptlit.core.errors import UserError
 
+# What each GPTConfig field is, in its `kind` metadata (GPTConfig.fields_of):
+#   arch      fixed by the weights (tensor shapes and structure): taken from the weights when a run starts
+#             from a checkpoint or pretrained files, and a checkpoint resumes only with the same value
+#   training  how the weights were made (dropout, initialization, vocabulary padding): a checkpoint resumes
+#             only with the same value; pretrained weights take the run's value
+#   runtime   how a step is computed, not what it computes: a run may resume with another value
+KINDS = ("arch", "training", "runtime")
+
+
+def _field(default, kind: str):
+    return field(default=default, metadata={"kind": kind})
+
+
 @dataclass
 class GPTConfig:
-    vocab_size: int = 50257  # GPT-2 BPE vocabulary
-    context_length: int = 1024  # longest sequence the position embedding covers
-    emb_dim: int = 768
-    n_heads: int = 12
-    n_layers: int = 12
-    drop_rate: float = 0.1  # dropout on embeddings, attention weights and residual branches
-    qkv_bias: bool = True  # GPT-2 has biases on the query/key/value projection
-    tie_embeddings: bool = True  # output head shares the token-embedding matrix
-    pad_vocab_multiple: int = 64  # embedding/head rows padded to a multiple of this (fast matmuls)
-    init: str = "gpt2"  # "gpt2": normal(0, 0.02), scaled residual projections; "torch": PyTorch defaults (the book)
-    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more time
+    vocab_size: int = _field(50257, "arch")  # GPT-2 BPE vocabulary
+    context_length: int = _field(1024, "arch")  # longest sequence the position embedding covers
+    emb_dim: int = _field(768, "arch")
+    n_heads: int = _field(12, "arch")
+    n_layers: int = _field(12, "arch")
+    drop_rate: float = _field(0.1, "training")  # dropout on embeddings, attention weights and residual branches
+    qkv_bias: bool = _field(True, "arch")  # GPT-2 has biases on the query/key/value projection
+    tie_embeddings: bool = _field(True, "arch")  # output head shares the token-embedding matrix
+    pad_vocab_multiple: int = _field(64, "training")  # embedding/head rows padded to a multiple of this (fast matmuls)
+    init: str = _field("gpt2", "training")  # "gpt2": normal(0, 0.02), scaled residual projections; "torch": PyTorch defaults (the book)
+    activation_checkpointing: bool = _field(False, "runtime")  # recompute each block's activations in backward: less memory, ~1/3 more time
+
+    @classmethod
+    def fields_of(cls, kind: str) -> tuple[str, ...]:
+        """Names of the fields of one kind (arch, training, runtime), in declaration order."""
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r}: use one of {', '.join(KINDS)}")
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("kind") == kind)
 
     @property
     def padded_vocab_size(self) -> int:

@@ -5,6 +5,7 @@ Shapes: B batch, T sequence length, C emb_dim, H n_heads, D head_dim = C // H, V
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -166,7 +167,10 @@ class FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         gx, gw = ctx.saved_tensors
-        if not bool(grad == 1):  # e.g. a loss divided for gradient accumulation
+        # grad is 1 unless the loss was scaled (Lightning divides it by the micro-batches of a step). On the
+        # CPU its value is read from host memory, and a multiply of the (padded V, C) gw is saved when it is 1;
+        # on an accelerator reading it would make the host wait for the device every step, so it is applied
+        if grad.device.type != "cpu" or not bool(grad == 1):
             gx, gw = (None if t is None else t * grad for t in (gx, gw))
         return gx, gw, None, None
 
@@ -271,3 +275,27 @@ class GPT(nn.Module):
         p = self.pos_emb.weight
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
         return [KVCache(batch_size, self.cfg, p.device, dtype) for _ in self.blocks]
+
+
+def tensor_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in GPT(cfg).state_dict() (a tied head under both names), read off a GPT
+    built on the meta device: no memory, no initialization. What other modules need to know of the
+    architecture's tensors (the memory plan, the Hugging Face converter) comes from here."""
+    return dict(_meta_facts(_key(cfg))[0])
+
+
+def num_params(cfg: GPTConfig) -> int:
+    """Every parameter of GPT(cfg) as allocated: vocabulary padding rows included, a tied matrix once."""
+    return _meta_facts(_key(cfg))[1]
+
+
+def _key(cfg: GPTConfig) -> tuple:
+    return tuple(sorted(cfg.to_dict().items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_facts(key: tuple) -> tuple[tuple[tuple[str, tuple[int, ...]], ...], int]:
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**dict(key)))
+    shapes = tuple((k, tuple(v.shape)) for k, v in model.state_dict(keep_vars=True).items())
+    return shapes, sum(p.numel() for p in model.parameters())  # parameters() counts a tied matrix once

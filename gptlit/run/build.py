@@ -25,7 +25,7 @@ from gptlit.training import memory
 from gptlit.training.callbacks import ProgressLog, SampleText
 from gptlit.training.checkpointing import AtomicCheckpointIO
 from gptlit.core.files import user_path
-from gptlit.interop.checkpoints import ARCH_FIELDS, check_resumable, find_checkpoint, load_checkpoint, saved_model_config
+from gptlit.interop.checkpoints import check_resumable, find_checkpoint, load_checkpoint, saved_model_config
 from gptlit.model.config import PRESETS, GPTConfig
 from gptlit.training.optim import validate_optim
 from gptlit.data.datamodule import GPTDataModule
@@ -54,6 +54,16 @@ def resolve_precision(precision, accelerator: str) -> str:
     if use_cuda:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+
+
+def resolve_compile(value, accelerator: str) -> bool:
+    """`compile=auto`: torch.compile on CUDA (nanoGPT's default; faster there), not on CPU, where it gained
+    nothing measurable (docs/performance.md); true or false force it."""
+    if value in (None, "auto"):
+        return memory.device_type_for(str(accelerator)) == "cuda"
+    if isinstance(value, bool):
+        return value
+    raise UserError(f"compile={value} is not a choice: use compile=auto (on CUDA only), compile=true or compile=false")
 
 
 def _plain(node):
@@ -117,7 +127,7 @@ def val_interval(tcfg: dict, batches_per_epoch: int, micro_batches: int = 1):
     return max(1, min(v * micro_batches, cap))
 
 
-def plan_training_memory(cfg: DictConfig, model_cfg, dm: GPTDataModule, tcfg: dict) -> memory.MicroBatchPlan:
+def plan_training_memory(cfg: DictConfig, model_cfg, dm: GPTDataModule, tcfg: dict, compiled: bool) -> memory.MicroBatchPlan:
     """gptlit.training.memory's micro-batch plan for this run (raises UserError when one sample does not fit)."""
     devices, nodes = tcfg.get("devices", 1), int(tcfg.get("num_nodes") or 1)
     local = devices if isinstance(devices, int) and devices > 0 else 1
@@ -125,7 +135,7 @@ def plan_training_memory(cfg: DictConfig, model_cfg, dm: GPTDataModule, tcfg: di
         model_cfg, str(cfg.model.get("name", "custom")), dm.config.batch_size, dm.config.max_length,
         dm.config.micro_batch_size,
         tcfg["precision"], str(tcfg.get("accelerator", "auto")), processes_per_machine=local,
-        fused_loss=not cfg.get("compile", False), world_size=local * nodes,
+        fused_loss=not compiled, world_size=local * nodes, compiled=compiled,
     )
 
 
@@ -138,6 +148,7 @@ def build(cfg: DictConfig):
     tcfg["precision"] = resolve_precision(tcfg.get("precision"), str(tcfg.get("accelerator", "auto")))
     check_trainer_args(tcfg)  # accelerator, precision, types: before the corpus is read or the model built
     tcfg["max_epochs"] = resolve_max_epochs(tcfg.get("max_epochs"), tcfg.get("max_steps"))  # max_steps alone: no epoch limit
+    compiled = resolve_compile(cfg.get("compile", "auto"), str(tcfg.get("accelerator", "auto")))
     if tcfg.get("gradient_clip_val"):
         raise UserError(
             f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "
@@ -171,13 +182,17 @@ def build(cfg: DictConfig):
 
     micro = 1
     if task == "train":  # data.batch_size per optimizer step, in micro-batches that fit (checked before the model exists)
-        plan = plan_training_memory(cfg, model_cfg, dm, tcfg)
+        plan = plan_training_memory(cfg, model_cfg, dm, tcfg, compiled)
         rank_zero_info(plan.line())
         dm.set_plan(micro_batch_size=plan.micro_batch_size)
         micro = plan.accumulate
         tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * micro
 
-    module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=bool(cfg.get("compile", False)))
+    module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=compiled)
+    if compiled:
+        how = "compile=auto on CUDA" if cfg.get("compile", "auto") in (None, "auto") else "compile=true"
+        rank_zero_info(f"compile: on ({how}); the first steps compile the model and are "
+                       f"left out of the step time and train/tokens_per_sec")
     if init_state is not None:
         load_weights(module.model, init_state)
     rank_zero_info(f"model: {cfg.model.get('name', 'custom')}, {module.model.num_params():,} parameters")
@@ -289,7 +304,8 @@ def explicit_model_fields(user: dict) -> dict[str, str]:
     name = user.get("name")
     base = {**GPTConfig().to_dict(), **PRESETS.get(name, {})}
     out = {}
-    for f in (*ARCH_FIELDS, "context_length"):
+    # context_length last: where a preset contradicts the weights, its shape is the mismatch to name first
+    for f in sorted(GPTConfig.fields_of("arch"), key=lambda f: f == "context_length"):
         if f in cli:
             out[f] = "command line"
         elif user.get(f) != base[f]:
@@ -300,7 +316,7 @@ def explicit_model_fields(user: dict) -> dict[str, str]:
 
 
 def reconcile(user: dict, weights: GPTConfig, source: str, explicit: dict[str, str], checkpoint: bool = False) -> GPTConfig:
-    """The model config for these weights: architecture from the weights, training fields from the user.
+    """The model config for these weights: architecture from the weights, runtime and training fields from the user.
 
     A field the user chose (see explicit_model_fields) must agree with the weights, except
     context_length, which may be lower for pretrained weights (not for a checkpoint).
@@ -323,7 +339,11 @@ def reconcile(user: dict, weights: GPTConfig, source: str, explicit: dict[str, s
             )
         raise UserError(f"model.{f}={fmt(want)} ({origin}) contradicts the weights in {source} ({fmt(have)}); {fix}")
     context = user["context_length"] if "context_length" in explicit else weights.context_length
+    # a checkpoint's tensors hold its padded vocabulary rows; pretrained files are unpadded and take the run's padding
     pad = weights.pad_vocab_multiple if checkpoint else user.get("pad_vocab_multiple", weights.pad_vocab_multiple)
+    # how a step runs is the run's choice (model.activation_checkpointing=true with model.init_from, say)
+    runtime = {f: user[f] for f in GPTConfig.fields_of("runtime") if f in user}
     return dataclasses.replace(
-        weights, context_length=context, drop_rate=user.get("drop_rate", weights.drop_rate), pad_vocab_multiple=pad
+        weights, context_length=context, drop_rate=user.get("drop_rate", weights.drop_rate), pad_vocab_multiple=pad,
+        **runtime,
     ).validate()

@@ -1,5 +1,9 @@
 """Callbacks: a text sample every N steps, the time estimate, plain progress lines where the output is no
-terminal, the loss plot written when training ends, and each run's job_result.json (what a sweep summary reads).
+terminal, a progress bar, the loss plot written when training ends, and each run's job_result.json (what a
+sweep summary reads).
+
+None of them reads a device tensor back to the host after an optimizer step that does not log
+(GPTLitModule.logging_step): on a GPU each such read makes the host wait for the device.
 (Checkpoints: gptlit/training/checkpointing.py.)"""
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -86,12 +92,14 @@ class SampleText(L.Callback):
 class StepTime(L.Callback):
     """Print the time per optimizer step and the estimated time to the end of training, early.
 
-    Measured: the first `skip_steps` optimizer steps (one-time allocations, kernel choices, compilation)
-    are left out; the next `timed_steps` are timed from batch start to batch end, so validation and
-    samples do not count. A first estimate comes sooner, from the first micro-batch (its time times the
-    micro-batches per step), where `first_batch` says so (None: when training on the CPU, where one
+    Measured: the first `skip_steps` optimizer steps (one-time allocations, kernel choices) are left out,
+    and at least the steps torch.compile spends compiling (GPTLitModule.compile_steps); the next
+    `timed_steps` are timed from batch start to batch end, so validation and samples do not count. On a
+    GPU the timed batches wait for the device at both ends (a few steps only), so the time is the
+    device's, not the host's. A first estimate comes sooner, from the first micro-batch (its time times
+    the micro-batches per step), where `first_batch` says so (None: when training on the CPU, where one
     optimizer step of a large model can take minutes and the first micro-batch costs about as much as
-    the next; on a GPU the first one carries start-up costs and would mislead).
+    the next; on a GPU the first one carries start-up and compile costs and would mislead).
     """
 
     def __init__(self, skip_steps: int = 1, timed_steps: int = 1, first_batch: bool | None = None):
@@ -100,6 +108,7 @@ class StepTime(L.Callback):
                 f"callbacks.step_time: skip_steps={skip_steps} must be >= 0 and timed_steps={timed_steps} >= 1"
             )
         self.skip_steps, self.timed_steps, self.first_batch = skip_steps, timed_steps, first_batch
+        self._skip, self._cuda = skip_steps, False  # set again when training starts (on_train_start)
         self.seconds = 0.0  # measured time of the timed steps so far
         self.per_step: float | None = None
         self.first_estimate: float | None = None  # seconds per step from the first micro-batch, if printed
@@ -108,8 +117,15 @@ class StepTime(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._start = trainer.global_step  # a resumed run counts from where it resumes
+        self._skip = max(self.skip_steps, getattr(pl_module, "compile_steps", 0))
+        self._cuda = pl_module.device.type == "cuda"
+
+    def _timed(self, trainer) -> bool:
+        return self.per_step is None and trainer.global_step - self._start >= self._skip
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._timed(trainer) and self._cuda:
+            torch.cuda.synchronize()  # the work queued before this batch is not its time
         self._t, self._step = time.perf_counter(), trainer.global_step
 
     def _wants_first_batch(self, trainer) -> bool:
@@ -128,18 +144,20 @@ class StepTime(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.per_step is not None or self._t is None:
             return
+        if self._step - self._start >= self._skip and self._cuda:  # a timed batch: wait for the device
+            torch.cuda.synchronize()
         took = time.perf_counter() - self._t
         if not self._first_seen:
             self._first_seen = True
             micro = max(1, int(trainer.accumulate_grad_batches or 1))
-            measured_now = micro == 1 and self.skip_steps == 0 and self.timed_steps == 1
+            measured_now = micro == 1 and self._skip == 0 and self.timed_steps == 1
             if self._wants_first_batch(trainer) and not measured_now and trainer.is_global_zero:
                 self.first_estimate = took * micro
                 parts = f"{micro} micro-batches of {took:.2f} s" if micro > 1 else "the first step"
                 say(trainer, self._line(trainer, self.first_estimate, f", a first estimate from {parts}"))
-        if self._step - self._start >= self.skip_steps:  # this (micro-)batch belongs to a timed step
+        if self._step - self._start >= self._skip:  # this (micro-)batch belongs to a timed step
             self.seconds += took
-        if trainer.global_step - self._start < self.skip_steps + self.timed_steps:
+        if trainer.global_step - self._start < self._skip + self.timed_steps:
             return
         self.per_step = self.seconds / self.timed_steps
         if trainer.is_global_zero:
@@ -205,6 +223,35 @@ class ProgressLog(L.Callback):
             print(f"step {trainer.global_step} validation: {values}", flush=True)
 
 
+class LogStepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm progress bar, showing the training metrics (SHOWN) as last logged, read after the
+    optimizer steps that log (and after validation), not after every batch: reading a logged tensor
+    copies it to the host, which on a GPU waits for the device. The bar still advances every batch.
+
+    The training metrics are not logged with prog_bar=True, which Lightning reads after every batch."""
+
+    SHOWN = ("train/loss", "train/ppl", "train/tokens_per_sec", "train/mfu")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._shown: dict = {}
+        self._hold = False
+
+    def get_metrics(self, trainer, pl_module):
+        if not self._hold or not self._shown:
+            logged = trainer.callback_metrics
+            train = {k: float(logged[k]) for k in self.SHOWN if k in logged}
+            self._shown = {**train, **super().get_metrics(trainer, pl_module)}
+        return self._shown
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._hold = not getattr(pl_module, "logging_step", True)
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._hold = False
+
+
 def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -221,23 +268,34 @@ class LossPlot(L.Callback):
         self.train: list[tuple[int, int, float]] = []  # (step, tokens seen, loss)
         self.val: list[tuple[int, int, float]] = []
         self.train_eval: list[tuple[int, int, float]] = []  # train windows evaluated with dropout off
+        self._pending: list[tuple[int, int, torch.Tensor]] = []  # train losses not read from the device yet
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._step_before = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         # once per optimizer step, the loss of its whole batch (with micro-batches, Lightning's
-        # `outputs` hold the last micro-batch's loss divided by the accumulation)
+        # `outputs` hold the last micro-batch's loss divided by the accumulation); kept on the device
+        # and read in one go on the steps that log
         done = trainer.global_step > getattr(self, "_step_before", -1)
         loss = getattr(pl_module, "step_loss", None)
         if loss is None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and done and trainer.is_global_zero:
-            self.train.append((trainer.global_step, int(pl_module.tokens_seen), float(loss.detach())))
+            self._pending.append((trainer.global_step, int(pl_module.tokens_seen), torch.as_tensor(loss).detach()))
+            if getattr(pl_module, "logging_step", True) or len(self._pending) >= 1000:
+                self._read_pending()
+
+    def _read_pending(self):
+        if self._pending:
+            values = torch.stack([t[2].float().reshape(()) for t in self._pending]).tolist()  # one read for all
+            self.train += [(step, tokens, v) for (step, tokens, _), v in zip(self._pending, values)]
+            self._pending = []
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        self._read_pending()
         v = trainer.callback_metrics.get("val/loss")
         if v is not None:
             self.val.append((trainer.global_step, int(pl_module.tokens_seen), float(v)))
@@ -246,11 +304,13 @@ class LossPlot(L.Callback):
             self.train_eval.append((trainer.global_step, int(pl_module.tokens_seen), float(t)))
 
     def on_train_end(self, trainer, pl_module):
+        self._read_pending()
         if trainer.is_global_zero and self.train:
             path = Path(self.dirpath) / self.filename
             plot_losses(self.train, self.val, path, self.train_eval)
 
     def state_dict(self):
+        self._read_pending()
         return {k: [list(t) for t in getattr(self, k)] for k in ("train", "val", "train_eval")}
 
     def load_state_dict(self, state):

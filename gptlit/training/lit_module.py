@@ -15,6 +15,9 @@ from gptlit.model.flops import cuda_peak_flops, flops_per_token, matmul_params, 
 from gptlit.model.gpt import GPT
 
 
+COMPILE_STEPS = 2  # see GPTLitModule.compile_steps
+
+
 def lr_factor(step: int, warmup: int, total: int, scheduler: str, min_ratio: float) -> float:
     """Multiplier of the base lr at optimizer step `step`: linear warmup, then constant or cosine to min_ratio."""
     if step < warmup:
@@ -37,7 +40,7 @@ class GPTLitModule(L.LightningModule):
         self.tokens_seen = 0  # training tokens over all ranks, kept in checkpoints
         self._val_sum = self._val_count = None
         self._t_last, self._window = None, 0  # tokens/s: start of the current window, tokens in it
-        self._log_extras = True  # whether this step logs more than the loss
+        self._log_extras = True  # whether this step logs its metrics
         self._n_matmul = matmul_params(self.model)  # counted before any sharding; for MFU
         self._peak = None  # peak FLOP/s of the GPU (set on CUDA with a known peak)
         self._step_losses = None  # (optimizer step, losses of its micro-batches so far)
@@ -50,6 +53,16 @@ class GPTLitModule(L.LightningModule):
     def on_fit_start(self):
         self._peak = cuda_peak_flops(self.trainer.precision) if self.device.type == "cuda" else None
 
+    def on_train_start(self):
+        self._first_step = self.global_step  # a resumed run compiles again too
+
+    @property
+    def compile_steps(self) -> int:
+        """Optimizer steps at the start of training that torch.compile may spend compiling (the first builds
+        the graphs; the second may build them again, e.g. when a guard sees a changed value), left out of
+        train/tokens_per_sec and of the step-time estimate (gptlit.training.callbacks.StepTime)."""
+        return COMPILE_STEPS if self.hparams.compile else 0
+
     def configure_model(self):
         if self.hparams.compile and not getattr(self, "_compiled", False):
             self.model.compile()  # compiles forward in place: state-dict keys keep their names
@@ -58,30 +71,39 @@ class GPTLitModule(L.LightningModule):
     def forward(self, idx):
         return self.model(idx)
 
+    @property
+    def logging_step(self) -> bool:
+        """Whether the current optimizer step logs its metrics: callbacks read device values back to the
+        host (a wait for the GPU) only on these steps."""
+        return self._log_extras
+
     # training -----------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.model(x, y)
         self.tokens_seen += y.numel() * self.trainer.world_size
-        # train/loss is the mean over the micro-batches of this optimizer step so far (Lightning writes
-        # the value of the step's last one): the loss of the whole batch, with or without micro-batches
         if self._step_losses is None or self._step_losses[0] != self.global_step:
             self._step_losses = (self.global_step, [])
         self._step_losses[1].append(loss.detach())
-        self.step_loss = torch.stack(self._step_losses[1]).mean()
-        self.log("train/loss", self.step_loss, prog_bar=True)
-        # Each self.log call costs about a millisecond of Python, so the other metrics are only
-        # logged on the steps the logger writes (every trainer.log_every_n_steps) and on the last.
+        self.step_loss = torch.stack(self._step_losses[1]).mean()  # a device tensor: nothing waits for it here
+        # The metrics are logged only on the steps the logger writes (every trainer.log_every_n_steps) and on
+        # the last, each self.log costing Python time. None is a prog_bar metric: Lightning reads those back
+        # to the host (a wait for the GPU) after every batch, logged then or not; gptlit's progress bar
+        # (callbacks.LogStepProgressBar) shows them, read on the steps that log. train/loss is the mean over the micro-batches of
+        # this optimizer step (Lightning writes the value of the step's last one): the loss of the whole batch.
         step, n = self.global_step + 1, self.trainer.log_every_n_steps
         self._log_extras = bool(n and step % n == 0) or step == self.trainer.max_steps
         if self._log_extras:
-            self.log("train/ppl", torch.exp(self.step_loss.float()), prog_bar=True)
+            self.log("train/loss", self.step_loss)
+            self.log("train/ppl", torch.exp(self.step_loss.float()))
             self.log("train/tokens_seen", float(self.tokens_seen))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # tokens/s (and MFU) averaged over the batches since the last logged step
         now = time.perf_counter()
+        if self.global_step - getattr(self, "_first_step", 0) < self.compile_steps:
+            return  # torch.compile is still compiling: not training speed
         if self._t_last is None:  # the first batch (or the first after validation) starts the clock
             self._t_last, self._window = now, 0
             return
@@ -89,11 +111,11 @@ class GPTLitModule(L.LightningModule):
         stepped = self.global_step > self._step_losses[0]  # the last micro-batch of an optimizer step
         if self._log_extras and stepped:
             tps = self._window / max(now - self._t_last, 1e-9)
-            self.log("train/tokens_per_sec", tps, prog_bar=True)
+            self.log("train/tokens_per_sec", tps)
             if self._peak:  # model FLOPs utilization, on GPUs whose peak is known
                 c = self.model.cfg
                 fpt = flops_per_token(self._n_matmul, c.n_layers, c.n_heads, c.head_dim, batch[1].size(1))
-                self.log("train/mfu", mfu(tps, fpt, self._peak * self.trainer.world_size), prog_bar=True)
+                self.log("train/mfu", mfu(tps, fpt, self._peak * self.trainer.world_size))
             self._t_last, self._window = now, 0
 
     @contextlib.contextmanager

@@ -15,6 +15,12 @@ The per-token coefficients count the tensors autograd saves in gptlit's GPT (cou
 torch.autograd.graph.saved_tensors_hooks) times a factor for what backward holds at its peak,
 calibrated against measured peak RSS: `python benchmarks/memory.py` prints estimate against
 measurement for nano, mini and small.
+
+The compiled model on CUDA (compile=auto there) is planned from GPU figures instead: what the
+caching allocator held (torch.cuda.max_memory_allocated) for GPT-2 124M at context 1024 under
+bf16 autocast with fused AdamW on one H200, 8.4 GiB at micro-batch 16 and 15.1 GiB at 32
+(cuda_compiled_step_memory). Inductor keeps fewer block activations than eager autograd, and the
+plain loss path it takes keeps the (tokens, padded vocabulary) logits.
 """
 
 from __future__ import annotations
@@ -33,6 +39,15 @@ BACKWARD_FACTOR = 1.25  # peak / activations saved for backward: gradients of ac
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq, fp32
 
 
+# What each GPTConfig field does to the estimate. Parameters are counted on the model itself (num_params),
+# so a field that only changes parameter shapes needs nothing here; the per-token activation formulas
+# below read ACTIVATION_FIELDS. tests/test_memory.py fails on a field in neither tuple, so a new model
+# field cannot leave the micro-batch plan silently wrong.
+ACTIVATION_FIELDS = ("vocab_size", "pad_vocab_multiple", "emb_dim", "n_heads", "n_layers", "drop_rate",
+                     "activation_checkpointing")
+PARAMETERS_ONLY = ("context_length", "qkv_bias", "tie_embeddings", "init")  # seq_len, not context_length, sizes a step
+
+
 @dataclass(frozen=True)
 class StepMemory:
     """Peak bytes of one training step: fixed + micro_batch * per_sample, plus what grows with the
@@ -48,10 +63,11 @@ class StepMemory:
 
 
 def num_params(cfg: GPTConfig) -> int:
-    """Every parameter as allocated (vocabulary padding rows included, a tied matrix once)."""
-    C, V = cfg.emb_dim, cfg.padded_vocab_size
-    block = 12 * C * C + 13 * C  # qkv 3C^2+3C, proj C^2+C, fc 4C^2+4C, proj 4C^2+C, two LayerNorms 4C
-    return V * C * (1 if cfg.tie_embeddings else 2) + cfg.context_length * C + cfg.n_layers * block + 2 * C
+    """Every parameter as allocated (vocabulary padding rows included, a tied matrix once), counted on
+    the model itself (built on the meta device: gptlit.model.gpt.num_params)."""
+    from gptlit.model import gpt
+
+    return gpt.num_params(cfg)
 
 
 def math_attention(cfg: GPTConfig, device_type: str) -> bool:
@@ -61,12 +77,16 @@ def math_attention(cfg: GPTConfig, device_type: str) -> bool:
 
 
 def estimate_step_memory(
-    cfg: GPTConfig, seq_len: int, precision: str, device_type: str = "cpu", fused_loss: bool = True
+    cfg: GPTConfig, seq_len: int, precision: str, device_type: str = "cpu", fused_loss: bool = True,
+    compiled: bool = False,
 ) -> StepMemory:
     """Peak memory of one training step (forward, backward, AdamW) of a GPT on windows of seq_len tokens.
 
-    precision: Lightning's precision string ("32-true", "bf16-mixed", "16-mixed", ...).
+    precision: Lightning's precision string ("32-true", "bf16-mixed", "16-mixed", ...). compiled: the
+    model runs under torch.compile (which takes the plain loss path, whatever fused_loss says).
     """
+    if compiled and device_type == "cuda":
+        return cuda_compiled_step_memory(cfg, seq_len, precision)
     C, L, H, V, T = cfg.emb_dim, cfg.n_layers, cfg.n_heads, cfg.padded_vocab_size, seq_len
     P = num_params(cfg)
     mixed = "mixed" in str(precision)
@@ -109,6 +129,36 @@ def estimate_step_memory(
     # tensors; the T x T probabilities are taken as they are, plus the gradients of one block's (8 bytes)
     per_sample = T * (blocks + rest) * BACKWARD_FACTOR + T * (kept * scores + (8 * H * T if scores else 0))
     return StepMemory(fixed=fixed, per_sample=per_sample, per_sample_capped=capped, cap=cap)
+
+
+# Compiled, on CUDA: bytes per token per block and per vocabulary entry, and the allocator's extra,
+# fitted to the two H200 figures above (GPT-2 124M, bf16): 439 KB a token and 1.83 GB fixed, of which
+# 14 bytes a parameter are the weights, AdamW's moments and the weights' bf16 copies. Per token, a
+# block keeps ~26 bytes per channel (what inductor's partitioner saves: matmul inputs in bf16, the
+# fp32 residual stream for the LayerNorms), the head 4 bytes per padded vocabulary entry (the bf16
+# logits kept for backward and their bf16 gradient). fp32 (no autocast) doubles both, unmeasured.
+CUDA_COMPILED_BLOCK = 26  # bytes per channel per token per block, bf16 autocast
+CUDA_COMPILED_HEAD = 4  # bytes per padded vocabulary entry per token, bf16 autocast
+CUDA_WORKSPACE = 80e6  # what the allocator holds besides weights, moments and activations (cuBLAS workspaces)
+
+
+def cuda_compiled_step_memory(cfg: GPTConfig, seq_len: int, precision: str) -> StepMemory:
+    """Peak bytes torch.cuda.max_memory_allocated reports for a compiled training step (see above).
+
+    Gradients are left out of the fixed part: the optimizer sets them to None after each step and
+    backward makes them as it frees the activations, so they are not all alive at the peak.
+    """
+    C, L, V, T = cfg.emb_dim, cfg.n_layers, cfg.padded_vocab_size, seq_len
+    P = num_params(cfg)
+    mixed = "mixed" in str(precision)
+    half = mixed or str(precision).startswith(("bf16", "16"))
+    scale = 1 if half else 2
+    fixed = P * 4 * (1 + ADAMW_STATES) + (P * 2 if mixed else 0) + CUDA_WORKSPACE
+    block = CUDA_COMPILED_BLOCK * scale * C + (2 * C if cfg.drop_rate > 0 else 0)  # + 1-byte masks of two dropouts
+    kept = L if not cfg.activation_checkpointing else 1  # checkpointing: one block at a time and each block's input
+    blocks = kept * block + (L * 4 * C if cfg.activation_checkpointing else 0)
+    per_token = blocks + CUDA_COMPILED_HEAD * scale * V
+    return StepMemory(fixed=fixed, per_sample=T * per_token)
 
 
 def _meminfo_available() -> float | None:
@@ -242,6 +292,7 @@ def plan_for_training(
     processes_per_machine: int = 1,
     fused_loss: bool = True,
     world_size: int = 1,
+    compiled: bool = False,
 ) -> MicroBatchPlan:
     """The micro-batch for a training run on this machine (see plan_micro_batches).
 
@@ -250,7 +301,7 @@ def plan_for_training(
     the same number of micro-batches whatever memory it sees when it starts.
     """
     device = device_type_for(str(accelerator))
-    memory = estimate_step_memory(model_cfg, seq_len, precision, device, fused_loss)
+    memory = estimate_step_memory(model_cfg, seq_len, precision, device, fused_loss, compiled)
     available = available_memory(device)
     if device == "cpu":
         available /= max(1, processes_per_machine)
@@ -263,7 +314,7 @@ def plan_for_training(
     def fits_one(**change) -> bool:
         cfg = GPTConfig.from_dict({**model_cfg.to_dict(), **change})
         T = change.get("context_length", seq_len)
-        return estimate_step_memory(cfg, T, precision, device, fused_loss).total(1) <= available * MARGIN
+        return estimate_step_memory(cfg, T, precision, device, fused_loss, compiled).total(1) <= available * MARGIN
 
     fixes = []
     if model_name not in ("nano", "mini"):
