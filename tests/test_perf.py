@@ -268,9 +268,10 @@ def test_step_time_leaves_out_the_compile_steps():
     from gptlit.training.callbacks import StepTime
 
     def measured_after(compile_steps: int) -> int:
-        st = StepTime(skip_steps=1, timed_steps=1)
+        st = StepTime(skip_steps=1, timed_steps=1, first_batch=False)
         module = SimpleNamespace(compile_steps=compile_steps, device=torch.device("cpu"))
-        trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=10, max_steps=10, progress_bar_callback=None)
+        trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=10, max_steps=10, progress_bar_callback=None,
+                                  accumulate_grad_batches=1, is_global_zero=True)
         st.on_train_start(trainer, module)
         for i in range(5):
             st.on_train_batch_start(trainer, module, None, i)
