@@ -37,7 +37,7 @@ class GptlitOptunaSweeperConf:
     study_name: Optional[str] = None  # null: the study in the sweep's journal, or a new one named after the sweep
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
-    params: Optional[Dict[str, Any]] = None  # key: interval(...) | choice(...) | range(...) | tag(log, ...) | value
+    params: Dict[str, Any] = field(default_factory=dict)  # key: interval(...) | choice(...) | range(...) | tag(log, ...) | value
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="gptlit_optuna", node=GptlitOptunaSweeperConf,

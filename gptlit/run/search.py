@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptlit.core.errors import EXIT_USER_ERROR, UserError
-from gptlit.core.job_record import RESULT_FILE, JobRecord, one_line
+from gptlit.core.job_record import RESULT_FILE, JobRecord, mark_failed, one_line
 
 JOURNAL_FILE = "optuna.journal"
 BEST_FILE = "best_params.yaml"
@@ -92,6 +92,28 @@ def parse_space(params: dict | None, arguments: list[str]) -> Space:
         raise UserError("hparams_search=optuna has nothing to search: give hydra.sweeper.params "
                         "(e.g. 'hydra.sweeper.params.optim.lr=tag(log, interval(1e-4, 1e-2))')")
     return space
+
+
+def check_command_line(args: list[str]):
+    """A search's command line, before Hydra reads it, so that a bad search space is one line: an override
+    Hydra cannot parse (`x=choice()`), bad bounds (`x=interval(1, 0)`), or a sweep of
+    hydra.sweeper.params.* (which Hydra refuses: it does not sweep its own config). Raises UserError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for a in args:
+        if a.startswith("-") or "=" not in a:  # Hydra's flags (-m, --cfg job, ...)
+            continue
+        o = _parse(parser, a, a)
+        if not o.is_sweep_override():
+            continue
+        key = o.key_or_group
+        if key.startswith("hydra.sweeper.params."):
+            text = a.split("=", 1)[1]
+            raise UserError(f"{a}: Hydra does not sweep its own config; give the search as "
+                            f"'{key[len('hydra.sweeper.params.'):]}={text}' or quote the value: '{key}=\"{text}\"'")
+        if not o.is_hydra_override():
+            distribution(o, a)
 
 
 def _as_override_text(value) -> str:
@@ -457,6 +479,9 @@ class OptunaSearch:
             reason = rec.status[len("failed: "):] if rec is not None and rec.failed else f"objective {value!r}"
         trial.set_user_attr("failure", reason)
         study.tell(trial, state=TrialState.FAIL)
+        if job_dir is not None and (rec is None or not rec.failed):  # the summary shows it failed, whatever the task wrote
+            mark_failed(job_dir, reason, {"num": trial.number, "overrides": [
+                o for o in ret.overrides or [] if not o.lstrip("+~").startswith("hydra.")]})
         print(f"trial {trial.number}: failed: {reason}; the search goes on", flush=True)
 
 

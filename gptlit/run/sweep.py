@@ -81,7 +81,8 @@ SEARCH_PLUGINS = {"optuna": ("optuna", 4, 'pip install -e ".[sweep]"')}
 
 def check_search_plugin(args: list[str]):
     """hparams_search=optuna needs optuna >= 4: without it the search would fail in its first trial or
-    with Hydra's long composition error, so say in one line what to install (exit 2)."""
+    with Hydra's long composition error, so say in one line what to install (exit 2). With it, a bad
+    search space on the command line is one line too (gptlit.run.search.check_command_line)."""
     from importlib.metadata import PackageNotFoundError, version
     from importlib.util import find_spec
 
@@ -105,6 +106,14 @@ def check_search_plugin(args: list[str]):
         elif have is not None and _major(have) < major:
             problem = f"{package} {have} is installed"
         else:
+            from gptlit.core.errors import UserError
+            from gptlit.run.search import check_command_line
+
+            try:  # a bad search space: one line before Hydra's multi-line parse error, before any trial
+                check_command_line(args)
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(EXIT_USER_ERROR)
             continue
         print(f"error: hparams_search={value} needs {package}>={major}, {problem}: {install}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
