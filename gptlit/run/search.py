@@ -32,6 +32,7 @@ from gptlit.core.errors import EXIT_USER_ERROR, UserError
 from gptlit.core.job_record import RESULT_FILE, JobRecord, mark_failed, one_line
 
 JOURNAL_FILE = "optuna.journal"
+LOCK_FILE = "optuna.lock"
 BEST_FILE = "best_params.yaml"
 # The study a trial belongs to ({"journal", "study", "pruner"}), set by the sweeper for the processes it
 # starts, and the trial's id, set per job (hydra.job.env_set): Hydra passes both to a launcher's jobs
@@ -299,14 +300,27 @@ def finished(trials) -> int:
     return c["complete"] + c["pruned"] + c["failed"]
 
 
-def _alive(pid, host) -> bool:
-    if host != socket.gethostname() or not pid:
-        return False
+def _lock_sweep(sweep_dir: Path):
+    """One process runs a search at a time: an exclusive lock on <sweep dir>/optuna.lock, held until the
+    process ends (the system drops it when the process dies, however it dies)."""
     try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    return True
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no guard
+        return None
+    f = open(sweep_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        who = f.read().strip() or "another process"
+        f.close()
+        raise UserError(f"the search in {sweep_dir} is running now ({who}); wait for it to end or stop it "
+                        f"before continuing it") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    return f
 
 
 # ---- the sweeper ---------------------------------------------------------------------------------
@@ -358,6 +372,7 @@ class OptunaSearch:
             raise UserError(f"hydra.sweep.dir={self.sweep_dir} holds jobs of another sweep and no {JOURNAL_FILE}; "
                             f"give a new hydra.sweep.dir for a search")
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_sweep(self.sweep_dir)
         storage = open_storage(journal)
         names = optuna.study.get_all_study_names(storage)
         name = self.study_name
@@ -387,12 +402,10 @@ class OptunaSearch:
         study.set_user_attr("n_trials", self.n_trials)
         study.set_user_attr("sampler", self.sampler_conf)
         study.set_user_attr("pruner", self.pruner_conf)
-        # trials that were running when the process that ran them died: failed, and asked again
+        # we hold the sweep's lock, so a trial still marked running belongs to a process that died:
+        # failed, and asked again
         retried = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if _alive(t.user_attrs.get("pid"), t.user_attrs.get("host")):
-                raise UserError(f"the search in {self.sweep_dir} is running in process {t.user_attrs['pid']} "
-                                f"(trial {t.number}); wait for it to end or stop it before continuing it")
             tid = t._trial_id  # Optuna's storage API names trials by id; FrozenTrial has no public accessor
             storage.set_trial_user_attr(tid, "interrupted", True)
             storage.set_trial_state_values(tid, TrialState.FAIL)
@@ -428,9 +441,6 @@ class OptunaSearch:
         try:
             while done < self.n_trials:
                 trials = [study.ask(space.params) for _ in range(min(self.n_jobs, self.n_trials - done))]
-                for t in trials:  # who runs it: a later run of this search sees whether it is still alive
-                    t.set_user_attr("pid", os.getpid())
-                    t.set_user_attr("host", socket.gethostname())
                 # job number = trial number (the job directories and the summary name trials by it); the
                 # launcher numbers a batch consecutively, which trials asked one after another are
                 for group in _consecutive(trials):
@@ -447,6 +457,8 @@ class OptunaSearch:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            if self._lock is not None:
+                self._lock.close()
         return study
 
     def _tell(self, study, trial, ret):
