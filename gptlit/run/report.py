@@ -224,7 +224,7 @@ def plot(report: Report, path: Path) -> bool:
     ax.set_title(f"sweep {report.sweep_dir.name}: val loss by job")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper right")
+    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="best")  # not over a short (pruned) curve
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
