@@ -334,6 +334,7 @@ class OptunaSearch:
         self.study_name = study_name
         self.sampler_conf, self.pruner_conf = _plain(sampler), _plain(pruner)
         self.params = _plain(params) if params is not None else {}
+        self._lock = None  # the sweep directory's lock, held while this process runs the search
 
     def setup(self, *, sweeper, hydra_context, task_function, config):
         from hydra.core.plugins import Plugins
