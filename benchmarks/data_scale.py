@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))  # the gptlit of this checkout, as the subprocesse
 PREPARE = """
 import json, resource, sys, time
 from pathlib import Path
-from gptlit.data.token_cache import Corpus, ensure
+from gptlit.data.readers import Corpus
+from gptlit.data.token_cache import ensure
 f, cache, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 t = time.perf_counter()
 u0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -119,7 +120,7 @@ def training_speed(f: Path, cache: Path, steps: int, warmup: int) -> tuple[float
     sys.path.insert(0, str(HERE))
     from common import QUIET, compose
 
-    from gptlit.data.datamodule import WindowDataset
+    from gptlit.data.windows import WindowDataset
     from gptlit.run.build import build
 
     B, T = 16, 64  # nano: context 64
@@ -128,7 +129,7 @@ def training_speed(f: Path, cache: Path, steps: int, warmup: int) -> tuple[float
     dm, module, trainer, _ = build(cfg)
     disk = dm.train_set
     tokens = torch.from_numpy(disk.tokens[:].astype("int32"))  # what setup() held before the cache
-    memory = WindowDataset(tokens, T, dm.stride)
+    memory = WindowDataset(tokens, T, dm.config.stride)
     loaders = [dm._loader(disk, shuffle=True), dm._loader(memory, shuffle=True)]
 
     class Alternate:

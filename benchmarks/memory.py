@@ -52,17 +52,22 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
     """In this process: build the run, note RSS at the estimate, train 2 steps, return the figures."""
     from common import QUIET, compose
 
+    import gptlit.run.build as run_build
     import gptlit.training.memory as memory
     from gptlit.run.build import build
 
     seen = {}
-    real = memory.available_memory
+    real, real_plan = memory.available_memory, run_build.plan_training_memory
 
     def spy(*a, **k):  # the RSS at the moment the plan is made
         seen["base"] = rss_now()
         return real(*a, **k)
 
-    memory.available_memory = spy
+    def keep_plan(*a, **k):  # the run's micro-batch plan, for its memory estimate
+        seen["plan"] = real_plan(*a, **k)
+        return seen["plan"]
+
+    memory.available_memory, run_build.plan_training_memory = spy, keep_plan
     cfg = compose(
         [*QUIET, f"model={model}", f"data.max_length={T}", f"data.batch_size={batch}",
          f"data.micro_batch_size={batch}", f"model.drop_rate={drop}", "trainer.max_steps=2", *extra]
@@ -74,7 +79,7 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
     trainer.callbacks.append(timer)
     trainer.fit(module, datamodule=dm)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    return dict(base=seen["base"], estimate=dm.memory_plan.memory.total(batch), measured=float(peak),
+    return dict(base=seen["base"], estimate=seen["plan"].memory.total(batch), measured=float(peak),
                 precision=str(trainer.precision), seconds=timer.per_step)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gptlit.data.config import DataConfig
 from gptlit.model.config import PRESETS, GPTConfig
 from gptlit.training.optim import OptimConfig, validate_optim
 from gptlit.run.config_store import config_nodes
@@ -99,6 +100,28 @@ def test_each_config_key_has_one_literal_default_in_the_package():
     twice = {k: v for k, v in found.items() if len(v) > 1}
     assert not twice, f"defaults written in two places: {twice}"
     assert {"lr", "top_k", "temperature", "emb_dim"} <= set(found)  # the scan sees the dataclasses
+    # every data setting with a default has it once, in DataConfig
+    data = {f.name: f.default for f in dataclasses.fields(DataConfig) if f.default is not None}
+    assert {k: [w.split(" ", 1)[1].split(".", 1)[0] for w in found.get(k, [])] for k in data} == \
+        {k: ["DataConfig"] for k in data}
+
+
+def test_the_datamodule_signature_restates_no_data_setting():
+    import inspect
+
+    from gptlit.data.datamodule import GPTDataModule
+
+    # a data setting in GPTDataModule's signature would be a second default, even as None (the scan above
+    # skips None): what once gave Python callers max_val_windows=None and the command line 1000
+    params = set(inspect.signature(GPTDataModule.__init__).parameters)
+    assert not params & {f.name for f in dataclasses.fields(DataConfig)}, params
+
+
+def test_data_options_extend_the_registered_base():
+    for f in sorted((CONF / "data").glob("*.yaml")):
+        d = yaml.safe_load(f.read_text()) or {}
+        assert "base" in d.get("defaults", []), f"{f.name} does not extend data/base (DataConfig)"
+        assert "_target_" not in d and not {"max_length", "stride"} & set(d), f"{f.name} restates the base's wiring"
 
 
 def test_the_scan_reports_a_second_default():
@@ -115,6 +138,27 @@ def test_model_presets_compose_to_the_python_config(make_cfg, name):
     cfg = make_cfg(f"model={name}", tiny=False)
     assert GPTConfig.from_dict(cfg.model) == GPTConfig.from_name(name)
     assert cfg.model.name == name and cfg.model.init_from is None
+
+
+@pytest.mark.parametrize("option", ["pydocs", "text", "verdict"])
+def test_command_line_and_python_get_the_same_data_settings(make_cfg, corpus, option):
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from gptlit.data.datamodule import GPTDataModule
+
+    cfg = make_cfg(f"data={option}", *([f"data.path={corpus}"] if option == "text" else []), tiny=False)
+    cli = OmegaConf.to_container(cfg.data, resolve=True)
+    assert get_class(cli.pop("_target_")) is GPTDataModule
+    # a Python caller passes what the option's YAML sets; every other value is DataConfig's on both sides
+    own = {k: v for k, v in yaml.safe_load((CONF / "data" / f"{option}.yaml").read_text()).items() if k != "defaults"}
+    if option == "text":
+        own["path"] = str(corpus)
+    python = GPTDataModule(**own).config
+    assert GPTDataModule(**cli).config == python
+    # DataConfig's max_length is the default model's (mini) context, which the command line follows
+    assert python.max_length == cfg.model.context_length == 128 and python.stride == 128
+    assert python.max_val_windows == 1000
 
 
 def test_command_line_and_python_get_the_same_optimizer_and_sampling(make_cfg):

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from gptlit.core.errors import UserError
-from gptlit.data.datamodule import GPTDataModule, WindowDataset, download, num_windows, split_point
+from gptlit.data.datamodule import GPTDataModule
+from gptlit.data.sampler import TrainOrder
+from gptlit.data.sources import download
+from gptlit.data.windows import WindowDataset, num_windows, split_point
 from gptlit.model.tokenizer import EOT_ID, encode
 
 
@@ -58,9 +61,9 @@ def test_book_split_of_verdict_sized_corpus():
 def test_only_train_shuffled(corpus):
     dm = GPTDataModule(source="files", path=str(corpus), max_length=16, batch_size=4)
     dm.setup()
-    dm.order.seed = 0  # the train order follows the shuffle seed (gptlit/data/sampler.py), not torch's RNG
+    dm.set_plan(order=TrainOrder(seed=0))  # the train order follows the shuffle seed (gptlit/data/sampler.py), not torch's RNG
     a = [x for x, _ in dm.train_dataloader()]
-    dm.order.seed = 1
+    dm.set_plan(order=TrainOrder(seed=1))
     b = [x for x, _ in dm.train_dataloader()]
     assert not all(torch.equal(p, q) for p, q in zip(a, b))
     assert all(torch.equal(p, q) for p, (q, _) in zip(b, dm.train_dataloader()))  # and the same seed, the same order
@@ -72,8 +75,22 @@ def test_only_train_shuffled(corpus):
     idx = dm.train_eval_indices()
     assert len(idx) == 5 * 4 and idx[0] == 0 and idx[-1] == len(dm.train_set) - 1 and idx == sorted(set(idx))
     assert torch.equal(te, torch.stack([dm.train_set[i][0] for i in idx]))
-    dm.eval_train_batches = 1000  # more than the split holds: every train window once
+    dm.config.eval_train_batches = 1000  # more than the split holds: every train window once
     assert dm.train_eval_indices() == list(range(len(dm.train_set)))
+
+
+def test_set_plan_sets_the_loader_batch_and_order(corpus):
+    dm = GPTDataModule(source="files", path=str(corpus), max_length=16, batch_size=4)
+    dm.setup()
+    assert dm.loader_batch_size == 4 and dm.order == TrainOrder()
+    dm.set_plan(micro_batch_size=2, order=TrainOrder(seed=3, epoch=1, start_batch=2))
+    sampler = dm.train_sampler()
+    assert (sampler.batch_size, sampler.step_size, sampler.seed, sampler.epoch, sampler.start_batch) == (2, 4, 3, 1, 2)
+    assert next(iter(dm.train_dataloader()))[0].shape == (2, 16)
+    dm.set_plan(order=TrainOrder(seed=5))  # the micro-batch size stays
+    assert dm.loader_batch_size == 2 and dm.train_sampler().seed == 5
+    with pytest.raises(ValueError, match="micro_batch_size=3 must be a positive divisor of data.batch_size=4"):
+        dm.set_plan(micro_batch_size=3)
 
 
 def test_pydocs_default_corpus():
@@ -121,7 +138,8 @@ def test_relative_path_resolves_against_cwd(tmp_path, monkeypatch, corpus):
         (dict(num_workers=-2), r"data.num_workers=-2"),
         (dict(num_proc=0), r"data.num_proc=0 must be a positive integer or null"),
         (dict(max_val_windows=0), r"data.max_val_windows=0 must be a positive integer or null"),
-        (dict(text_key=""), r"data.text_key= must be the JSON key of the text"),
+        (dict(text_key=""), r"data.text_key= must be the key or column of the text"),
+        (dict(max_lenght=8), r"data.max_lenght is not a data setting: use one of batch_size, cache_dir, "),
     ],
 )
 def test_bad_values(kwargs, match):
@@ -130,7 +148,10 @@ def test_bad_values(kwargs, match):
 
 
 def test_empty_folder(tmp_path):
-    with pytest.raises(UserError, match=r"holds no .txt, .txt.gz, .jsonl, .jsonl.gz files"):
+    from gptlit.data.readers import corpus_suffixes
+
+    assert corpus_suffixes()[:4] == (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")  # what a folder contributes, by reader
+    with pytest.raises(UserError, match=rf"holds no {', '.join(corpus_suffixes())} files; add some"):
         GPTDataModule(source="files", path=str(tmp_path))
 
 

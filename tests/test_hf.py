@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gptlit.model.config import GPTConfig
-from gptlit.data.datamodule import num_windows
+from gptlit.data.windows import num_windows
 from gptlit.core.errors import UserError
 from gptlit.model.generate import SamplingConfig, generate
 from gptlit.interop.hf import load_pretrained, read_pretrained, write_hf_folder

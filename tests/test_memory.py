@@ -194,7 +194,7 @@ def test_build_runs_the_batch_as_micro_batches(make_cfg, monkeypatch):
     est = memory.estimate_step_memory(GPTConfig.from_name("nano"), 32, "32-true", "cpu")
     fake_memory(monkeypatch, est.total(2.5) / memory.MARGIN / GB)  # 2 samples fit, 4 do not
     dm, module, trainer, _ = build(cfg)
-    assert (dm.batch_size, dm.loader_batch_size) == (8, 2)
+    assert (dm.config.batch_size, dm.loader_batch_size) == (8, 2)
     assert trainer.accumulate_grad_batches == 2 * 4  # the user's 2 times 4 micro-batches
     assert trainer.val_check_interval == 3 * 4  # still every 3 batches of 8
     loader = dm.train_dataloader()

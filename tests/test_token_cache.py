@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from gptlit.core.errors import UserError
-from gptlit.data.datamodule import GPTDataModule, WindowDataset, split_point
-from gptlit.data.token_cache import Corpus, TokenFile, ensure, file_paths, safe_cut
+from gptlit.data.datamodule import GPTDataModule
+from gptlit.data.windows import WindowDataset, split_point
+from gptlit.data.readers import safe_cut
+from gptlit.data.token_cache import Corpus, TokenFile, ensure, file_paths
 from gptlit.model.tokenizer import EOT_ID, encode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +156,7 @@ def test_val_windows_capped_and_spread(tmp_path):
     got = torch.cat([x for x, _ in dm.val_dataloader()])
     assert torch.equal(got, torch.stack([dm.val_set[i][0] for i in dm.val_indices()]))
     assert "validating on 5 of them" in dm.summary()
-    dm.max_val_windows = None
+    dm.config.max_val_windows = None
     assert dm.val_indices() is None and sum(len(x) for x, _ in dm.val_dataloader()) == n
 
 

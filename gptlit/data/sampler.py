@@ -75,7 +75,8 @@ class ResumableDistributedSampler(DistributedSampler):
 @dataclass
 class TrainOrder:
     """What the train loader's sampler is made with: the shuffle seed and, when resuming, the epoch
-    and the batches of it already trained. The datamodule holds one; gptlit.run.build sets it."""
+    and the batches of it already trained. The datamodule holds one; gptlit.training.resume.setup_exact_resume
+    gives it the run's (GPTDataModule.set_plan)."""
 
     seed: int | None = None  # None: the run's seed is not set yet (a random one, as a plain shuffle would)
     epoch: int = 0

@@ -5,12 +5,13 @@ complete file for it. The file is the corpus' GPT-2 ids, documents joined with <
 as little-endian uint16, with a small JSON file beside it (dtype, token and document counts,
 the cache key, the format version). Its name carries a hash of everything that decides the
 tokens: the files' resolved paths, sizes and modification times (pydocs: the text itself),
-the tokenizer's fingerprint, the separator, data.text_key and FORMAT_VERSION.
+the tokenizer's fingerprint, the separator, the settings the corpus' readers declare (e.g.
+data.text_key for JSON Lines) and FORMAT_VERSION.
 
-Preparation streams: files are read in pieces of about PIECE_BYTES, cut only where tokenizing
-the pieces gives the same ids as tokenizing the whole (see `safe_cut`), tokenized by a pool of
-processes in order, and appended to a temporary file that is renamed into place at the end, the
-metadata last. A file lock lets one process (DDP rank, sweep job) prepare while others wait.
+Preparation streams: each file is read by the reader of its format (gptlit.data.readers) in pieces
+of about PIECE_BYTES, cut only where tokenizing the pieces gives the same ids as tokenizing the
+whole (see gptlit.data.readers.safe_cut), tokenized by a pool of processes in order, and appended
+to a temporary file that is renamed into place at the end, the metadata last. A file lock lets one process (DDP rank, sweep job) prepare while others wait.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
-import gzip
 import hashlib
 import json
 import logging
@@ -27,7 +27,6 @@ import os
 import re
 import socket
 import time
-import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -35,6 +34,8 @@ import numpy as np
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file, atomic_write, remove_stale_partials
+from gptlit.data.config import DataConfig
+from gptlit.data.readers import DOCUMENTS, Corpus, Piece, reader_for
 from gptlit.model.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, encode, fingerprint, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -42,20 +43,14 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 DTYPE = np.dtype("<u2")  # GPT-2's 50,257 ids fit in 16 bits
 assert VOCAB_SIZE <= 1 << 16
-PIECE_BYTES = 4 << 20  # bytes of text per task sent to a tokenizing process
-# Files a folder contributes; a file named directly is read whatever its name (gzip and JSON Lines by suffix).
-CORPUS_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
+PIECE_BYTES = 4 << 20  # bytes of text per piece sent to a tokenizing process
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
-@dataclasses.dataclass(frozen=True)
-class Corpus:
-    """What to tokenize: files (plain text, .gz, .jsonl) in order, or in-memory documents (pydocs)."""
-
-    name: str
-    files: tuple[Path, ...] = ()
-    documents: tuple[str, ...] | None = None
-    text_key: str = "text"
+def reader_options(corpus: Corpus) -> dict:
+    """The values of the settings its files' readers declare (what they read depends on): the
+    corpus' own, else DataConfig's defaults."""
+    return {k: corpus.options.get(k, getattr(DataConfig, k)) for f in corpus.files for k in reader_for(f).options}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +60,6 @@ class CachedTokens:
     n_documents: int
     built: bool  # True if this call tokenized the corpus, False if it found it in the cache
     seconds: float
-
-
-def is_jsonl(f: Path) -> bool:
-    return f.name.endswith((".jsonl", ".jsonl.gz"))
-
-
-def is_gzip(f: Path) -> bool:
-    return f.name.endswith(".gz")
 
 
 def default_num_proc() -> int:
@@ -85,8 +72,7 @@ def default_num_proc() -> int:
 def cache_key(corpus: Corpus) -> str:
     h = hashlib.sha256()
     head = dict(format=FORMAT_VERSION, tokenizer=fingerprint(), separator=EOT_TOKEN, newlines="universal")
-    if any(is_jsonl(f) for f in corpus.files):
-        head["text_key"] = corpus.text_key
+    head.update(reader_options(corpus))  # e.g. text_key, when a file is JSON Lines
     h.update(json.dumps(head, sort_keys=True).encode())
     for f in corpus.files:
         st = f.stat()
@@ -182,155 +168,51 @@ def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_b
     return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], False, time.perf_counter() - t0)
 
 
-# ---- reading a corpus in pieces --------------------------------------------------------------------
+# ---- reading a corpus in pieces (gptlit.data.readers) ------------------------------------------
 
 
-@dataclasses.dataclass
-class Task:
-    """One piece of work for a tokenizing process."""
-
-    kind: str  # "text": bytes of one document's text; "str": a document; "jsonl": whole lines of JSON
-    payload: bytes | str
-    label: str  # the file, for errors
-    offset: int  # byte offset of payload in the (uncompressed) file; for jsonl the number of its first line
-    starts_document: bool  # a separator goes before it unless it is the first document
-    progress: int  # bytes of input (as stored on disk) this task accounts for
-
-
-def safe_cut(data: bytes) -> int:
-    """The last index i > 0 where data[i] is a newline and data[i-1] a printable ASCII character, or -1.
-
-    Tokenizing data[:i] and data[i:] apart gives the ids of tokenizing data whole: no alternative of
-    GPT-2's pre-tokenizer regex matches a non-space character followed by a space, so no pre-token
-    spans i; the regex has no look-behind, so matching data[i:] alone starts as it would at i; and
-    its look-aheads (`\\s+(?!\\S)`, `\\s++$`) only follow whitespace, which in data[:i] is always
-    followed by data[i-1]. `<|endoftext|>` holds no newline, "\\r\\n" is never split, and both
-    bytes are ASCII, so the cut is also a UTF-8 character boundary.
-    """
-    i = data.rfind(b"\n")
-    while i > 0:
-        if 0x21 <= data[i - 1] <= 0x7E:
-            return i
-        i = data.rfind(b"\n", 0, i)
-    return -1
-
-
-def _open(f: Path):
-    """(binary stream of the text, raw file for progress)."""
-    raw = open(f, "rb")
-    return (gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip(f) else raw), raw
-
-
-def tasks(corpus: Corpus, piece_bytes: int) -> Iterator[Task]:
-    """The corpus as tasks, in order, reading each file a piece at a time."""
-    for doc in corpus.documents or ():
-        yield Task("str", doc, corpus.name, 0, True, len(doc))
+def tasks(corpus: Corpus, piece_bytes: int) -> Iterator[Piece]:
+    """The corpus as pieces, in order, each file read a piece at a time by its reader."""
+    yield from DOCUMENTS.documents(corpus.documents or (), corpus.name)
+    options = reader_options(corpus)
     for f in corpus.files:
         try:
-            stream, raw = _open(f)
-            with raw, stream:
-                yield from (_jsonl_tasks if is_jsonl(f) else _text_tasks)(f, stream, raw, piece_bytes)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise UserError(f"data.path: {f} is not a complete gzip file ({e}); re-download it or decompress it") from None
+            yield from reader_for(f).pieces(f, piece_bytes, options)
         except OSError as e:
             raise UserError(f"data.path: cannot read {f} ({e.strerror or e}); check the file and its permissions") from None
-
-
-def _text_tasks(f: Path, stream, raw, piece_bytes: int) -> Iterator[Task]:
-    carry, offset, first, seen = b"", 0, True, 0
-    while block := stream.read(piece_bytes):
-        data = carry + block
-        cut = safe_cut(data)
-        if cut <= 0:  # no safe point yet: a line longer than a piece; keep reading
-            carry = data
-            continue
-        pos = raw.tell()
-        yield Task("text", data[:cut], str(f), offset, first, pos - seen)
-        first, offset, carry, seen = False, offset + cut, data[cut:], pos
-    if first and not carry:
-        raise UserError(f"data.path: {f} is empty; delete it or add text to it")
-    if carry:
-        yield Task("text", carry, str(f), offset, first, raw.tell() - seen)
-
-
-def _jsonl_tasks(f: Path, stream, raw, piece_bytes: int) -> Iterator[Task]:
-    lines, size, first_line, seen, any_doc = [], 0, 1, 0, False
-    for n, line in enumerate(stream, 1):
-        if not lines:
-            first_line = n
-        lines.append(line)
-        size += len(line)
-        any_doc = any_doc or bool(line.strip())
-        if size >= piece_bytes:
-            pos = raw.tell()
-            yield Task("jsonl", b"".join(lines), str(f), first_line, True, pos - seen)
-            lines, size, seen = [], 0, pos
-    if not any_doc:
-        raise UserError(f"data.path: {f} is empty (no JSON lines); delete it or add documents to it")
-    if lines:
-        yield Task("jsonl", b"".join(lines), str(f), first_line, True, raw.tell() - seen)
 
 
 # ---- tokenizing (in the pool's processes) ------------------------------------------------------
 
 
-def _decode(data: bytes, label: str, offset: int) -> str:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"data.path: {label} is not UTF-8 text ({e.reason} at byte {offset + e.start}); convert it to UTF-8"
-        ) from None
-    # universal newlines, as Python's text mode reads files: "\r\n" and "\r" become "\n"
-    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
-
-
-def tokenize_task(task: Task, text_key: str = "text") -> tuple[np.ndarray, int]:
-    """(ids as DTYPE, documents started) of one task."""
-    if task.kind == "str":
-        return np.array(encode(task.payload), dtype=DTYPE), 1
-    if task.kind == "text":
-        return np.array(encode(_decode(task.payload, task.label, task.offset)), dtype=DTYPE), int(task.starts_document)
+def tokenize_task(task: Piece, options: dict) -> tuple[np.ndarray, int]:
+    """(ids as DTYPE, documents started) of one piece: its texts joined with <|endoftext|>."""
+    texts = task.reader.texts(task, options)
     ids: list[int] = []
-    docs = 0
-    for n, line in enumerate(task.payload.splitlines(), task.offset):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(_decode(line, f"line {n} of {task.label}", 0))
-        except ValueError as e:
-            raise UserError(f"data.path: line {n} of {task.label} is not JSON ({e}); fix or remove that line") from None
-        text = record.get(text_key) if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
-            raise UserError(
-                f"data.text_key={text_key}: line {n} of {task.label} has no text under {text_key!r} (it holds: {keys}); "
-                f"set data.text_key to the key of the text"
-            )
-        if docs:
+    for i, text in enumerate(texts):
+        if i:
             ids.append(EOT_ID)
         ids.extend(encode(text))
-        docs += 1
-    return np.array(ids, dtype=DTYPE), docs
+    return np.array(ids, dtype=DTYPE), len(texts) - (0 if task.starts_document or not texts else 1)
 
 
-def _ordered(corpus: Corpus, num_proc: int, piece_bytes: int) -> Iterator[tuple[Task, np.ndarray, int]]:
+def _ordered(corpus: Corpus, num_proc: int, piece_bytes: int) -> Iterator[tuple[Piece, np.ndarray, int]]:
     """(task, ids, documents) in corpus order, tokenized by num_proc processes.
 
     Hand-written rather than Pool.imap: imap reads its whole input ahead, which would hold the
     corpus in memory; here at most 2 tasks per process are in flight.
     """
-    it = tasks(corpus, piece_bytes)
+    it, options = tasks(corpus, piece_bytes), reader_options(corpus)
     if num_proc <= 1:
         for t in it:
-            yield (t, *tokenize_task(t, corpus.text_key))
+            yield (t, *tokenize_task(t, options))
         return
     get_tokenizer()  # loaded once here, shared with the forked processes
     # fork: the workers need only the tokenizer and numpy, and fork neither re-imports torch nor this program
     with multiprocessing.get_context("fork").Pool(num_proc) as pool:
         pending: collections.deque = collections.deque()
         for t in it:
-            pending.append((t, pool.apply_async(tokenize_task, (t, corpus.text_key))))
+            pending.append((t, pool.apply_async(tokenize_task, (t, options))))
             if len(pending) >= 2 * num_proc:
                 t0, r = pending.popleft()
                 yield (t0, *r.get())
@@ -369,7 +251,7 @@ def build(corpus: Corpus, bin_path: Path, meta_path: Path, num_proc: int, piece_
         seconds = time.perf_counter() - t0
         meta = dict(
             format=FORMAT_VERSION, dtype=DTYPE.str, n_tokens=n_tokens, n_documents=n_docs, key=cache_key(corpus),
-            corpus=corpus.name, files=[str(f.resolve()) for f in corpus.files], text_key=corpus.text_key,
+            corpus=corpus.name, files=[str(f.resolve()) for f in corpus.files], **reader_options(corpus),
             separator=EOT_TOKEN, tokenizer=fingerprint(), input_bytes=total, seconds=round(seconds, 3), processes=use,
         )
         atomic_write(meta_path, meta)  # the tokens first, the metadata that vouches for them last

@@ -118,7 +118,8 @@ def plan_training_memory(cfg: DictConfig, model_cfg, dm: GPTDataModule, tcfg: di
     devices, nodes = tcfg.get("devices", 1), int(tcfg.get("num_nodes") or 1)
     local = devices if isinstance(devices, int) and devices > 0 else 1
     return memory.plan_for_training(
-        model_cfg, str(cfg.model.get("name", "custom")), dm.batch_size, dm.max_length, dm.micro_batch_size,
+        model_cfg, str(cfg.model.get("name", "custom")), dm.config.batch_size, dm.config.max_length,
+        dm.config.micro_batch_size,
         tcfg["precision"], str(tcfg.get("accelerator", "auto")), processes_per_machine=local,
         fused_loss=not cfg.get("compile", False), world_size=local * nodes,
     )
@@ -157,17 +158,18 @@ def build(cfg: DictConfig):
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    dm: GPTDataModule = make(cfg.data, val_all=task == "validate")  # validate: the whole corpus
-    dm.prepare_wait_s = cfg.get("dist_timeout_s")  # a rank waiting for another's token file gives up after it
+    # validate: the whole corpus; a rank waiting for another's token file gives up after dist_timeout_s
+    dm: GPTDataModule = make(cfg.data, val_all=task == "validate", prepare_wait_s=cfg.get("dist_timeout_s"))
     dm.prepare_data()
     dm.setup("fit")  # tokenize now: a corpus too short fails before the model is built
     rank_zero_info(dm.summary())
 
     micro = 1
     if task == "train":  # data.batch_size per optimizer step, in micro-batches that fit (checked before the model exists)
-        dm.memory_plan = plan = plan_training_memory(cfg, model_cfg, dm, tcfg)
+        plan = plan_training_memory(cfg, model_cfg, dm, tcfg)
         rank_zero_info(plan.line())
-        dm.loader_batch_size, micro = plan.micro_batch_size, plan.accumulate
+        dm.set_plan(micro_batch_size=plan.micro_batch_size)
+        micro = plan.accumulate
         tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * micro
 
     module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=bool(cfg.get("compile", False)))

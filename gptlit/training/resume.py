@@ -162,16 +162,14 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
                        ckpt: dict | None = None) -> ExactResume:
     """Set the datamodule's training order (seed, and where a resume starts) and put the ExactResume
     callback first among the trainer's callbacks. Raises UserError before any training."""
-    from gptlit.data.sampler import default_seed, order_fingerprint
+    from gptlit.data.sampler import TrainOrder, default_seed, order_fingerprint
 
-    sampler = dm.train_sampler(trainer)
-    fingerprint = order_fingerprint(dm.train_set, dm.batch_size, trainer.world_size, dm.loader_batch_size)
+    sampler = dm.train_sampler(trainer)  # its length does not depend on the order's seed or position
+    fingerprint = order_fingerprint(dm.train_set, dm.config.batch_size, trainer.world_size, dm.loader_batch_size)
     per_epoch = sampler.batches_per_epoch()
     plan = plan_resume(ckpt, ckpt_path, fingerprint, per_epoch, allow_inexact) if ckpt_path else None
-    if plan is None:
-        dm.order.seed = default_seed(seed)
-    else:
-        dm.order.seed, dm.order.epoch, dm.order.start_batch = plan["seed"], plan["epoch"], plan["start_batch"]
-    tracker = ExactResume(fingerprint, dm.order.seed, per_epoch)
+    order = TrainOrder(default_seed(seed)) if plan is None else TrainOrder(plan["seed"], plan["epoch"], plan["start_batch"])
+    dm.set_plan(order=order)
+    tracker = ExactResume(fingerprint, order.seed, per_epoch)
     trainer.callbacks.insert(0, tracker)
     return tracker
