@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # bottom to top; a module may import its own layer's modules (without a cycle) and lower layers'
 LAYERS = ["core", "model", "data", "interop", "training", "evaluation", "run"]
-COMMANDS = ["train.py", "sample.py", "export.py", "eval.py", "report.py"]
+COMMANDS = ["train.py", "sample.py", "export.py", "eval.py", "report.py",
+            "hydra_plugins/gptlit_optuna_sweeper.py"]  # entry points above gptlit/ (Hydra imports the plugin)
 MAX_FLOORS = 7
 
 

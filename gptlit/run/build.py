@@ -35,6 +35,7 @@ from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.lit_module import GPTLitModule
 from gptlit.training.resume import setup_exact_resume
 from gptlit.run.trainer_args import check_trainer_args
+from gptlit.run.search import trial_pruning_callback
 from gptlit.run.trackers import prepare_loggers
 
 
@@ -200,6 +201,9 @@ def build(cfg: DictConfig):
     callbacks = instantiate_dict(cfg.get("callbacks"), "callbacks")
     if sampler.every_n_steps:
         callbacks.append(sampler)
+    pruning = trial_pruning_callback()  # a trial of hparams_search=optuna: report val/loss, stop when hopeless
+    if pruning is not None:
+        callbacks.append(pruning)
     prepare_loggers(cfg.get("logger"))  # logger=wandb without wandb: one line saying what to install
     loggers = instantiate_dict(cfg.get("logger"), "logger")
 

@@ -4,7 +4,9 @@
 
 writes sweep_summary.csv, sweep_summary.md and sweep_val_loss.png into the sweep directory and
 prints the table. It reads each job's job_result.json (gptlit.core.job_record.JobRecord) and .hydra/overrides.yaml,
-so it works for a finished sweep, an interrupted one and one still running. train.py -m writes the
+so it works for a finished sweep, an interrupted one and one still running. For an Optuna search
+(hparams_search=optuna) it adds the study from optuna.journal: pruned trials, the best trial with the
+command line that runs it alone (also in best_params.yaml), and the parameters' importances. train.py -m writes the
 same report when the sweep ends (gptlit.run.sweep.SweepSummary, a Hydra callback).
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from gptlit.core.errors import EXIT_USER_ERROR
 from gptlit.core.files import atomic_file, atomic_write
 from gptlit.core.job_record import RESULT_FILE, JobRecord, override_values
+from gptlit.run.search import BEST_FILE, study_summary  # an Optuna search's study (optuna.journal), if any
 
 
 CSV_FILE, MD_FILE, PLOT_FILE = "sweep_summary.csv", "sweep_summary.md", "sweep_val_loss.png"
@@ -37,9 +40,13 @@ class Report:
     varying: list[str]  # the override keys whose values differ between jobs
     files: list[Path] = field(default_factory=list)
 
+    study: str | None = None  # an Optuna search's part of the summary (gptlit.run.search.study_summary)
+
     @property
     def best(self) -> dict | None:
-        ok = [r for r in self.rows if _finite(r["best_val_loss"]) and not r["status"].startswith("failed")]
+        """The job with the lowest best val/loss among those that neither failed nor were pruned (a pruned
+        trial's curve stops early; Optuna's best trial is a complete one too)."""
+        ok = [r for r in self.rows if _finite(r["best_val_loss"]) and not r["status"].startswith(("failed", "pruned"))]
         return ok[0] if ok else None
 
 
@@ -113,16 +120,23 @@ def varying_keys(rows: list[dict]) -> list[str]:
     return [k for k in keys if len({repr(row["overrides"].get(k)) for row in rows}) > 1]
 
 
+def _short(v) -> str:
+    """A value for people: a searched float such as 0.00024373700083914676 as 0.0002437 (the CSV keeps it whole)."""
+    return f"{v:.4g}" if isinstance(v, float) and len(repr(v)) > 8 else str(v)
+
+
 def label(row: dict, varying: list[str]) -> str:
-    parts = [f"{k}={row['overrides'][k]}" for k in varying if k in row["overrides"]]
+    parts = [f"{k}={_short(row['overrides'][k])}" for k in varying if k in row["overrides"]]
     return " ".join(parts) if parts else f"job {row['job']}"
 
 
 def _sort_key(row):
-    """Best val/loss first; failed jobs and jobs without a val/loss last."""
+    """Best val/loss first; then pruned trials (their curves stop early); failed jobs and jobs without a
+    val/loss last."""
     b = row["best_val_loss"]
     last = row["status"].startswith("failed") or not _finite(b)
-    return (last, b if _finite(b) else math.inf, row["job"] if row["job"] is not None else 1 << 30)
+    return (last, row["status"] == "pruned", b if _finite(b) else math.inf,
+            row["job"] if row["job"] is not None else 1 << 30)
 
 
 def _fmt(v, kind: str = "") -> str:
@@ -147,7 +161,10 @@ def table_rows(report: Report, formatted: bool) -> list[list]:
         if formatted:
             kinds = ["loss", "int", "loss", "ppl", "int", "int", "time", ""]
             vals = [_fmt(v, k) for v, k in zip(vals, kinds)]
-        out.append([r["job"], *[r["overrides"].get(k, "") for k in report.varying], *vals])
+        values = [r["overrides"].get(k, "") for k in report.varying]
+        if formatted:
+            values = [_short(v) for v in values]
+        out.append([r["job"], *values, *vals])
     return out
 
 
@@ -164,6 +181,8 @@ def markdown(report: Report) -> str:
         lines.append(f"best: {name}: val/loss {best['best_val_loss']:.4f} at step {best['best_step']}, {best['dir']}")
     else:
         lines.append("best: none (no job reached a finite val/loss)")
+    if report.study:
+        lines += ["", report.study.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -192,17 +211,20 @@ def plot(report: Report, path: Path) -> bool:
     for r, c in reversed(curves):  # the best last, so it is drawn on top
         is_best = best is not None and r is best
         name = label(r, report.varying) + (" (best)" if is_best else "")
+        pruned = r["status"] == "pruned"
         if not r["status"].startswith(("ok", "stopped")):
             name += f" [{r['status'].split(':')[0]}]"
-        ax.plot([p[1] for p in c], [p[2] for p in c], marker="o" if len(c) < 30 else None, markersize=3,
-                linewidth=2.8 if is_best else 1.2, alpha=1.0 if is_best else 0.75, zorder=3 if is_best else 2,
-                linestyle="--" if r["status"].startswith("failed") else "-", label=name)
+        line, = ax.plot([p[1] for p in c], [p[2] for p in c], marker="o" if len(c) < 30 else None, markersize=3,
+                        linewidth=2.8 if is_best else 1.2, alpha=1.0 if is_best else 0.75, zorder=3 if is_best else 2,
+                        linestyle="--" if r["status"].startswith("failed") else ":" if pruned else "-", label=name)
+        if pruned:  # where the search stopped it
+            ax.plot([c[-1][1]], [c[-1][2]], marker="x", markersize=9, mew=2, color=line.get_color(), zorder=4)
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("val loss")
     ax.set_title(f"sweep {report.sweep_dir.name}: val loss by job")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper right")
+    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="best")  # not over a short (pruned) curve
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -215,11 +237,13 @@ def build_report(sweep_dir: Path, echo: bool = True) -> Report:
     sweep_dir = Path(sweep_dir)
     rows = read_jobs(sweep_dir)
     rows.sort(key=_sort_key)
-    report = Report(sweep_dir, rows, varying_keys(rows))
+    report = Report(sweep_dir, rows, varying_keys(rows), study=study_summary(sweep_dir))
     md = markdown(report)
     write_csv(report, sweep_dir / CSV_FILE)
     atomic_write(sweep_dir / MD_FILE, md)
     report.files = [sweep_dir / CSV_FILE, sweep_dir / MD_FILE]
+    if report.study and (sweep_dir / BEST_FILE).is_file():
+        report.files.append(sweep_dir / BEST_FILE)
     if plot(report, sweep_dir / PLOT_FILE):
         report.files.append(sweep_dir / PLOT_FILE)
     if echo:

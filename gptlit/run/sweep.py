@@ -74,28 +74,54 @@ def ddp_child_argv(argv: list[str], environ=os.environ) -> list[str]:
 
 # ---- searches ------------------------------------------------------------------------------------
 
-# hparams_search option -> (the Hydra sweeper plugin's module, what to install)
-SEARCH_PLUGINS = {"optuna": ("hydra_plugins.hydra_optuna_sweeper", 'pip install -e ".[sweep]" (hydra-optuna-sweeper)')}
+# hparams_search option -> (the package it needs, its lowest major version, what to install). The sweeper
+# itself is gptlit's (hydra_plugins/gptlit_optuna_sweeper.py, gptlit.run.search), installed with gptlit.
+SEARCH_PLUGINS = {"optuna": ("optuna", 4, 'pip install -e ".[sweep]"')}
 
 
 def check_search_plugin(args: list[str]):
-    """hparams_search=optuna needs Hydra's Optuna sweeper: without it Hydra would fail with a long
-    config-composition error, so say in one line what to install (exit 2)."""
+    """hparams_search=optuna needs optuna >= 4: without it the search would fail in its first trial or
+    with Hydra's long composition error, so say in one line what to install (exit 2). With it, a bad
+    search space on the command line is one line too (gptlit.run.search.check_command_line)."""
+    from importlib.metadata import PackageNotFoundError, version
     from importlib.util import find_spec
 
     for a in args:
         key, _, value = a.lstrip("+").partition("=")
         if key != "hparams_search" or value not in SEARCH_PLUGINS:
             continue
-        module, install = SEARCH_PLUGINS[value]
+        package, major, install = SEARCH_PLUGINS[value]
         try:
-            found = find_spec(module) is not None
+            found = find_spec(package) is not None
         except ModuleNotFoundError:
             found = False
+        have = None
+        if found:
+            try:
+                have = version(package)
+            except PackageNotFoundError:  # importable without package metadata: trust it
+                have = None
         if not found:
-            print(f"error: hparams_search={value} needs Hydra's {value} sweeper plugin, which is not installed: "
-                  f"{install}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            problem = "which is not installed"
+        elif have is not None and _major(have) < major:
+            problem = f"{package} {have} is installed"
+        else:
+            from gptlit.core.errors import UserError
+            from gptlit.run.search import check_command_line
+
+            try:  # a bad search space: one line before Hydra's multi-line parse error, before any trial
+                check_command_line(args)
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(EXIT_USER_ERROR)
+            continue
+        print(f"error: hparams_search={value} needs {package}>={major}, {problem}: {install}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _major(v: str) -> int:
+    head = v.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 # ---- the end of a sweep -------------------------------------------------------------------------

@@ -363,8 +363,8 @@ def _tokens_at(xlim, steps, tokens):
 
 class JobResult(L.Callback):
     """Keeps `job_result.json` (gptlit.core.job_record.JobRecord) in the run directory: the val loss
-    curve (step, tokens seen, loss) and, when training ends, the status (ok, stopped early, failed:
-    reason), steps, tokens and wall time. It is rewritten at every validation, so a running or
+    curve (step, tokens seen, loss) and, when training ends, the status (ok, stopped early, pruned,
+    failed: reason), steps, tokens and wall time. It is rewritten at every validation, so a running or
     interrupted job can be compared too. At the end it logs the job's overrides with its best and
     final val/loss through each logger's hyperparameter API (TensorBoard's HPARAMS tab)."""
 
@@ -437,6 +437,10 @@ class JobResult(L.Callback):
                 self.status = "stopped early"
                 if reason.name == "NON_FINITE_METRIC":
                     self.status = "failed: " + one_line(cb.stopping_reason_message or "val/loss is not finite")
+        pruned = next((cb.pruned for cb in trainer.callbacks if getattr(cb, "pruned", None)), None)
+        if pruned is not None:  # a search stopped this trial (gptlit.training.pruning): not a failure
+            self.status = "pruned"
+            self.rec.extra["pruned"] = dict(pruned)
         if self.curve and not math.isfinite(self.curve[-1][2]) and not self.status.startswith("failed"):
             self.status = f"failed: val/loss = {self.curve[-1][2]} at step {self.curve[-1][0]}"
         self.write()
