@@ -28,10 +28,11 @@ def test_ctrl_c_says_where_last_ckpt_is_and_the_command_that_resumes(make_cfg, c
                    "+callbacks.crash.ctrl_c=true")
     handler = signal.getsignal(signal.SIGINT)
     try:
-        with caplog.at_level("INFO"), pytest.raises(SystemExit):
+        with caplog.at_level("INFO"), pytest.raises(SystemExit) as stopped:
             run(cfg)
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C
+    assert stopped.value.code == 130  # SIGINT's exit code, not 1 (Lightning's, read as a failure)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interrupted")]
     assert said == [f"interrupted at step 3. last.ckpt (step 3) is {last}; resume with: "

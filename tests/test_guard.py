@@ -5,6 +5,7 @@ the lr, and the run finishes; after max_rollbacks it stops with one line."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import lightning as L
 import pytest
@@ -13,7 +14,7 @@ from conftest import TINY, compose_cfg
 
 from gptlit.core.errors import UserError
 from gptlit.run.runner import run
-from gptlit.training.guard import LossGuard
+from gptlit.training.guard import GuardGaveUp, LossGuard
 
 RECORD: dict = {}
 
@@ -88,9 +89,11 @@ def test_nan_step_skipped_and_spikes_rolled_back(corpus, tmp_path, caplog):
 
 def test_guard_gives_up_after_max_rollbacks(corpus, tmp_path, caplog):
     RECORD.clear()
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO"), pytest.raises(GuardGaveUp, match="loss guard gave up"):  # a failed run: exit 1
         run(cfg(corpus, tmp_path, "callbacks.guard.max_rollbacks=0", "+callbacks.inject.spike_at=[8,9,10]"))
     assert len(RECORD["fits"]) == 1
+    status = json.loads((tmp_path / "run" / "job_result.json").read_text())["status"]
+    assert status.startswith("failed: loss guard gave up: 3 bad steps in a row")  # before: "ok"
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped")]
     assert len(lines) == 1 and lines[0].startswith("stopped at step 12: loss guard gave up: 3 bad steps in a row "
                                                    "(steps 8-10) after 0 rollbacks (callbacks.guard.max_rollbacks=0)")

@@ -22,7 +22,7 @@ from gptlit.core.errors import EXIT_USER_ERROR, UserError
 from gptlit.core.files import write_failure
 from gptlit.core.job_record import JobRecord, hydra_job, mark_failed, one_line
 from gptlit.run.build import build, prepare
-from gptlit.training.guard import GuardRollback, rollback_config
+from gptlit.training.guard import GuardGaveUp, GuardRollback, gave_up_message, rollback_config
 from gptlit.training.limits import stop_reason
 from gptlit.run.sweep import ddp_in_sweep
 
@@ -45,8 +45,10 @@ def run(cfg: DictConfig) -> dict:
                 cfg = rollback_config(cfg, rb)
                 dm, module, trainer, ckpt_path = build(cfg)
             except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1), after writing last.ckpt
-                if trainer.interrupted and trainer.is_global_zero:
-                    log.info(f"interrupted at step {trainer.global_step}. {resume_hint(cfg.paths.output_dir)}")
+                if trainer.interrupted:
+                    if trainer.is_global_zero:
+                        log.info(f"interrupted at step {trainer.global_step}. {resume_hint(cfg.paths.output_dir)}")
+                    sys.exit(130)  # the shell's code for a run ended by SIGINT, not 1 (a failure)
                 raise
         ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
         if ckpt is not None:
@@ -55,6 +57,9 @@ def run(cfg: DictConfig) -> dict:
         rank_zero_info(stop_reason(trainer))  # which limit ended the run, in the last lines
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     rank_zero_info("final: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if "/" in k))
+    gave_up = gave_up_message(trainer) if cfg.get("task", "train") == "train" else None
+    if gave_up:  # the run diverged past the guard's rollbacks: a failure, not a finished run
+        raise GuardGaveUp(gave_up)
     return metrics
 
 
@@ -103,6 +108,12 @@ def task_wrapper(task):
         except KeyboardInterrupt:  # Ctrl-C before training started (Lightning handles it during training)
             print("interrupted before training started; nothing to resume", file=sys.stderr, flush=True)
             sys.exit(130)
+        except GuardGaveUp as e:  # its job record says failed already (JobResult)
+            if sweep:
+                log.error(f"job {job.get('num')} failed: {e}; the sweep goes on")
+                return None
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
         except UserError as e:
             if sweep and job.get("num"):
                 log.error(f"job {job['num']} failed: {e}")

@@ -437,6 +437,9 @@ class JobResult(L.Callback):
                 self.status = "stopped early"
                 if reason.name == "NON_FINITE_METRIC":
                     self.status = "failed: " + one_line(cb.stopping_reason_message or "val/loss is not finite")
+        gave_up = next((cb.gave_up_message for cb in trainer.callbacks if getattr(cb, "gave_up_message", None)), None)
+        if gave_up:  # the loss guard ended a diverging run (gptlit.training.guard): the job failed
+            self.status = "failed: " + one_line(gave_up)
         pruned = next((cb.pruned for cb in trainer.callbacks if getattr(cb, "pruned", None)), None)
         if pruned is not None:  # a search stopped this trial (gptlit.training.pruning): not a failure
             self.status = "pruned"

@@ -44,6 +44,16 @@ class GuardRollback(Exception):
         self.ckpt_path, self.skip_steps, self.rollbacks = ckpt_path, skip_steps, rollbacks
 
 
+class GuardGaveUp(Exception):
+    """Raised after a fit that the loss guard ended (training diverged past its rollbacks): the run
+    failed, its last.ckpt and job record (`failed: loss guard gave up ...`) are written."""
+
+
+def gave_up_message(trainer) -> str | None:
+    """The loss guard's give-up line if it ended this fit, else None."""
+    return next((cb.gave_up_message for cb in trainer.callbacks if getattr(cb, "gave_up_message", None)), None)
+
+
 class LossGuard(L.Callback):
     def __init__(self, spike_factor: float = 3.0, window: int = 50, patience: int = 3, lr_factor: float = 0.5,
                  max_rollbacks: int = 3, check_every: int | None = None, skip_steps: list[int] | None = None,
