@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gptlit.core.files import user_path
-from gptlit.interop.checkpoints import find_checkpoint, model_from_checkpoint
+from gptlit.interop.checkpoints import find_checkpoint, model_from_checkpoint, pick_device
 from gptlit.run.config_store import register_configs
 from gptlit.core.errors import UserError, exit_on_user_error
 from gptlit.model.generate import SamplingConfig, generate_text
@@ -43,17 +42,6 @@ def read_prompts(cfg: DictConfig) -> list[str]:
     if not prompts:
         raise UserError(f"prompt_file={cfg.prompt_file} has no prompts (every line is blank)")
     return prompts
-
-
-def pick_device(name: str) -> str:
-    name = str(name)
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"device={name} is unknown: use auto, cpu, cuda or cuda:N")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but this machine has no CUDA GPU: use device=cpu or device=auto")
-    return name
 
 
 def shown(path: Path) -> str:

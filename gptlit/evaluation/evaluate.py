@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_write, user_path
@@ -25,6 +24,7 @@ from gptlit.evaluation.benchmarks import LAMBADA_TEXT_KEY, TASKS, Benchmark, rea
 from gptlit.evaluation.bpb import LN2, score_corpus
 from gptlit.evaluation.scoring import score_choices, score_last_words
 from gptlit.model.gpt import GPT
+from gptlit.interop.checkpoints import pick_device
 
 
 # the task group of eval.py ---------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def is_pretrained(path) -> bool:
 
 def load_model(path, device: str = "cpu", key: str = "ckpt", pretrained: bool | None = None) -> LoadedModel:
     """The model at `path`, fp32, in eval mode. pretrained=None: decided by what the path holds."""
-    from gptlit.interop.checkpoints import find_checkpoint, load_checkpoint, model_from_checkpoint
+    from gptlit.interop.checkpoints import find_checkpoint, model_from_checkpoint
     from gptlit.interop.hf import load_pretrained
 
     if pretrained is None:
@@ -88,17 +88,6 @@ def load_model(path, device: str = "cpu", key: str = "ckpt", pretrained: bool | 
     found = find_checkpoint(path, prefer="best", key=key)
     model, ckpt = model_from_checkpoint(found, device)
     return LoadedModel(model, str(path), "checkpoint", int(ckpt.get("global_step", 0) or 0))
-
-
-def pick_device(name) -> str:
-    name = str(name)
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"device={name} is unknown: use auto, cpu, cuda or cuda:N")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but this machine has no CUDA GPU: use device=cpu or device=auto")
-    return name
 
 
 # one task on one model ----------------------------------------------------------------------------
@@ -179,7 +168,7 @@ def table(result: TaskResult, other: TaskResult | None = None, diff: dict | None
     pct = f"{confidence:.0%}"
     head = ["task", "metric", "n", "score", f"{pct} interval"]
     if diff:
-        head += ["compare", f"difference", f"{pct} interval"]
+        head += ["compare", "difference", f"{pct} interval"]
     rows = [head]
     for m, e in result.metrics.items():
         row = [result.task, m, str(e.n), f"{e.score:.4f}", _iv(e)]

@@ -26,6 +26,18 @@ from gptlit.model.gpt import GPT
 CHECKPOINT_NAMES = {"best": "best.ckpt", "last": "last.ckpt"}
 
 
+def pick_device(name) -> str:
+    """device=auto|cpu|cuda|cuda:N (sample.py, eval.py) as a torch device name; one line for a bad one."""
+    name = str(name)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"device={name} is unknown: use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but this machine has no CUDA GPU: use device=cpu or device=auto")
+    return name
+
+
 def find_checkpoint(path: str | os.PathLike, prefer: str = "best", key: str = "ckpt") -> Path:
     """The checkpoint that `path` names: a .ckpt file itself, or in a run directory the `prefer`red
     one (checkpoints/<prefer>.ckpt, then <prefer>.ckpt), else the other one.
