@@ -207,7 +207,9 @@ def plot(report: Report, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     best = report.best
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # the legend goes under the axes, one row a job: inside them ("best" place) it hid curves of a search
+    fig = plt.figure(figsize=(7, 4 + 0.2 * len(curves)), layout="constrained")
+    ax = fig.add_subplot()
     for r, c in reversed(curves):  # the best last, so it is drawn on top
         is_best = best is not None and r is best
         name = label(r, report.varying) + (" (best)" if is_best else "")
@@ -224,8 +226,7 @@ def plot(report: Report, path: Path) -> bool:
     ax.set_title(f"sweep {report.sweep_dir.name}: val loss by job")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="best")  # not over a short (pruned) curve
-    fig.tight_layout()
+    fig.legend(handles[::-1], labels[::-1], fontsize=8, loc="outside lower center")
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
