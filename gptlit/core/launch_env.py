@@ -141,8 +141,17 @@ def _choose_run_dir(base: str, stamped: str, num_nodes: int, timeout_s: float, e
             f"srun (docs/multi-node.md)"
         )
     # One process, or rank 0 of Lightning's own launch (it hands the directory to the ranks it starts
-    # as hydra.run.dir=...): the directory is this run's alone.
-    return claim_run_dir(default) if env.is_global_zero else default
+    # as hydra.run.dir=...): the directory is this run's alone. In a sweep, jobs live in hydra.sweep.dir
+    # and nothing may be claimed here: Lightning reads hydra.run.dir to start a DDP job's ranks (whose
+    # command line gptlit replaces, gptlit.run.sweep.ddp_child_argv), which left an empty outputs/<date>/<time>.
+    return claim_run_dir(default) if env.is_global_zero and not _in_multirun() else default
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def claim_run_dir(path: str) -> str:
