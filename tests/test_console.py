@@ -22,7 +22,8 @@ def test_ctrl_c_says_where_last_ckpt_is_and_the_command_that_resumes(make_cfg, c
     monkeypatch.syspath_prepend(str(ROOT / "tests"))
     typed = ["model=nano", "sampling.prompt=每一次 café", "ckpt_path=old/last.ckpt"]  # a resumed run, resumed again
     monkeypatch.setattr(sys, "argv", ["train.py", *typed])
-    monkeypatch.setattr(runner, "hydra_job", lambda: {"overrides": hydra_argv(sys.argv)[1:]})
+    monkeypatch.setattr(runner, "hydra_job", lambda: {"overrides": hydra_argv(sys.argv)[1:],  # as Hydra has them
+                                                      "hydra_overrides": ["hydra.run.dir=/data/run 1"]})
     cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=10", "trainer.val_check_interval=2",
                    "+callbacks.crash._target_=sweep_probe.CrashAt", "+callbacks.crash.step=3",
                    "+callbacks.crash.ctrl_c=true")
@@ -36,7 +37,7 @@ def test_ctrl_c_says_where_last_ckpt_is_and_the_command_that_resumes(make_cfg, c
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interrupted")]
     assert said == [f"interrupted at step 3. last.ckpt (step 3) is {last}; resume with: "
-                    f"python train.py model=nano 'sampling.prompt=每一次 café' ckpt_path={last}"]
+                    f"python train.py 'hydra.run.dir=/data/run 1' model=nano 'sampling.prompt=每一次 café' ckpt_path={last}"]
 
 
 def with_bar(corpus, tmp_path, *more):

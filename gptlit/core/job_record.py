@@ -113,7 +113,7 @@ def mark_failed(run_dir: str | os.PathLike, reason: str, job: dict | None = None
 
 
 def hydra_job() -> dict:
-    """This job's Hydra facts: {"multirun", "num", "overrides", "swept"}; empty outside Hydra."""
+    """This job's Hydra facts: {"multirun", "num", "overrides", "hydra_overrides", "swept"}; empty outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -124,6 +124,7 @@ def hydra_job() -> dict:
         "multirun": hc.mode == RunMode.MULTIRUN,
         "num": hc.job.get("num"),
         "overrides": list(hc.overrides.task),
+        "hydra_overrides": [o for o in hc.overrides.hydra if not o.startswith("hydra.mode=")],  # as typed
         "swept": swept_keys(hc) if hc.mode == RunMode.MULTIRUN else [],
     }
 

@@ -190,9 +190,14 @@ def _saved_step(ckpt: Path) -> int | None:
 
 
 def resume_command(output_dir) -> str:
-    """This run's command line (its overrides as typed, shell-quoted) with ckpt_path=<run dir>/checkpoints/last.ckpt."""
+    """This run's command line (its overrides as typed, shell-quoted) with ckpt_path=<run dir>/checkpoints/last.ckpt.
+    A single run keeps its hydra.* overrides (hydra.run.dir=<dir> resumes into that directory); a sweep's
+    job is resumed as a single run, without the sweep's."""
     ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
-    overrides = [o for o in hydra_job().get("overrides", []) if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
+    job = hydra_job()
+    overrides = [o for o in job.get("overrides", []) if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
+    if not job.get("multirun"):
+        overrides = [*job.get("hydra_overrides", []), *overrides]
     argv0 = sys.argv[0] if sys.argv else ""
     script = argv0 if argv0.endswith(".py") and Path(argv0).name != "__main__.py" else "train.py"  # as it was typed
     return command_line(script, [*overrides, f"ckpt_path={ckpt}"])
