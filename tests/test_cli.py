@@ -61,6 +61,9 @@ def test_rewriting_twice_changes_nothing():
     ("+提示=1", "keys are ASCII only"),
     # Hydra's sweeper would hand each element to its job unquoted, where the lexer stops
     ("sampling.prompt=choice(é,b)", "as a list, sampling.prompt=a,b"),
+    # a word without "=" (a prompt typed without its key): Hydra's four lines and exit code 1 before
+    ("每一次努力", "every setting is key=value"),
+    ("stray", "every setting is key=value"),
 ])
 def test_a_value_that_cannot_be_read_is_one_line(capsys, arg, fix):
     with pytest.raises(SystemExit) as e:

@@ -100,6 +100,9 @@ def hydra_argv(argv: list[str]) -> list[str]:
     multirun = any(a in _MULTIRUN for a in argv[1:])
     out, skip_next = list(argv[:1]), False
     for arg in argv[1:]:
+        if not skip_next and not arg.startswith(("-", "~")) and "=" not in arg:
+            # Hydra would stop on it with four lines ("missing EQUAL at '<EOF>'") and exit code 1
+            _fail_value(arg, "every setting is key=value (e.g. prompt=..., trainer.max_steps=100), or ~key to drop one")
         if skip_next or arg.startswith("-") or "=" not in arg or not _non_ascii(arg):
             skip_next = arg in _FLAGS_WITH_VALUE and "=" not in arg
             out.append(arg)
