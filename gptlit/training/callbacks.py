@@ -24,6 +24,7 @@ from gptlit.core.errors import UserError
 from gptlit.model.generate import SampleTextConfig, generate_text
 from gptlit.core.files import atomic_file
 from gptlit.core.job_record import JobRecord, hydra_job, one_line, override_values
+from gptlit.training.guard import gave_up_message
 
 
 def say(trainer: L.Trainer, msg: str) -> None:
@@ -437,7 +438,7 @@ class JobResult(L.Callback):
                 self.status = "stopped early"
                 if reason.name == "NON_FINITE_METRIC":
                     self.status = "failed: " + one_line(cb.stopping_reason_message or "val/loss is not finite")
-        gave_up = next((cb.gave_up_message for cb in trainer.callbacks if getattr(cb, "gave_up_message", None)), None)
+        gave_up = gave_up_message(trainer)
         if gave_up:  # the loss guard ended a diverging run (gptlit.training.guard): the job failed
             self.status = "failed: " + one_line(gave_up)
         pruned = next((cb.pruned for cb in trainer.callbacks if getattr(cb, "pruned", None)), None)
