@@ -2,11 +2,14 @@
 printed back to the user run again as they are shown."""
 
 import shlex
+from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from gptlit.core.cli import command_line, hydra_argv, quote, shell_quote
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PARSER = OverridesParser.create()
 
@@ -81,3 +84,24 @@ def test_commands_are_shown_as_typed_and_quoted_for_the_shell():
     assert shlex.split(line)[2] == "sampling.prompt=每一次 café"
     for arg in ["prompt=l'été", "prompt=it's $HOME", "a=b"]:
         assert shlex.split(shell_quote(arg)) == [arg]
+
+
+@pytest.mark.parametrize("arg, shown", [("model=huge", "model=huge"), ("model=nano,huge", "model=huge"),
+                                        ("+experiment=book", "experiment=book")])
+def test_an_option_a_group_lacks_is_one_line(capsys, arg, shown):
+    from gptlit.run.config_store import check_group_options
+
+    with pytest.raises(SystemExit) as e:
+        check_group_options([arg], ROOT / "conf")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {shown} is not a ")
+    assert "nano" in err or "book_ch05" in err  # the options it has
+
+
+def test_known_options_sweeps_and_other_values_pass():
+    from gptlit.run.config_store import check_group_options
+
+    check_group_options(["model=nano,small", "data=text", "optim=adamw", "model.n_heads=4", "~logger",
+                         "logger=[csv,tensorboard]", "hparams_search=optuna", "callbacks=default",
+                         "-m", "hydra/launcher=basic"], ROOT / "conf")
