@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     import sys
 
-    from gptlit.core.cli import hydra_argv
+    from gptlit.core.cli import check_group_options, hydra_argv
 
     sys.argv = hydra_argv(sys.argv)  # values with non-ASCII characters (task.path=中文.jsonl) quoted for Hydra
+    check_group_options(sys.argv[1:], Path(__file__).parent / "conf")  # task=hellaswg: one line, exit 2
     main()

@@ -111,7 +111,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from gptlit.core.cli import hydra_argv
+    from gptlit.core.cli import check_group_options, hydra_argv
 
     sys.argv = hydra_argv(sys.argv)  # values with non-ASCII characters (prompt="每一次努力") quoted for Hydra
+    check_group_options(sys.argv[1:], Path(__file__).parent / "conf")  # sampling=greedyy: one line, exit 2
     main()

@@ -32,12 +32,10 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    from gptlit.core.cli import hydra_argv
+    from gptlit.core.cli import check_group_options, hydra_argv
     from gptlit.run.sweep import check_search_plugin, ddp_child_argv
 
     sys.argv = hydra_argv(sys.argv)  # values with non-ASCII characters (prompt=café, data.path=中文.txt) quoted for Hydra
-    from gptlit.run.config_store import check_group_options
-
     check_group_options(sys.argv[1:], Path(__file__).parent / "conf")  # model=huge: one line, exit 2
     check_search_plugin(sys.argv[1:])  # hparams_search=optuna without its plugin: one line, exit 2
     sys.argv = ddp_child_argv(sys.argv)  # a DDP rank started inside a sweep runs its own job only

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from gptlit.core.cli import command_line, hydra_argv, quote, shell_quote
+from gptlit.core.cli import check_group_options, command_line, hydra_argv, quote, shell_quote
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,21 +87,31 @@ def test_commands_are_shown_as_typed_and_quoted_for_the_shell():
 
 
 @pytest.mark.parametrize("arg, shown", [("model=huge", "model=huge"), ("model=nano,huge", "model=huge"),
-                                        ("+experiment=book", "experiment=book")])
+                                        ("+experiment=book", "experiment=book"), ("logger=[csv, huge]", "logger=huge"),
+                                        ("callbacks=[defualt]", "callbacks=defualt")])
 def test_an_option_a_group_lacks_is_one_line(capsys, arg, shown):
-    from gptlit.run.config_store import check_group_options
-
     with pytest.raises(SystemExit) as e:
         check_group_options([arg], ROOT / "conf")
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {shown} is not a ")
-    assert "nano" in err or "book_ch05" in err  # the options it has
+    assert any(name in err for name in ("nano", "book_ch05", "tensorboard", "default"))  # the options it has
 
 
 def test_known_options_sweeps_and_other_values_pass():
-    from gptlit.run.config_store import check_group_options
-
     check_group_options(["model=nano,small", "data=text", "optim=adamw", "model.n_heads=4", "~logger",
-                         "logger=[csv,tensorboard]", "hparams_search=optuna", "callbacks=default",
-                         "-m", "hydra/launcher=basic"], ROOT / "conf")
+                         "logger=[csv,tensorboard]", "logger=[]", "hparams_search=optuna", "callbacks=default",
+                         "model@extra=nano", "model=${oc.env:M}", "-m", "hydra/launcher=basic",
+                         "hydra/sweeper=gptlit_optuna"], ROOT / "conf")
+
+
+@pytest.mark.parametrize("script, arg, options", [("sample.py", "sampling=greedyy", "default, greedy"),
+                                                  ("eval.py", "task=hellaswg", "bpb, hellaswag, lambada")])
+def test_sample_and_eval_name_their_group_options(script, arg, options):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, script, arg], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    group, value = arg.split("=")
+    assert p.stderr.strip() == f"error: {arg} is not a {group} option: use one of {options}"

@@ -187,7 +187,7 @@ def test_bpb_leaves_document_separators_out_and_counts_documents(tmp_path):
     assert s.bytes == nbytes
     assert s.bpb == pytest.approx(nats / math.log(2) / nbytes, rel=1e-6)
     assert s.loss == pytest.approx(all_nats / s.tokens, rel=1e-6)
-    assert s.doc_all_nats.sum() == pytest.approx(all_nats, rel=1e-9)
+    assert s.doc_all_nats.sum() == pytest.approx(all_nats, rel=1e-6)  # fp32 log-probs summed per document vs the double ones above
 
 
 # --- intervals --------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ a list or a dict) that holds a non-ASCII character. ASCII arguments, flags
 (-m, --cfg job, --config-name x), `+`/`~`/`++` prefixes and values already in quotes pass unchanged,
 so the rewrite is idempotent: a command printed from Hydra's recorded overrides runs again as is.
 
-train.py and sample.py (every Hydra command line) call hydra_argv on sys.argv before @hydra.main.
+train.py, sample.py and eval.py (every Hydra command line) call hydra_argv, then check_group_options,
+on sys.argv before @hydra.main.
 """
 
 from __future__ import annotations
@@ -162,3 +163,47 @@ def shell_quote(arg: str) -> str:
 def command_line(script: str, overrides: list[str]) -> str:
     """`python <script> <overrides>`, each override as typed and quoted for a POSIX shell."""
     return " ".join(["python", script, *(shell_quote(typed(o)) for o in overrides)])
+
+
+_OPTION_NAME = re.compile(r"[\w.\-]+")
+
+
+def _group_options(group: str, conf_dir) -> set[str] | None:
+    """The options of config group `group`: conf_dir/<group>/*.yaml and those registered in Hydra's
+    ConfigStore (model presets, task=..., ...); None where `group` is no group."""
+    from pathlib import Path
+
+    from hydra.core.config_store import ConfigStore
+
+    folder = Path(conf_dir) / group
+    names = {p.stem for p in folder.glob("*.yaml")} if folder.is_dir() else None
+    try:
+        stored = ConfigStore.instance().list(group)
+    except OSError:  # no such group in the store
+        return names
+    return (names or set()) | {n.removesuffix(".yaml") for n in stored if n.endswith(".yaml")}
+
+
+def check_group_options(args: list[str], conf_dir) -> None:
+    """`model=huge`, `model=nano,huge` or `logger=[csv,huge]` (a config group given an option it lacks)
+    as one line naming the options, exit 2, before Hydra's composition error (a dozen lines, exit 1).
+    Plain names, `a,b` sweeps and `[a,b]` lists are checked; Hydra's own groups (hydra/...), whose
+    options plugins add later, and any other value (interpolations, choice(...), quotes) are left to Hydra."""
+    for a in args:
+        if a.startswith(("-", "~")) or "=" not in a:
+            continue
+        key, value = a.lstrip("+").split("=", 1)
+        group = key.split("@", 1)[0]  # model@pkg=nano: the group is model
+        value = value.strip()
+        if group.startswith("hydra/") or not group:
+            continue
+        elements = value[1:-1].split(",") if value[:1] == "[" and value[-1:] == "]" else value.split(",")
+        elements = [e.strip() for e in elements if e.strip()]
+        if not all(_OPTION_NAME.fullmatch(e) for e in elements):
+            continue
+        options = _group_options(group, conf_dir)
+        bad = [e for e in elements if options and e not in options and e != "null"]
+        if bad:
+            print(f"error: {group}={bad[0]} is not a {group} option: use one of {', '.join(sorted(options))}",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)

@@ -60,28 +60,3 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for (group, name), node in config_nodes().items():
         cs.store(group=group, name=name, node=node)
-
-
-def check_group_options(args: list[str], conf_dir) -> None:
-    """`model=huge` (a config group given an option it lacks) as one line naming the options, exit 2,
-    before Hydra's composition error (a dozen lines, exit 1). Only plain values of top-level groups are
-    checked (sweeps `a,b` each); anything else is left to Hydra."""
-    import re
-    import sys
-    from pathlib import Path
-
-    conf_dir = Path(conf_dir)
-    stored = list(config_nodes())  # (group, name) of the options registered in code (model presets, ...)
-    for a in args:
-        if a.startswith(("-", "~")) or "=" not in a:
-            continue
-        key, value = a.lstrip("+").split("=", 1)
-        is_group = (conf_dir / key).is_dir() or any(group == key for group, _ in stored)
-        if not is_group or not re.fullmatch(r"[\w.\-]+(,[\w.\-]+)*", value):
-            continue
-        options = {p.stem for p in (conf_dir / key).glob("*.yaml")} | {n for g, n in stored if g == key}
-        bad = [v for v in value.split(",") if v not in options and v != "null"]
-        if bad and options:
-            print(f"error: {key}={bad[0]} is not a {key} option: use one of {', '.join(sorted(options))}",
-                  file=sys.stderr, flush=True)
-            sys.exit(2)
