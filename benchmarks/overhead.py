@@ -10,6 +10,12 @@ from the median step time after the warm-up steps.
   python benchmarks/overhead.py                     # tiny (nano, 1 x 16 tokens), nano and the 124M book_ch05 shape
   python benchmarks/overhead.py --model nano --steps 200
   python benchmarks/overhead.py compile=true        # extra Hydra overrides go to both
+  python benchmarks/overhead.py --model tiny --callbacks   # also a row with train.py's per-step callbacks on
+
+With --callbacks, a second row per model keeps the callbacks of conf/callbacks/default.yaml that run
+on every step (loss guard, step time, lr monitor, loss plot, job result, plain progress lines) and
+leaves out only checkpoints, early stopping and the progress bar (validation is off in both rows):
+the per-step cost a user's train.py run pays on top of the model.
 """
 
 from __future__ import annotations
@@ -76,11 +82,19 @@ def plain_loop(module, loader, precision: str, device: torch.device):
     return step
 
 
-def measure(name: str, steps: int, warmup: int, extra: list[str]) -> list:
+# train.py's default callbacks minus those that do not run every step (checkpoints, early stopping) and the
+# progress bar (QUIET turns it off; ProgressLog prints its plain lines instead, as off a terminal)
+WITH_CALLBACKS = [o for o in QUIET if o != "~callbacks"] + [
+    "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "callbacks.early_stopping=null",
+    "callbacks.progress_bar=null"]
+
+
+def measure(name: str, steps: int, warmup: int, extra: list[str], callbacks: bool = False) -> list:
     from gptlit.run.build import build
 
     spec = MODELS[name]
-    cfg = compose([*spec["overrides"], *QUIET, f"trainer.max_steps={warmup + steps + 1}", *extra])
+    quiet = WITH_CALLBACKS if callbacks else QUIET
+    cfg = compose([*spec["overrides"], *quiet, f"trainer.max_steps={warmup + steps + 1}", *extra])
     dm, module, trainer, _ = build(cfg)
     device = trainer.strategy.root_device
     precision = trainer.precision
@@ -92,7 +106,7 @@ def measure(name: str, steps: int, warmup: int, extra: list[str]) -> list:
     slow = 100 * (plain - lit) / plain
     per_step = 1000 * tokens * (1 / lit - 1 / plain)
     cpu_slow = 100 * (1 - median_tps(cb.lit_cpu, tokens, warmup) / median_tps(cb.other_cpu, tokens, warmup))
-    return [name, precision, len(cb.lit[warmup:]), f"{plain:,.0f}", f"{lit:,.0f}", f"{slow:+.1f}%",
+    return [name + (" +callbacks" if callbacks else ""), precision, len(cb.lit[warmup:]), f"{plain:,.0f}", f"{lit:,.0f}", f"{slow:+.1f}%",
             f"{per_step:+.2f}", f"{cpu_slow:+.1f}%"]
 
 
@@ -101,13 +115,18 @@ def main():
     p.add_argument("--model", choices=[*MODELS, "all"], default="all")
     p.add_argument("--steps", type=int, help="timed steps per loop (default: 200 tiny, 60 nano, 6 book)")
     p.add_argument("--warmup", type=int, help="steps left out at the start (default: 20 tiny, 10 nano, 2 book)")
+    p.add_argument("--callbacks", action="store_true",
+                   help="also a row per model with train.py's per-step callbacks on (guard, step time, lr monitor, ...)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for both loops, e.g. compile=true")
     a = p.parse_args()
     names = list(MODELS) if a.model == "all" else [a.model]
     rows = []
     for n in names:
         spec = MODELS[n]
-        rows.append(measure(n, a.steps or spec["steps"], spec["warmup"] if a.warmup is None else a.warmup, a.overrides))
+        steps, warmup = a.steps or spec["steps"], spec["warmup"] if a.warmup is None else a.warmup
+        rows.append(measure(n, steps, warmup, a.overrides))
+        if a.callbacks:
+            rows.append(measure(n, steps, warmup, a.overrides, callbacks=True))
     print(f"\nmachine: {machine()}")
     print(table(rows, ["model", "precision", "steps", "plain tok/s", "lightning tok/s", "slowdown",
                        "ms/step", "slowdown by CPU time"]))

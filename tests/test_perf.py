@@ -168,6 +168,7 @@ def test_bf16_learns_like_fp32():
 
 # per-step host work ---------------------------------------------------------------------------
 SYNC = "aten::_local_scalar_dense"  # a tensor's value read to the host (.item(), float(t), bool(t == x)): on a GPU, a wait
+NORM = "aten::_foreach_norm"  # a pass over every gradient (the global norm, for clipping and the loss guard)
 
 
 class _ProfileStep:
@@ -185,12 +186,14 @@ class _ProfileStep:
                 elif batch_idx == at + 1:
                     self.prof.__exit__(None, None, None)
                     self.count = sum(e.name == SYNC for e in self.prof.events())
+                    self.norms = sum(e.name == NORM for e in self.prof.events())
 
-        self.callback, self.count = CB(), None
+        self.callback, self.count, self.norms = CB(), None, None
 
 
-def _plain_step_syncs(module, batch) -> int:
-    """The same step in a plain PyTorch loop: gptlit's model and AdamW, no Lightning."""
+def _plain_step_syncs(module, batch) -> tuple[int, int]:
+    """Host reads and gradient-norm passes of the same step in a plain PyTorch loop: gptlit's model and
+    AdamW, no Lightning."""
     opt = module.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     x, y = batch
@@ -199,13 +202,16 @@ def _plain_step_syncs(module, batch) -> int:
         module.model(x, y).backward()
         torch.nn.utils.clip_grad_norm_(module.model.parameters(), module.hparams.optim["grad_clip"])
         opt.step()
-    return sum(e.name == SYNC for e in prof.events())
+    return sum(e.name == SYNC for e in prof.events()), sum(e.name == NORM for e in prof.events())
 
 
 @pytest.mark.parametrize("at, logs", [(4, False), (3, True)])
 def test_a_step_that_does_not_log_reads_no_more_values_than_a_plain_loop(make_cfg, corpus, at, logs):
+    from gptlit.training.guard import LossGuard
+
     """train.py's machinery (default callbacks, progress bar, loggers) adds no read of a device value to the
-    host in a step that does not log; the steps that log do read (the profiler sees them)."""
+    host in a step that does not log; the steps that log do read (the profiler sees them). The loss guard
+    and clipping share one gradient-norm pass, as the plain loop's clipping makes."""
     cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=6", "trainer.log_every_n_steps=2",
                    "trainer.precision=32-true", "trainer.enable_progress_bar=true",
                    "callbacks.progress_bar={_target_:gptlit.training.callbacks.LogStepProgressBar}",
@@ -214,7 +220,9 @@ def test_a_step_that_does_not_log_reads_no_more_values_than_a_plain_loop(make_cf
     probe = _ProfileStep(at)
     trainer.callbacks.insert(0, probe.callback)
     trainer.fit(module, datamodule=dm)
-    plain = _plain_step_syncs(module, next(iter(dm.train_dataloader())))
+    plain, plain_norms = _plain_step_syncs(module, next(iter(dm.train_dataloader())))
+    assert any(isinstance(cb, LossGuard) for cb in trainer.callbacks) and module.hparams.optim["grad_clip"]
+    assert probe.norms == plain_norms == 1
     assert probe.count is not None and plain > 0  # CPU fused AdamW reads its step counts; on a GPU it does not
     if logs:  # global step 4 logs (log_every_n_steps=2): the loss, the bar, the loss plot read their values
         assert probe.count > plain

@@ -110,10 +110,9 @@ class LossGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         opt = getattr(optimizer, "_optimizer", optimizer)  # under Lightning's wrapper
-        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
+        if not any(p.grad is not None for g in opt.param_groups for p in g["params"]):
             return
-        norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+        norm = pl_module.grad_norm()  # computed once a step: clipping reads the same norm after this hook
         bad = ~torch.isfinite(norm)
         if trainer.world_size > 1 and "DDPStrategy" not in type(trainer.strategy).__name__:
             # sharded gradients (FSDP): each rank sees its shard; all skip if any shard is bad (a device
