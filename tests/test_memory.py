@@ -3,6 +3,9 @@ logits, activation checkpointing) and the nothing-fits error."""
 
 from __future__ import annotations
 
+import resource
+import sys
+
 import pytest
 import torch
 
@@ -297,3 +300,41 @@ def test_every_model_field_says_what_it_does_to_the_estimate():
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     assert set(memory.ACTIVATION_FIELDS) | set(memory.PARAMETERS_ONLY) == fields
     assert not set(memory.ACTIVATION_FIELDS) & set(memory.PARAMETERS_ONLY)
+
+
+_FAULTS = """
+import resource, sys, torch
+from gptlit.training.memory import keep_freed_memory
+
+def faults(n=10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):  # a training step's large block: allocated, written, freed
+        torch.empty(16 * 2**20).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults(2)
+default = faults()
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+print(default, faults(), applied)
+"""
+
+
+@pytest.mark.parametrize("mode", ["keep", "default"])
+def test_keep_freed_memory_reuses_a_freed_block_instead_of_faulting_it_in_again(mode):
+    """glibc unmaps a freed 64 MB block and faults all of its pages in again when the next one is allocated;
+    after keep_freed_memory() (what train.py does on the CPU) the next block reuses the freed memory. In a
+    fresh process: mallopt is process-wide."""
+    import platform
+    import subprocess
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's malloc only")
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120, check=True)
+    default, after, applied = out.stdout.split()
+    pages = 64 * 2**20 // resource.getpagesize()
+    assert int(default) >= 10 * pages * 0.9  # every allocation faulted its 16,384 pages in again
+    if mode == "default":
+        assert int(after) >= 10 * pages * 0.9
+    else:
+        assert applied == "True"
+        assert int(after) <= 3 * pages  # the first one or two blocks fault in (measured: 2), the other eight reuse them

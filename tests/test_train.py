@@ -283,6 +283,7 @@ NO_CORPUS = ["data=text", "data.path=does/not/exist.txt"]
         (["data.eval_train_batches=-1"], r"data.eval_train_batches=-1 must be >= 0"),
         (["ckpt_path=missing.ckpt"], r"ckpt_path=missing.ckpt: no such file or folder"),
         (["task=predict"], r"task=predict is unknown"),
+        (["keep_freed_memory=maybe", *NO_CORPUS], r"keep_freed_memory=maybe is not a choice: use keep_freed_memory=true"),
         (["+trainer.gradient_clip_val=1.0"], r"use optim.grad_clip"),
         # trainer values are checked first: a missing corpus (checked later) does not hide them
         (["trainer.precision=bf17", *NO_CORPUS], r"trainer.precision=bf17 is not a precision Lightning knows: use auto or one of .*bf16-mixed"),

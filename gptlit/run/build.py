@@ -150,6 +150,11 @@ def build(cfg: DictConfig):
     check_trainer_args(tcfg)  # accelerator, precision, types: before the corpus is read or the model built
     tcfg["max_epochs"] = resolve_max_epochs(tcfg.get("max_epochs"), tcfg.get("max_steps"))  # max_steps alone: no epoch limit
     compiled = resolve_compile(cfg.get("compile", "auto"), str(tcfg.get("accelerator", "auto")))
+    keep = cfg.get("keep_freed_memory", True)
+    if not isinstance(keep, bool):
+        raise UserError(f"keep_freed_memory={keep} is not a choice: use keep_freed_memory=true or keep_freed_memory=false")
+    if keep and task != "prepare" and memory.device_type_for(str(tcfg.get("accelerator", "auto"))) == "cpu":
+        memory.keep_freed_memory()  # steps reuse freed memory instead of faulting it in again
     if tcfg.get("gradient_clip_val"):
         raise UserError(
             f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "
