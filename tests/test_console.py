@@ -93,3 +93,29 @@ def test_no_first_estimate_on_request(make_cfg, corpus, capsys):
     trainer.fit(module, datamodule=dm)
     out = capsys.readouterr().out
     assert "first estimate" not in out and out.count(" s per optimizer step; 0 more to max_steps=2") == 1
+
+
+def test_progress_lines_leave_validation_and_samples_out_of_tokens_per_sec(monkeypatch, capsys):
+    # before: the line after a validation counted its seconds, 1,690 tokens/s against 2,586 logged
+    from types import SimpleNamespace
+
+    from gptlit.training import callbacks
+
+    clock = [100.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    log = callbacks.ProgressLog(when="always", every_n_steps=10)
+    module = SimpleNamespace(tokens_seen=0, paused_seconds=0.0, step_loss=None)
+    trainer = SimpleNamespace(global_step=0, is_global_zero=True, log_every_n_steps=10, max_steps=100,
+                              estimated_stepping_batches=100, max_epochs=None, current_epoch=0, optimizers=[],
+                              sanity_checking=False, state=SimpleNamespace(fn="fit"), callback_metrics={})
+    log.on_train_start(trainer, module)
+    clock[0] += 6  # 6 s of training, 5 s of validation, 3 s of a text sample, 4 s of training
+    log.on_validation_start(trainer, module)
+    clock[0] += 5
+    log.on_validation_end(trainer, module)
+    clock[0] += 3 + 4
+    module.paused_seconds += 3
+    module.tokens_seen, trainer.global_step = 10_000, 10
+    log.on_train_batch_end(trainer, module, None, None, 9)
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("step 10/100 epoch 1 ") and " 1,000 tokens/s elapsed 18 s" in line

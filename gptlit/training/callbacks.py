@@ -170,8 +170,8 @@ class ProgressLog(L.Callback):
     the progress bar's carriage returns would fill the log with one long line of redrawn bars.
 
     Every `every_n_steps` optimizer steps (None: trainer.log_every_n_steps) one line: step, epoch,
-    loss, learning rate, tokens per second since the last line, elapsed time; and one line per
-    validation. `when`: auto (only when stdout is not a terminal; gptlit.run.build then drops the
+    loss, learning rate, training tokens per second since the last line (validation and text samples
+    left out, as in train/tokens_per_sec), elapsed time; and one line per validation. `when`: auto (only when stdout is not a terminal; gptlit.run.build then drops the
     progress bar), always, or never.
     """
 
@@ -183,7 +183,8 @@ class ProgressLog(L.Callback):
             raise UserError(f"callbacks.progress_log.every_n_steps={every_n_steps} must be an integer >= 1 "
                             f"(or null: trainer.log_every_n_steps)")
         self.when, self.every_n_steps = when, every_n_steps
-        self._mark = None  # (time, tokens seen) at the last line
+        self._mark = None  # (time, tokens seen, seconds not training) at the last line
+        self._val_seconds, self._val_start = 0.0, None
 
     @property
     def active(self) -> bool:
@@ -191,9 +192,13 @@ class ProgressLog(L.Callback):
 
         return self.when == "always" or (self.when == "auto" and not sys.stdout.isatty())
 
+    def _not_training(self, pl_module) -> float:
+        """Seconds of validation and of the module's paused clock (text samples) so far."""
+        return self._val_seconds + float(getattr(pl_module, "paused_seconds", 0.0))
+
     def on_train_start(self, trainer, pl_module):
         self._started = time.monotonic()
-        self._mark = (self._started, int(getattr(pl_module, "tokens_seen", 0)))
+        self._mark = (self._started, int(getattr(pl_module, "tokens_seen", 0)), self._not_training(pl_module))
         self._step_seen = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -204,9 +209,9 @@ class ProgressLog(L.Callback):
         n = self.every_n_steps or trainer.log_every_n_steps or 1
         if step % n and step != trainer.max_steps:
             return
-        now, tokens = time.monotonic(), int(getattr(pl_module, "tokens_seen", 0))
-        rate = (tokens - self._mark[1]) / max(now - self._mark[0], 1e-9)
-        self._mark = (now, tokens)
+        now, tokens, idle = time.monotonic(), int(getattr(pl_module, "tokens_seen", 0)), self._not_training(pl_module)
+        rate = (tokens - self._mark[1]) / max(now - self._mark[0] - (idle - self._mark[2]), 1e-9)
+        self._mark = (now, tokens, idle)
         loss = getattr(pl_module, "step_loss", None)
         loss = f" loss {float(loss):.4f}" if loss is not None else ""
         lr = f" lr {trainer.optimizers[0].param_groups[0]['lr']:.2e}" if trainer.optimizers else ""
@@ -215,7 +220,14 @@ class ProgressLog(L.Callback):
         print(f"step {step}/{total} epoch {trainer.current_epoch + 1}{epochs}{loss}{lr} {rate:,.0f} tokens/s "
               f"elapsed {duration(now - self._started)}", flush=True)
 
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._val_start = time.monotonic()
+
     def on_validation_end(self, trainer, pl_module):
+        if self._val_start is not None:
+            self._val_seconds += time.monotonic() - self._val_start
+            self._val_start = None
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         shown = [(k, trainer.callback_metrics.get(k)) for k in ("val/loss", "val/ppl", "train/eval_loss")]

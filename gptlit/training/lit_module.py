@@ -47,6 +47,7 @@ class GPTLitModule(L.LightningModule):
         self._peak = None  # peak FLOP/s of the GPU (set on CUDA with a known peak)
         self._step_losses = None  # (optimizer step, losses of its micro-batches so far)
         self._grad_norm = None  # this optimizer step's gradient norm, once computed (grad_norm)
+        self.paused_seconds = 0.0  # time spent in clock_paused() so far (text samples)
         self.step_loss = None  # their mean: the batch's loss once the step's last micro-batch ran
 
     def setup(self, stage):
@@ -123,13 +124,16 @@ class GPTLitModule(L.LightningModule):
 
     @contextlib.contextmanager
     def clock_paused(self):
-        """Time spent inside (sampling text, say) is left out of train/tokens_per_sec."""
+        """Time spent inside (sampling text, say) is left out of train/tokens_per_sec (and of the plain
+        progress lines' tokens/s, which read paused_seconds)."""
         t = time.perf_counter()
         try:
             yield
         finally:
+            took = time.perf_counter() - t
+            self.paused_seconds += took
             if self._t_last is not None:
-                self._t_last += time.perf_counter() - t
+                self._t_last += took
 
     def grad_norm(self) -> torch.Tensor:
         """The global L2 norm of this optimizer step's gradients before clipping, a device tensor (nothing
