@@ -88,7 +88,8 @@ def test_commands_are_shown_as_typed_and_quoted_for_the_shell():
 
 @pytest.mark.parametrize("arg, shown", [("model=huge", "model=huge"), ("model=nano,huge", "model=huge"),
                                         ("+experiment=book", "experiment=book"), ("logger=[csv, huge]", "logger=huge"),
-                                        ("callbacks=[defualt]", "callbacks=defualt")])
+                                        ("callbacks=[defualt]", "callbacks=defualt"),
+                                        (hydra_argv(["x", "model=小型"])[1], "model=小型")])
 def test_an_option_a_group_lacks_is_one_line(capsys, arg, shown):
     with pytest.raises(SystemExit) as e:
         check_group_options([arg], ROOT / "conf")

@@ -184,6 +184,10 @@ def _group_options(group: str, conf_dir) -> set[str] | None:
     return (names or set()) | {n.removesuffix(".yaml") for n in stored if n.endswith(".yaml")}
 
 
+def _unquoted(text: str) -> str:
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+
+
 def check_group_options(args: list[str], conf_dir) -> None:
     """`model=huge`, `model=nano,huge` or `logger=[csv,huge]` (a config group given an option it lacks)
     as one line naming the options, exit 2, before Hydra's composition error (a dozen lines, exit 1).
@@ -198,7 +202,7 @@ def check_group_options(args: list[str], conf_dir) -> None:
         if group.startswith("hydra/") or not group:
             continue
         elements = value[1:-1].split(",") if value[:1] == "[" and value[-1:] == "]" else value.split(",")
-        elements = [e.strip() for e in elements if e.strip()]
+        elements = [_unquoted(e.strip()) for e in elements if e.strip()]  # hydra_argv quoted non-ASCII ones
         if not all(_OPTION_NAME.fullmatch(e) for e in elements):
             continue
         options = _group_options(group, conf_dir)
