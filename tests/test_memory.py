@@ -338,3 +338,21 @@ def test_keep_freed_memory_reuses_a_freed_block_instead_of_faulting_it_in_again(
     else:
         assert applied == "True"
         assert int(after) <= 3 * pages  # the first one or two blocks fault in (measured: 2), the other eight reuse them
+
+
+def test_keep_freed_memory_false_after_true_in_one_process_says_so(make_cfg, caplog, monkeypatch):
+    """A sweep runs its jobs in one process; keep_freed_memory=true cannot be undone there, so a later
+    job with false says it has no effect instead of silently measuring the kept allocator."""
+    import logging
+
+    from gptlit.run.build import build
+
+    monkeypatch.setattr(memory, "_freed_memory_kept", True)  # as after an earlier job with true
+    with caplog.at_level(logging.INFO):
+        build(make_cfg("keep_freed_memory=false", "trainer.max_steps=1"))
+    assert any("warning: keep_freed_memory=false has no effect in this process" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(memory, "_freed_memory_kept", False)
+    with caplog.at_level(logging.INFO):
+        build(make_cfg("keep_freed_memory=false", "trainer.max_steps=1"))
+    assert not any("has no effect in this process" in r.getMessage() for r in caplog.records)

@@ -153,8 +153,13 @@ def build(cfg: DictConfig):
     keep = cfg.get("keep_freed_memory", True)
     if not isinstance(keep, bool):
         raise UserError(f"keep_freed_memory={keep} is not a choice: use keep_freed_memory=true or keep_freed_memory=false")
-    if keep and task != "prepare" and memory.device_type_for(str(tcfg.get("accelerator", "auto"))) == "cpu":
-        memory.keep_freed_memory()  # steps reuse freed memory instead of faulting it in again
+    if task != "prepare" and memory.device_type_for(str(tcfg.get("accelerator", "auto"))) == "cpu":
+        if keep:
+            memory.keep_freed_memory()  # steps reuse freed memory instead of faulting it in again
+        elif memory.freed_memory_kept():  # an earlier job of this sweep, in this process: mallopt stays
+            rank_zero_info("warning: keep_freed_memory=false has no effect in this process: an earlier run in it (a sweep's "
+                           "job) set keep_freed_memory=true, which lasts until the process ends; compare the two "
+                           "in separate commands (benchmarks/freed_memory.py does)")
     if tcfg.get("gradient_clip_val"):
         raise UserError(
             f"trainer.gradient_clip_val={tcfg['gradient_clip_val']}: use optim.grad_clip instead "

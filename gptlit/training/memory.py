@@ -290,8 +290,17 @@ def keep_freed_memory() -> bool:
         libc.gnu_get_libc_version  # glibc, whose mallopt takes these parameters
     except (OSError, AttributeError):
         return False
+    global _freed_memory_kept
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    _freed_memory_kept = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    return _freed_memory_kept
+
+
+_freed_memory_kept = False  # whether keep_freed_memory() applied in this process (it cannot be undone)
+
+
+def freed_memory_kept() -> bool:
+    return _freed_memory_kept
 
 
 def device_type_for(accelerator: str) -> str:
