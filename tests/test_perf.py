@@ -290,3 +290,35 @@ def test_step_time_leaves_out_the_compile_steps():
 
     assert measured_after(0) == 2  # skip_steps=1, then one timed step
     assert measured_after(2) == 3  # the two compile steps are left out
+
+
+def test_clipping_under_fsdp_uses_the_norm_over_every_shard():
+    """Under FSDP each rank holds a shard of the gradients: its own norm is not the model's, and clipping by
+    it (torch.nn.utils.clip_grad_norm_ over the rank's parameters, as before) scaled each shard by another
+    factor. The norm comes from the root module's clip_grad_norm_ (FSDP reduces it over the ranks), once a
+    step for the loss guard and clipping, and every rank's shard is scaled by max_norm / that norm."""
+    from types import SimpleNamespace
+
+    from gptlit.model.config import GPTConfig
+    from gptlit.training.lit_module import GPTLitModule
+
+    torch.manual_seed(0)
+    module = GPTLitModule(GPTConfig.from_name("nano").to_dict(), optim={"grad_clip": 1.0})
+    x = torch.randint(0, 50257, (2, 16))
+    module.model(x, x).backward()
+    local = float(module.grad_norm())  # no trainer: this process's gradients
+    module._grad_norm = None
+
+    class Root:  # FullyShardedDataParallel's clip_grad_norm_: the norm over the ranks (here 4x this shard's)
+        calls = []
+
+        def clip_grad_norm_(self, max_norm):
+            self.calls.append(max_norm)
+            return torch.tensor(4 * local)
+
+    module._trainer, module._log_extras = SimpleNamespace(model=Root()), False
+    assert float(module.grad_norm()) == pytest.approx(4 * local)  # what the loss guard reads first
+    module.on_before_optimizer_step(None)
+    assert Root.calls == [float("inf")]  # one reduction a step, gradients left as they were by it
+    clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None]))
+    assert float(clipped) == pytest.approx(local / (4 * local), rel=1e-4)  # scaled by 1.0 / the model's norm

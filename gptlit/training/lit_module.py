@@ -141,17 +141,27 @@ class GPTLitModule(L.LightningModule):
         clipping both read it, and each computation reads every gradient again (on the CPU, nano on 1 x 16
         tokens: about 1.5 ms a step)."""
         if self._grad_norm is None:
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            self._grad_norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+            root = self.trainer.model if self._trainer is not None else None
+            if hasattr(root, "clip_grad_norm_"):
+                # FSDP: each rank holds a shard of the gradients, whose own norm is not the model's (PyTorch's
+                # FSDP docs, "Gradient Clipping"). The root module's clip_grad_norm_ reduces the shards' norms
+                # over the ranks (hybrid sharding included); max_norm=inf leaves the gradients as they are.
+                self._grad_norm = root.clip_grad_norm_(float("inf"))
+            else:
+                grads = [p.grad for p in self.parameters() if p.grad is not None]
+                norms = [n.float() for n in torch._foreach_norm(grads)] if grads else [torch.zeros((), device=self.device)]
+                self._grad_norm = torch.linalg.vector_norm(torch.stack(norms))
         return self._grad_norm
 
     def on_before_optimizer_step(self, optimizer):
         # Clip here rather than through Trainer(gradient_clip_val): it works with fused AdamW and any precision.
         clip = self.hparams.optim["grad_clip"]
         if clip:
-            if _clip_with_norm is not None and any(p.grad is not None for p in self.parameters()):
-                norm = self.grad_norm()
+            if _clip_with_norm is not None:
+                norm = self.grad_norm()  # under FSDP the model's norm: every rank scales its shard alike
                 _clip_with_norm(self.parameters(), clip, norm)
+            elif self._trainer is not None and hasattr(self.trainer.model, "clip_grad_norm_"):  # FSDP, torch < 2.6
+                norm = self.trainer.model.clip_grad_norm_(clip)
             else:
                 norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
             if self._log_extras:
