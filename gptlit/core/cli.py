@@ -191,8 +191,9 @@ def _unquoted(text: str) -> str:
 def check_group_options(args: list[str], conf_dir) -> None:
     """`model=huge`, `model=nano,huge` or `logger=[csv,huge]` (a config group given an option it lacks)
     as one line naming the options, exit 2, before Hydra's composition error (a dozen lines, exit 1).
-    Plain names, `a,b` sweeps and `[a,b]` lists are checked; Hydra's own groups (hydra/...), whose
-    options plugins add later, and any other value (interpolations, choice(...), quotes) are left to Hydra."""
+    Plain names (quoted ones too: hydra_argv quotes non-ASCII values), `a,b` sweeps and `[a,b]` lists are
+    checked; Hydra's own groups (hydra/...), whose options plugins add later, and any other value
+    (interpolations, choice(...)) are left to Hydra."""
     for a in args:
         if a.startswith(("-", "~")) or "=" not in a:
             continue
