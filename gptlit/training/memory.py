@@ -278,8 +278,8 @@ def keep_freed_memory() -> bool:
     each large block (activations, logits chunks, gradients) with its own mmap and unmaps it when freed, so
     every step faults its pages in again, zero-filled by the kernel: about 200,000 page faults a step for the
     124M model at 2 x 256. With mmap off for malloc and no trimming of the heap's top, freed blocks are
-    reused: one step of that model took 1.52 s instead of 1.97 s (bf16-mixed, AMD EPYC with avx512_bf16;
-    docs/performance.md). PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc through
+    reused: one step of that model took 1.52 s instead of 2.08 s (bf16-mixed, AMD EPYC with avx512_bf16;
+    benchmarks/freed_memory.py, docs/performance.md). PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc through
     LD_PRELOAD, which a pip install cannot provide; these two mallopt calls are glibc's own switches
     (the MALLOC_MMAP_MAX_ and MALLOC_TRIM_THRESHOLD_ environment variables), set while running. Returns
     whether they applied (False off glibc, e.g. musl or macOS)."""
