@@ -306,7 +306,7 @@ _FAULTS = """
 import resource, sys, torch
 from gptlit.training.memory import keep_freed_memory
 
-def faults(n=10):
+def faults(n=30):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(n):  # a training step's large block: allocated, written, freed
         torch.empty(16 * 2**20).fill_(1.0)
@@ -321,9 +321,9 @@ print(default, faults(), applied)
 
 @pytest.mark.parametrize("mode", ["keep", "default"])
 def test_keep_freed_memory_reuses_a_freed_block_instead_of_faulting_it_in_again(mode):
-    """glibc unmaps a freed 64 MB block and faults all of its pages in again when the next one is allocated;
-    after keep_freed_memory() (what train.py does on the CPU) the next block reuses the freed memory. In a
-    fresh process: mallopt is process-wide."""
+    """glibc unmaps a freed 64 MB block and faults all of its pages in again when the next one is allocated
+    (30 in a row here); after keep_freed_memory() (what train.py does on the CPU) the next blocks reuse the
+    freed memory. In a fresh process: mallopt is process-wide."""
     import platform
     import subprocess
 
@@ -332,12 +332,12 @@ def test_keep_freed_memory_reuses_a_freed_block_instead_of_faulting_it_in_again(
     out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120, check=True)
     default, after, applied = out.stdout.split()
     pages = 64 * 2**20 // resource.getpagesize()
-    assert int(default) >= 10 * pages * 0.9  # every allocation faulted its 16,384 pages in again
+    assert int(default) >= 30 * pages * 0.9  # every allocation faulted its 16,384 pages in again
     if mode == "default":
-        assert int(after) >= 10 * pages * 0.9
+        assert int(after) >= 30 * pages * 0.9
     else:
         assert applied == "True"
-        assert int(after) <= 3 * pages  # the first one or two blocks fault in (measured: 2), the other eight reuse them
+        assert int(after) <= 8 * pages  # the first blocks fault in (measured: 1 to 4), the others reuse them
 
 
 def test_keep_freed_memory_false_after_true_in_one_process_says_so(make_cfg, caplog, monkeypatch):
