@@ -100,14 +100,14 @@ def machine() -> str:
 
     import lightning
 
-    cpu, flags = platform.processor() or "cpu", None
+    cpu, name, flags = platform.processor() or "cpu", None, None
     try:
-        for ln in open("/proc/cpuinfo"):
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-            elif ln.startswith("flags"):
+        for ln in open("/proc/cpuinfo"):  # the first processor's model name and flags
+            if ln.startswith("model name") and name is None:
+                name = cpu = ln.split(":", 1)[1].strip()
+            elif ln.startswith("flags") and flags is None:
                 flags = ln.split(":", 1)[1].split()
-            if flags is not None and cpu != (platform.processor() or "cpu"):
+            if name is not None and flags is not None:
                 break
     except OSError:
         pass

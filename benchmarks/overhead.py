@@ -106,8 +106,8 @@ def measure(name: str, steps: int, warmup: int, extra: list[str], callbacks: boo
     slow = 100 * (plain - lit) / plain
     per_step = 1000 * tokens * (1 / lit - 1 / plain)
     cpu_slow = 100 * (1 - median_tps(cb.lit_cpu, tokens, warmup) / median_tps(cb.other_cpu, tokens, warmup))
-    return [name + (" +callbacks" if callbacks else ""), precision, len(cb.lit[warmup:]), f"{plain:,.0f}", f"{lit:,.0f}", f"{slow:+.1f}%",
-            f"{per_step:+.2f}", f"{cpu_slow:+.1f}%"]
+    return [name + (" +callbacks" if callbacks else ""), precision, len(cb.lit[warmup:]), f"{plain:,.0f}",
+            f"{lit:,.0f}", f"{slow:+.1f}%", f"{per_step:+.2f}", f"{cpu_slow:+.1f}%"]
 
 
 def main():

@@ -171,8 +171,8 @@ class ProgressLog(L.Callback):
 
     Every `every_n_steps` optimizer steps (None: trainer.log_every_n_steps) one line: step, epoch,
     loss, learning rate, training tokens per second since the last line (validation and text samples
-    left out, as in train/tokens_per_sec), elapsed time; and one line per validation. `when`: auto (only when stdout is not a terminal; gptlit.run.build then drops the
-    progress bar), always, or never.
+    left out, as in train/tokens_per_sec), elapsed time; and one line per validation. `when`: auto (only
+    when stdout is not a terminal; gptlit.run.build then drops the progress bar), always, or never.
     """
 
     def __init__(self, when: str = "auto", every_n_steps: int | None = None):

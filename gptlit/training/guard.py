@@ -110,16 +110,11 @@ class LossGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         opt = getattr(optimizer, "_optimizer", optimizer)  # under Lightning's wrapper
-        if not any(p.grad is not None for g in opt.param_groups for p in g["params"]):
-            return
-        norm = pl_module.grad_norm()  # computed once a step: clipping reads the same norm after this hook
+        # the global norm, computed once a step (clipping reads it after this hook); the same on every rank:
+        # under DDP the gradients are, and under FSDP grad_norm reduces the shards' norms (a collective every
+        # rank makes here, so no rank may return before it)
+        norm = pl_module.grad_norm()
         bad = ~torch.isfinite(norm)
-        if trainer.world_size > 1 and "DDPStrategy" not in type(trainer.strategy).__name__:
-            # sharded gradients (FSDP): each rank sees its shard; all skip if any shard is bad (a device
-            # collective, no host read). Under DDP the gradients are the same on every rank already.
-            flag = bad.float()
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            bad = flag > 0
         skip = self._step in self.skip_steps
         if skip:
             bad = torch.ones_like(bad)

@@ -273,16 +273,19 @@ def plan_micro_batches(
 PLAN_ENV = "GPTLIT_MICRO_BATCH"  # the launching process's choice, read by the processes DDP starts
 
 
+_freed_memory_kept = False  # whether keep_freed_memory() applied in this process (it cannot be undone)
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep the memory a training step frees for the next step. By default it serves
     each large block (activations, logits chunks, gradients) with its own mmap and unmaps it when freed, so
     every step faults its pages in again, zero-filled by the kernel: about 200,000 page faults a step for the
     124M model at 2 x 256. With mmap off for malloc and no trimming of the heap's top, freed blocks are
     reused: one step of that model took 1.52 s instead of 2.08 s (bf16-mixed, AMD EPYC with avx512_bf16;
-    benchmarks/freed_memory.py, docs/performance.md). PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc through
-    LD_PRELOAD, which a pip install cannot provide; these two mallopt calls are glibc's own switches
-    (the MALLOC_MMAP_MAX_ and MALLOC_TRIM_THRESHOLD_ environment variables), set while running. Returns
-    whether they applied (False off glibc, e.g. musl or macOS)."""
+    benchmarks/freed_memory.py, docs/performance.md). PyTorch's CPU tuning guide gets the same from
+    jemalloc or tcmalloc through LD_PRELOAD, which a pip install cannot provide; these two mallopt calls
+    are glibc's own switches (the MALLOC_MMAP_MAX_ and MALLOC_TRIM_THRESHOLD_ environment variables), set
+    while running. Returns whether they applied (False off glibc, e.g. musl or macOS)."""
     import ctypes
 
     try:
@@ -294,9 +297,6 @@ def keep_freed_memory() -> bool:
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
     _freed_memory_kept = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
     return _freed_memory_kept
-
-
-_freed_memory_kept = False  # whether keep_freed_memory() applied in this process (it cannot be undone)
 
 
 def freed_memory_kept() -> bool:
