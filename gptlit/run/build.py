@@ -41,9 +41,11 @@ from gptlit.run.trackers import prepare_loggers
 
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU computes bf16 matmuls natively (AVX512-BF16 or AMX)."""
+    from gptlit.core.private_api import cpu_bf16_supported
+
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # pragma: no cover
+        return cpu_bf16_supported()
+    except Exception:  # pragma: no cover - a torch built without oneDNN
         return False
 
 

@@ -34,7 +34,7 @@ JOURNAL_FILE = "optuna.journal"
 LOCK_FILE = "optuna.lock"
 BEST_FILE = "best_params.yaml"
 # The study a trial belongs to ({"journal", "study", "pruner"}), set by the sweeper for the processes it
-# starts, and the trial's id, set per job (hydra.job.env_set): Hydra passes both to a launcher's jobs
+# starts, and the trial's number, set per job (hydra.job.env_set): Hydra passes both to a launcher's jobs
 # and Lightning's DDP ranks inherit them.
 STUDY_ENV = "GPTLIT_OPTUNA_STUDY"
 TRIAL_ENV = "GPTLIT_OPTUNA_TRIAL"
@@ -268,6 +268,25 @@ def open_storage(path: Path):
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def trial_id(storage, study_name: str, number: int) -> int:
+    """The storage's id of a study's trial `number`, through Optuna's public storage API (a Trial object
+    is built from it; Trial and FrozenTrial keep it private)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def _job_error(ret) -> str:
+    """What ended a failed Hydra job: JobReturn.return_value raises it (after a line on stderr, kept out)."""
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            ret.return_value
+    except BaseException as e:  # noqa: BLE001 - the job's own exception, whatever it is
+        return f"{type(e).__name__}: {e}"
+    return "unknown failure"
+
+
 def _quiet_optuna():
     import optuna
 
@@ -406,7 +425,7 @@ class OptunaSearch:
         # failed, and asked again
         retried = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            tid = t._trial_id  # Optuna's storage API names trials by id; FrozenTrial has no public accessor
+            tid = trial_id(storage, study.study_name, t.number)
             storage.set_trial_user_attr(tid, "interrupted", True)
             storage.set_trial_state_values(tid, TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
@@ -444,8 +463,8 @@ class OptunaSearch:
                 # job number = trial number (the job directories and the summary name trials by it); the
                 # launcher numbers a batch consecutively, which trials asked one after another are
                 for group in _consecutive(trials):
-                    # the trial's id for its job (Optuna's Trial has no public accessor for it)
-                    batch = [[*space.overrides(t.params), f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}"]
+                    # the trial's number for its job (connect_trial finds the trial by it)
+                    batch = [[*space.overrides(t.params), f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"]
                              for t in group]
                     returns = self.launcher.launch(batch, initial_job_idx=group[0].number)
                     for t, ret in zip(group, returns):
@@ -477,7 +496,7 @@ class OptunaSearch:
         if ret.status == JobStatus.COMPLETED:
             value = ret.return_value
         if ret.status != JobStatus.COMPLETED:
-            reason = one_line(f"{type(ret._return_value).__name__}: {ret._return_value}")
+            reason = one_line(_job_error(ret))
         elif pruned:
             study.tell(trial, state=TrialState.PRUNED)  # Optuna keeps the last reported val/loss as its value
             print(f"trial {trial.number}: pruned at step {pruned['step']} (val/loss {pruned['value']:.4f})", flush=True)
@@ -555,9 +574,10 @@ def connect_trial(environ=os.environ) -> TrialReporter | None:
 
         _quiet_optuna()
         where = json.loads(environ[STUDY_ENV])
-        study = optuna.load_study(study_name=where["study"], storage=open_storage(Path(where["journal"])),
+        storage = open_storage(Path(where["journal"]))
+        study = optuna.load_study(study_name=where["study"], storage=storage,
                                   sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(where.get("pruner")))
-        return TrialReporter(study, int(environ[TRIAL_ENV]))
+        return TrialReporter(study, trial_id(storage, where["study"], int(environ[TRIAL_ENV])))
     except Exception as e:  # pragma: no cover - the sweeper made the journal and the pruner moments ago
         logging.getLogger(__name__).warning(f"pruning is off for this trial: {one_line(str(e))}")
         return None
