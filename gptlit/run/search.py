@@ -29,6 +29,7 @@ from pathlib import Path
 
 from gptlit.core.errors import EXIT_USER_ERROR, UserError
 from gptlit.core.job_record import RESULT_FILE, JobRecord, mark_failed, one_line
+from gptlit.core.file_lock import ProcessLock
 
 JOURNAL_FILE = "optuna.journal"
 LOCK_FILE = "optuna.lock"
@@ -318,27 +319,14 @@ def finished(trials) -> int:
     return c["complete"] + c["pruned"] + c["failed"]
 
 
-def _lock_sweep(sweep_dir: Path):
+def _lock_sweep(sweep_dir: Path) -> ProcessLock:
     """One process runs a search at a time: an exclusive lock on <sweep dir>/optuna.lock, held until the
     process ends (the system drops it when the process dies, however it dies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no guard
-        return None
-    f = open(sweep_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        who = f.read().strip() or "another process"
-        f.close()
-        raise UserError(f"the search in {sweep_dir} is running now ({who}); wait for it to end or stop it "
-                        f"before continuing it") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"process {os.getpid()} on {socket.gethostname()}")
-    f.flush()
-    return f
+    lock = ProcessLock(sweep_dir / LOCK_FILE, note=f"process {os.getpid()} on {socket.gethostname()}")
+    if not lock.try_acquire():
+        raise UserError(f"the search in {sweep_dir} is running now ({lock.holder() or 'another process'}); wait for "
+                        f"it to end or stop it before continuing it")
+    return lock
 
 
 # ---- the sweeper ---------------------------------------------------------------------------------
@@ -477,7 +465,7 @@ class OptunaSearch:
                 else:
                     os.environ[k] = v
             if self._lock is not None:
-                self._lock.close()
+                self._lock.release()
         return study
 
     def _tell(self, study, trial, ret):
