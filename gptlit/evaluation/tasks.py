@@ -40,11 +40,11 @@ class TaskResult:
 class Settings:
     """eval.py's settings every task's run reads."""
 
-    batch_size: int = 8
-    show: int = 5
-    confidence: float = stats.CONFIDENCE
-    n_resamples: int = 2000
-    seed: int = 0
+    batch_size: int  # the defaults: conf/eval.yaml
+    show: int
+    confidence: float
+    n_resamples: int
+    seed: int
 
 
 def tail(text: str, n: int = 160) -> str:
@@ -53,10 +53,10 @@ def tail(text: str, n: int = 160) -> str:
 
 
 class Task:
-    name: str = ""
-    metrics: tuple[str, ...] = ()
-    options: dict = {}  # the task's bench.* settings besides `path`, and their defaults
-    what: str = ""  # one line for the table of tasks
+    name: str  # each task sets these three
+    metrics: tuple[str, ...]
+    what: str  # one line for the table of tasks
+    options: dict = {}  # the task's bench.* settings besides `path`, and their defaults (conf/bench/<name>.yaml too)
 
     def check(self, node: dict, key: str = "bench") -> dict:
         """The task's options from its config node (defaults filled in); an unknown key is a UserError."""
