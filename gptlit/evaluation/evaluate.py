@@ -81,7 +81,12 @@ def table(result: TaskResult, other: TaskResult | None = None, diff: dict | None
             d = diff.get(m)
             row += [f"{other.metrics[m].score:.4f}", f"{d.score:+.4f}" if d else "", _iv(d)]
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return columns(rows)
+
+
+def columns(rows: list[list[str]]) -> str:
+    """Rows of cells as aligned text columns; the first row is the head, underlined."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -223,9 +228,6 @@ class EvalSummary(_HydraCallback):
         cells = [head] + [[r["job"], r["task"], r["metric"], str(r["n"]), f"{r['score']:.4f}",
                            "n/a" if r["low"] is None else f"[{r['low']:.4f}, {r['high']:.4f}]",
                            "" if not r["difference"] else f"{r['difference']['score']:+.4f}"] for r in rows]
-        widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        print("\n".join(lines), flush=True)
+        print(columns(cells), flush=True)
         atomic_write(sweep / "eval_summary.json", rows)
         print(f"wrote {sweep / 'eval_summary.json'}", flush=True)

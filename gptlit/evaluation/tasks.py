@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gptlit.core.errors import UserError
+from gptlit.core.errors import UserError, check_keys
+from gptlit.core.settings import plain
 from gptlit.evaluation import stats
 from gptlit.evaluation.benchmarks import LAMBADA_TEXT_KEY, Benchmark, read_hellaswag, read_lambada
 from gptlit.evaluation.bpb import LN2, score_corpus
@@ -60,11 +61,8 @@ class Task:
 
     def check(self, node: dict, key: str = "bench") -> dict:
         """The task's options from its config node (defaults filled in); an unknown key is a UserError."""
-        known = [*self.options, *(("path",) if isinstance(self, ItemTask) else ())]
-        unknown = sorted(set(node) - {"name"} - set(known))
-        if unknown:
-            raise UserError(f"{key}.{unknown[0]} is not a setting of {key}={self.name}: use one of "
-                            f"{', '.join(sorted(known)) or 'none'}")
+        check_keys(set(node) - {"name"}, [*self.options, *(("path",) if isinstance(self, ItemTask) else ())], key,
+                   f"a setting of {key}={self.name}")
         return {k: node.get(k, v) for k, v in self.options.items()}
 
     def read(self, node: dict, cfg, limit: int | None):
@@ -190,11 +188,8 @@ class Bpb(Task):
     name, what, metrics = "bpb", "bits per byte, loss and ppl on a corpus (data=text data.path=...)", ("bpb", "loss", "ppl")
 
     def read(self, node, cfg, limit):
-        from omegaconf import DictConfig, OmegaConf
-
         self.check(node)
-        data = cfg.get("data") or {}
-        return OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data)
+        return plain(cfg.get("data")) or {}
 
     def prepare(self, data, models, echo):
         """The corpus' windows as training cuts them, every window of the whole corpus (val_all), as long as the

@@ -30,6 +30,8 @@ from pathlib import Path
 from gptlit.core.errors import EXIT_USER_ERROR, UserError
 from gptlit.core.job_record import RESULT_FILE, JobRecord, mark_failed, one_line
 from gptlit.core.file_lock import ProcessLock
+from gptlit.core.launch_env import restore_environ, saved_environ
+from gptlit.core.settings import plain
 
 JOURNAL_FILE = "optuna.journal"
 LOCK_FILE = "optuna.lock"
@@ -203,12 +205,6 @@ def override_value(v) -> str:
 
 # ---- sampler, pruner, storage --------------------------------------------------------------------
 
-def _plain(node) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-
-
 def _kwargs_for(cls, kwargs: dict, where: str) -> dict:
     import inspect
 
@@ -224,8 +220,8 @@ def make_sampler(conf):
     import optuna
     from importlib.util import find_spec
 
-    conf = _plain(conf)
-    name = str(conf.get("name", "tpe")).lower()
+    conf = plain(conf) or {}  # the defaults: hydra_plugins/gptlit_optuna_sweeper.py (SamplerConf)
+    name = str(conf.get("name")).lower()
     if name not in SAMPLERS:
         raise UserError(f"hydra.sweeper.sampler.name={name} is unknown: use one of {', '.join(SAMPLERS)}")
     needs = SAMPLER_NEEDS.get(name)
@@ -245,13 +241,12 @@ def make_pruner(conf):
     same step), hyperband, or none."""
     import optuna
 
-    conf = _plain(conf)
-    name = str(conf.get("name", "median")).lower()
+    conf = plain(conf) or {}  # the defaults: hydra_plugins/gptlit_optuna_sweeper.py (PrunerConf)
+    name = str(conf.get("name")).lower()
     options = dict(conf.get("options") or {})
     where = "hydra.sweeper.pruner.options"
     if name == "median":
-        kwargs = {"n_startup_trials": int(conf.get("n_startup_trials", 2)),
-                  "n_warmup_steps": int(conf.get("n_warmup_steps", 0)), **options}
+        kwargs = {**{k: int(conf[k]) for k in ("n_startup_trials", "n_warmup_steps") if conf.get(k) is not None}, **options}
         return optuna.pruners.MedianPruner(**_kwargs_for(optuna.pruners.MedianPruner, kwargs, where))
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(**_kwargs_for(optuna.pruners.HyperbandPruner, options, where))
@@ -334,12 +329,12 @@ def _lock_sweep(sweep_dir: Path) -> ProcessLock:
 class OptunaSearch:
     """Asks Optuna for trials, launches each as a job of the sweep, tells Optuna how it ended."""
 
-    def __init__(self, direction="minimize", n_trials=8, n_jobs=1, study_name=None, sampler=None, pruner=None,
-                 params=None):
+    def __init__(self, *, direction, n_trials, n_jobs, study_name, sampler, pruner, params):
+        """The sweeper's settings, their defaults in hydra_plugins/gptlit_optuna_sweeper.py (GptlitOptunaSweeperConf)."""
         self.direction, self.n_trials, self.n_jobs = str(direction), n_trials, n_jobs
         self.study_name = study_name
-        self.sampler_conf, self.pruner_conf = _plain(sampler), _plain(pruner)
-        self.params = _plain(params) if params is not None else {}
+        self.sampler_conf, self.pruner_conf = plain(sampler) or {}, plain(pruner) or {}
+        self.params = plain(params) or {}
         self._lock = None  # the sweep directory's lock, held while this process runs the search
 
     def setup(self, *, sweeper, hydra_context, task_function, config):
@@ -439,11 +434,11 @@ class OptunaSearch:
                         f"interrupted, asked again"
         else:
             head += f"{self.n_trials} trials"
-        print(head + f"; sampler {self.sampler_conf.get('name', 'tpe')}, pruner {self.pruner_conf.get('name', 'median')}",
+        print(head + f"; sampler {self.sampler_conf['name']}, pruner {self.pruner_conf['name']}",
               flush=True)
         env = {STUDY_ENV: json.dumps({"journal": str(journal.resolve()), "study": study.study_name,
                                       "pruner": self.pruner_conf})}
-        before = {k: os.environ.get(k) for k in env}
+        before = saved_environ(env)
         os.environ.update(env)
         try:
             while done < self.n_trials:
@@ -459,11 +454,7 @@ class OptunaSearch:
                         self._tell(study, t, ret)
                 done = finished(study.get_trials(deepcopy=False))
         finally:
-            for k, v in before.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            restore_environ(before)
             if self._lock is not None:
                 self._lock.release()
         return study
