@@ -495,3 +495,26 @@ def test_eval_py_bits_per_byte_and_an_unknown_task(trained, tmp_path):
     bad = run_eval(tmp_path, f"ckpt={run}", "task=hellaswg")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert bad.stderr.startswith("error: bench=hellaswg is not a bench option: use one of bpb, hellaswag, lambada")
+
+
+# --- a task added through the table: PIQA's format -----------------------------------------------------
+
+PIQA = FIX / "piqa_tiny.jsonl"  # five items of our own in PIQA's format (goal, sol1, sol2, label)
+
+
+def test_piqa_format_is_read_and_scored_as_two_choices(tmp_path):
+    from gptlit.evaluation.evaluate import evaluate
+    from gptlit.evaluation.tasks import TASKS
+
+    items = TASKS["piqa"].read_file(PIQA).items
+    assert [it.line for it in items] == [1, 2, 3, 5, 6] and [it.label for it in items] == [0, 1, 0, 0, 1]  # "0" read
+    assert items[0].context == "Question: Keep a cut apple from turning brown.\nAnswer:"
+    assert items[1].endings == ["Put it in the freezer overnight.", "Switch it off and leave it in a bowl of dry rice."]
+    tiny_hf(64).save_pretrained(tmp_path / "hf")
+    out = evaluate(eval_cfg(init_from=str(tmp_path / "hf"), bench={"name": "piqa", "path": str(PIQA)}, show=1),
+                   tmp_path / "out", echo=lambda *_: None)
+    assert out["task"] == "piqa" and set(out["metrics"]) == {"acc", "acc_norm"}
+    assert out["metrics"]["acc"]["n"] == 5 and len(out["items"]) == 1 and len(out["items"][0]["sum_logprob"]) == 2
+    bad = _write(tmp_path, "bad.jsonl", [PIQA.read_text().splitlines()[0], '{"goal": "x", "sol1": "a", "sol2": "b", "label": 2}'])
+    with pytest.raises(UserError, match=r"^bench.path=\S+ line 2: label=2 must be 0 \(sol1\) or 1 \(sol2\)"):
+        TASKS["piqa"].read_file(str(bad))

@@ -15,6 +15,7 @@ line in docs/evaluation.md (docs/development.md, "Adding an evaluation task").
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -23,7 +24,8 @@ import numpy as np
 from gptlit.core.errors import UserError, check_keys
 from gptlit.core.settings import plain
 from gptlit.evaluation import stats
-from gptlit.evaluation.benchmarks import LAMBADA_TEXT_KEY, Benchmark, read_hellaswag, read_lambada
+from gptlit.evaluation.benchmarks import (LAMBADA_TEXT_KEY, Benchmark, Choice, _json_line, _lines, bench_path,
+                                          read_hellaswag, read_lambada)
 from gptlit.evaluation.bpb import LN2, score_corpus
 from gptlit.evaluation.scoring import score_choices, score_last_words
 
@@ -182,6 +184,34 @@ class Lambada(ItemTask):
                 f"{it['greedy']!r}  logprob {it['logprob']:.3f}  {verdict}")
 
 
+class Piqa(MultipleChoice):
+    """PIQA's format: a goal and two solutions, each scored after "Question: <goal>\nAnswer:" (lm-evaluation-harness's
+    prompt for PIQA)."""
+
+    name, what = "piqa", "two-choice physical commonsense, PIQA's JSON Lines (goal, sol1, sol2, label)"
+    default_file = "piqa_valid.jsonl"
+
+    def read_file(self, path, key="bench.path"):
+        p = bench_path(path, key)
+        items = []
+        for n, line in _lines(p, key, str(path)):
+            where = f"{key}={path} line {n}"
+            d = _json_line(line, n, key, str(path))
+            goal, sols = d.get("goal"), [d.get("sol1"), d.get("sol2")]
+            if not all(isinstance(s, str) and s.strip() for s in (goal, *sols)):
+                raise UserError(f"{where}: needs a non-empty `goal`, `sol1` and `sol2`; is this a PIQA file?")
+            label = d.get("label")
+            if isinstance(label, str) and label.strip() in ("0", "1"):
+                label = int(label)
+            if label not in (0, 1) or isinstance(label, bool):
+                raise UserError(f"{where}: label={json.dumps(label)} must be 0 (sol1) or 1 (sol2); PIQA's test split "
+                                f"has no labels: use its validation split")
+            items.append(Choice(n, f"Question: {goal.strip()}\nAnswer:", [s.strip() for s in sols], label))
+        if not items:
+            raise UserError(f"{key}={path} holds no items (the file is empty); give PIQA's validation file")
+        return Benchmark(self.name, p, items)
+
+
 class Bpb(Task):
     """Loss, perplexity and bits per byte on the data group's corpus, over the windows training cuts."""
 
@@ -236,7 +266,7 @@ class Bpb(Task):
         return f"document {it['document']}: {it['tokens']:,} tokens, {it['bytes']:,} bytes, loss {it['loss']:.4f}, bpb {bpb}"
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (Bpb(), HellaSwag(), Lambada())}
+TASKS: dict[str, Task] = {t.name: t for t in (Bpb(), HellaSwag(), Lambada(), Piqa())}
 
 
 def get_task(name, key: str = "bench", items_only: bool = False) -> Task:
