@@ -1,8 +1,9 @@
 """Bytes per token of GPT-2's tokenizer against byte-level BPEs trained on the corpus, on held-out text.
 
-Two corpora: Chinese text taken from Debian packages (fetched with `apt-get download` into
+Three corpora: Chinese text taken from Debian packages (fetched with `apt-get download` into
 $GPTLIT_CACHE/zh-debs on the first run, unpacked with dpkg-deb, nothing installed) and the English
-pydoc topics that every Python install carries (gptlit's default corpus). Each corpus' documents
+pydoc topics that every Python install carries (gptlit's default corpus); `fortunes` is the
+Chinese corpus' fortunes-zh part alone (prose and poems with no markup or English). Each corpus' documents
 are shuffled (seed 0) and split 80/20; a byte-level BPE (Hugging Face `tokenizers`: BPE model,
 ByteLevel pre-tokenizer with GPT-2's regex, `<|endoftext|>` a special token) is trained on the 80%
 at each vocabulary size, in a child process pinned to --cores cores (its wall time and peak RSS
@@ -52,11 +53,13 @@ tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=T
 tok.decoder = decoders.ByteLevel()
 trainer = trainers.BpeTrainer(vocab_size=int(sys.argv[2]), special_tokens=["<|endoftext|>"],
                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
 tok.train([sys.argv[1]], trainer)
 seconds = time.perf_counter() - t0
 tok.save(sys.argv[4])
-print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_before_mb": before, "vocab": tok.get_vocab_size()}))
 """
 
 
@@ -119,8 +122,8 @@ def fetch_debs(folder: Path) -> Path:
     return root
 
 
-def chinese_documents(root: Path) -> tuple[list[str], dict[str, float]]:
-    """(documents, MB per package) from the unpacked packages, repeated long lines dropped."""
+def chinese_documents(root: Path) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """([(package, document)], MB per package) from the unpacked packages, repeated long lines dropped."""
     share = root / "usr/share"
     raw: list[tuple[str, str]] = []
     for name in ("chinese", "tang300", "song100"):
@@ -139,7 +142,7 @@ def chinese_documents(root: Path) -> tuple[list[str], dict[str, float]]:
             keep.append(line)
         if keep:
             doc = "\n".join(keep)
-            docs.append(doc)
+            docs.append((package, doc))
             sizes[package] = sizes.get(package, 0) + len(doc.encode()) / 1e6
     return docs, sizes
 
@@ -200,8 +203,9 @@ def measure(name: str, docs: list[str], vocab_sizes: list[int], cores: int, work
         trained = train_bpe(train_file, v, cores, out)
         t0 = time.perf_counter()
         n = bpe_tokens(out, test)
-        rows.append(dict(corpus=name, tokenizer="bpe", vocab=v, tokens=n, bpt=test_bytes / n, han_per_token=test_han / n,
+        rows.append(dict(corpus=name, tokenizer="bpe", vocab=v, learned=trained["vocab"], tokens=n, bpt=test_bytes / n, han_per_token=test_han / n,
                          train_s=trained["seconds"], peak_rss_mb=trained["peak_rss_mb"], encode_s=time.perf_counter() - t0,
+                         rss_before_mb=trained["rss_before_mb"],
                          train_mb=nbytes(train) / 1e6))
         print(f"  bpe {v}: trained in {trained['seconds']:.1f} s", file=sys.stderr)
     gpt2 = rows[0]["bpt"]
@@ -211,15 +215,16 @@ def measure(name: str, docs: list[str], vocab_sizes: list[int], cores: int, work
 
 
 def table(rows: list[dict]) -> str:
-    head = ["corpus", "tokenizer", "vocab", "held-out bytes/token", "x GPT-2", "Han chars/token",
-            "train text MB", "train s", "train peak RSS MB"]
+    head = ["corpus", "tokenizer", "vocab (learned)", "held-out bytes/token", "x GPT-2", "Han chars/token",
+            "train text MB", "train s", "peak RSS MB (before training)"]
     cells = [head]
     for r in rows:
-        cells.append([r["corpus"], r["tokenizer"], f"{r['vocab']:,}", f"{r['bpt']:.2f}", f"{r['ratio']:.2f}",
-                      f"{r['han_per_token']:.2f}" if r["corpus"] == "chinese" else "-",
+        learned = f" ({r['learned']:,})" if r.get("learned") not in (None, r["vocab"]) else ""
+        cells.append([r["corpus"], r["tokenizer"], f"{r['vocab']:,}{learned}", f"{r['bpt']:.2f}", f"{r['ratio']:.2f}",
+                      f"{r['han_per_token']:.2f}" if r["corpus"] != "english" else "-",
                       f"{r['train_mb']:.1f}" if r.get("train_mb") else "-",
                       f"{r['train_s']:.1f}" if r["train_s"] is not None else "-",
-                      f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] is not None else "-"])
+                      f"{r['peak_rss_mb']:.0f} ({r['rss_before_mb']:.0f})" if r["peak_rss_mb"] is not None else "-"])
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     line = lambda c: "| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |"  # noqa: E731
     return "\n".join([line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])])
@@ -244,7 +249,8 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=2, help="cores the BPE training may use")
     p.add_argument("--zh-files", nargs="*", help="Chinese text files (one document each) instead of the Debian packages")
     p.add_argument("--zh-debs", default=None, help="where the Debian packages go (default: $GPTLIT_CACHE/zh-debs)")
-    p.add_argument("--corpora", default="chinese,english")
+    p.add_argument("--corpora", default="chinese,fortunes,english",
+                   help="chinese: every package; fortunes: fortunes-zh alone (prose and poems, no markup); english: pydocs")
     args = p.parse_args()
     vocab = [int(v) for v in args.vocab.split(",")]
     import tokenizers
@@ -254,16 +260,20 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if "chinese" in args.corpora:
-            if args.zh_files:
-                docs = [Path(f).read_text("utf-8") for f in args.zh_files]
-                print(f"chinese: {len(docs)} files given")
-            else:
-                cache = Path(os.environ.get("GPTLIT_CACHE") or Path.home() / ".cache/gptlit")
-                docs, sizes = chinese_documents(fetch_debs(Path(args.zh_debs) if args.zh_debs else cache / "zh-debs"))
-                print("chinese: Debian packages " + ", ".join(f"{k} {v:.2f} MB" for k, v in sizes.items()))
+        corpora = args.corpora.split(",")
+        if args.zh_files and "chinese" in corpora:
+            docs = [Path(f).read_text("utf-8") for f in args.zh_files]
+            print(f"chinese: {len(docs)} files given")
             rows += measure("chinese", docs, vocab, args.cores, work)
-        if "english" in args.corpora:
+        elif "chinese" in corpora or "fortunes" in corpora:
+            cache = Path(os.environ.get("GPTLIT_CACHE") or Path.home() / ".cache/gptlit")
+            docs, sizes = chinese_documents(fetch_debs(Path(args.zh_debs) if args.zh_debs else cache / "zh-debs"))
+            print("chinese: Debian packages " + ", ".join(f"{k} {v:.2f} MB" for k, v in sizes.items()))
+            if "chinese" in corpora:
+                rows += measure("chinese", [d for _, d in docs], vocab, args.cores, work)
+            if "fortunes" in corpora:
+                rows += measure("fortunes", [d for p, d in docs if p == "fortunes-zh"], vocab, args.cores, work)
+        if "english" in corpora:
             print("english: pydoc_data.topics")
             rows += measure("english", english_documents(), vocab, args.cores, work)
     print(table(rows))
