@@ -6,8 +6,8 @@ pydoc topics that every Python install carries (gptlit's default corpus); `fortu
 Chinese corpus' fortunes-zh part alone (prose and poems with no markup or English). Each corpus' documents
 are shuffled (seed 0) and split 80/20; a byte-level BPE (Hugging Face `tokenizers`: BPE model,
 ByteLevel pre-tokenizer with GPT-2's regex, `<|endoftext|>` a special token) is trained on the 80%
-at each vocabulary size, in a child process pinned to --cores cores (its wall time and peak RSS
-are measured there), and every tokenizer is scored on the held-out 20%: UTF-8 bytes / tokens,
+at each vocabulary size, in a child process pinned to --cores cores (its wall time and peak RSS,
+/proc/self/status VmHWM, are measured there), and every tokenizer is scored on the held-out 20%: UTF-8 bytes / tokens,
 documents encoded one by one. GPT-2's tokenizer is gptlit.model.tokenizer.encode, measured in the
 same run; the ratio column is bytes/token divided by GPT-2's.
 
@@ -53,13 +53,22 @@ tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=T
 tok.decoder = decoders.ByteLevel()
 trainer = trainers.BpeTrainer(vocab_size=int(sys.argv[2]), special_tokens=["<|endoftext|>"],
                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_mb():
+    # VmHWM: this process' own peak RSS. ru_maxrss is not: Linux carries it over a fork + exec,
+    # so it would report the parent's RSS at the fork when that was larger
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+before = peak_mb()
 t0 = time.perf_counter()
 tok.train([sys.argv[1]], trainer)
 seconds = time.perf_counter() - t0
 tok.save(sys.argv[4])
-print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "rss_before_mb": before, "vocab": tok.get_vocab_size()}))
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb(), "rss_before_mb": before, "vocab": tok.get_vocab_size()}))
 """
 
 
