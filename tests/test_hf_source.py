@@ -191,3 +191,14 @@ def test_train_py_trains_on_a_local_dataset_and_exits_2_on_a_missing_column(tmp_
     assert bad.stderr.strip().splitlines()[-1] == (
         f"error: data.text_key=body: tales (split train) has no column 'body' (its columns: text, id); "
         f"set data.text_key to the column of the text")
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "tales" / "train.jsonl", DOCS)
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("GPTLIT_CACHE", str(tmp_path / "a-file"))
+    dm = hf(tmp_path / "tales")
+    with pytest.raises(UserError) as e:
+        dm.corpus()
+    assert str(e.value).startswith(f"data.source=hf: cannot write {tmp_path / 'a-file' / 'hf'}/tales-train-")
+    assert str(e.value).endswith("; set GPTLIT_CACHE to a writable folder with room for the dataset's text")

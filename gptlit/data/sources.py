@@ -371,21 +371,28 @@ class HuggingFace(Source):
             files.append([f["filename"], st.st_size, st.st_mtime_ns])
         who = dict(name=str(folder.resolve()) if folder.is_dir() else cfg.name, config=cfg.config,
                    data_files=plain(cfg.data_files), split=cfg.split, text_key=cfg.text_key,
-                   fingerprint=ds._fingerprint, rows=len(ds), files=files)
+                   fingerprint=getattr(ds, "_fingerprint", None), rows=len(ds), files=files)
         return hashlib.sha256(json.dumps(who, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def materialize(self, cfg, ds) -> Path:
         """The split's text column as one Parquet file (column `text`) under GPTLIT_CACHE/hf/, written
         once (under a file lock: other processes wait, then reuse it) and atomically."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        from filelock import FileLock
-
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label(cfg)).strip("._")[:60] or "dataset"
         dest = cache_dir() / "hf" / f"{slug}-{self.identity(cfg, ds)}.parquet"
         if dest.is_file():
             return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            return self.write(cfg, ds, dest)
+        except OSError as e:
+            raise UserError(f"data.source=hf: cannot write {dest} ({e.strerror or e}); set GPTLIT_CACHE to a "
+                            f"writable folder with room for the dataset's text") from None
+
+    def write(self, cfg, ds, dest: Path) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from filelock import FileLock
+
         with FileLock(str(dest.with_name(f".{dest.name}.lock"))):  # hidden; stays (empty) for the next writer
             if dest.is_file():  # another process wrote it while this one waited
                 return dest
