@@ -202,3 +202,11 @@ def test_a_cache_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch
         dm.corpus()
     assert str(e.value).startswith(f"data.source=hf: cannot write {tmp_path / 'a-file' / 'hf'}/tales-train-")
     assert str(e.value).endswith("; set GPTLIT_CACHE to a writable folder with room for the dataset's text")
+
+
+def test_data_hf_without_a_name_is_one_line(make_cfg):
+    from gptlit.run.build import build
+
+    with pytest.raises(UserError) as e:
+        build(make_cfg("data=hf"))
+    assert str(e.value) == "data.source=hf needs data.name=<a dataset in the Hugging Face cache, or a local folder>"
