@@ -252,6 +252,29 @@ def cpu() -> str:
     return name + (" with avx512_bf16" if "avx512_bf16" in flags else " without avx512_bf16")
 
 
+def scale(args) -> None:
+    """Time and peak RSS of training one BPE on --scale-mb MB of distinct files."""
+    limit, size = int(args.scale_mb * 1e6), 0
+    files = Path(args.scale).read_text().split()
+    with tempfile.TemporaryDirectory() as tmp:
+        train_file = Path(tmp) / "train.txt"
+        with open(train_file, "wb") as out:
+            for f in files:
+                data = Path(f).read_bytes()
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                out.write(data[: limit - size] + b"\n")
+                size += min(len(data), limit - size)
+                if size >= limit:
+                    break
+        r = train_bpe(train_file, args.scale_vocab, args.cores, Path(tmp) / "bpe.json")
+    print(f"machine: {cpu()}; BPE {args.scale_vocab:,} on {size / 1e6:.1f} MB of files in {args.scale}, "
+          f"{args.cores} cores: {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} before training), "
+          f"{r['vocab']:,} tokens learned")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vocab", default="8192,16384,32768", help="BPE vocabulary sizes, comma-separated")
@@ -260,8 +283,15 @@ def main() -> None:
     p.add_argument("--zh-debs", default=None, help="where the Debian packages go (default: $GPTLIT_CACHE/zh-debs)")
     p.add_argument("--corpora", default="chinese,fortunes,english",
                    help="chinese: every package; fortunes: fortunes-zh alone (prose and poems, no markup); english: pydocs")
+    p.add_argument("--scale", metavar="LIST", help="instead: train one BPE (--scale-vocab) on the first --scale-mb MB "
+                   "of the distinct files LIST names (one path a line), concatenated, and print its time and peak RSS")
+    p.add_argument("--scale-mb", type=float, default=100.0)
+    p.add_argument("--scale-vocab", type=int, default=16384)
     args = p.parse_args()
     vocab = [int(v) for v in args.vocab.split(",")]
+    if args.scale:
+        scale(args)
+        return
     import tokenizers
 
     print(f"machine: {cpu()}, {os.cpu_count()} cores visible, BPE trained on {args.cores}; "
