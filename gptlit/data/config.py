@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from gptlit.core.errors import UserError, check_keys
 
@@ -19,8 +20,10 @@ class DataConfig:
     the data order of a resume, how long to wait for another process's token file) is not a
     setting: GPTDataModule takes those as arguments (see GPTDataModule.set_plan)."""
 
-    name: str = "pydocs"  # the corpus' label: the conf/data option it came from
-    source: str = "pydocs"  # where the text comes from: pydocs | files | url (gptlit.data.sources)
+    # the corpus' label: the conf/data option it came from; source=hf: the dataset, a Hugging Face Hub
+    # id in the local Hugging Face cache or a local folder (load_dataset's or save_to_disk's)
+    name: str = "pydocs"
+    source: str = "pydocs"  # where the text comes from: pydocs | files | url | hf (gptlit.data.sources)
     path: str | None = None  # files: a file, folder or glob; url: a local copy to use instead of downloading
     url: str | None = None  # url: the address of the text
     sha256: str | None = None  # url: the text's expected SHA-256 (None: not checked)
@@ -37,7 +40,12 @@ class DataConfig:
     eval_train_batches: int = 5
     num_workers: int = 0  # DataLoader worker processes
     max_val_windows: int | None = 1000  # validate on at most this many val windows, spread evenly; None = all
-    text_key: str = "text"  # record formats (.jsonl): the key or column holding each document's text
+    text_key: str = "text"  # record formats (.jsonl, .parquet, source=hf): the key or column holding each document's text
+    # source=hf, as datasets.load_dataset takes them: the split (slices too: train[:10%]), the
+    # dataset's configuration (subset) and its data files (a path or glob, a list, or split -> files)
+    split: str = "train"
+    config: str | None = None
+    data_files: Any = None
     num_proc: int | None = None  # processes that tokenize a new corpus; None = all cores
     cache_dir: str | None = None  # where token files go; None = $GPTLIT_CACHE/tokens, else ~/.cache/gptlit/tokens
     # several nodes: False = one shared cache_dir, global rank 0 tokenizes;

@@ -36,12 +36,13 @@ class GPTDataModule(L.LightningDataModule):
                       seconds if that one never started (gptlit.run.build passes dist_timeout_s;
                       see prepare_tokens); None = wait as long as it takes
       set_plan(...)   the micro-batch size and the training data order, once they are known
+    `base` is positional-only: data.config (a Hugging Face dataset's configuration) is a keyword.
     """
 
-    def __init__(self, config: DataConfig | None = None, *, val_all: bool = False,
+    def __init__(self, base: DataConfig | None = None, /, *, val_all: bool = False,
                  prepare_wait_s: float | None = None, **settings):
         super().__init__()
-        self.config = DataConfig.of(config, **settings)  # checked; stride resolved
+        self.config = DataConfig.of(base, **settings)  # checked; stride resolved
         self.source = source_for(self.config)  # checks source, path and url: a bad one fails before the model is built
         self.val_all, self.prepare_wait_s = val_all, prepare_wait_s
         self.cached: CachedTokens | None = None
