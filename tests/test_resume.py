@@ -122,8 +122,10 @@ def test_cadence_and_no_step_written_twice(corpus, tmp_path):
                              "callbacks.last_checkpoint.every_n_train_steps=3"), tmp_path / "run"))
     finally:
         AtomicCheckpointIO.save_checkpoint = real
-    # every 3 steps (3, 6), each validation (4, 7 = max_steps) and nothing twice; best.ckpt is never written
-    assert saves == [("last.ckpt", 3), ("last.ckpt", 4), ("last.ckpt", 6), ("last.ckpt", 7)]
+    # the loss guard's state to go back to (written at the start, unlinked at once), every 3 steps (3, 6),
+    # each validation (4, 7 = max_steps) and nothing twice; best.ckpt is never written
+    assert saves == [(f".start-{os.getpid()}.ckpt", 0), ("last.ckpt", 3), ("last.ckpt", 4), ("last.ckpt", 6),
+                     ("last.ckpt", 7)]
     ckpts = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
     best = torch.load(ckpts / "best.ckpt", weights_only=True)

@@ -53,7 +53,9 @@ def run(cfg: DictConfig) -> dict:
         ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
         if ckpt is not None:
             score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""
-            rank_zero_info(f"best checkpoint: {ckpt.best_model_path}{score}")
+            what = ("best checkpoint of a run that diverged (the loss guard gave up)" if gave_up_message(trainer)
+                    else "best checkpoint")
+            rank_zero_info(f"{what}: {ckpt.best_model_path}{score}")
         rank_zero_info(stop_reason(trainer))  # which limit ended the run, in the last lines
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     rank_zero_info("final: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if "/" in k))

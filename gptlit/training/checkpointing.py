@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file, remove_stale_partials, write_error, write_failure
-from gptlit.training.guard import GuardRollback
+from gptlit.training.guard import GuardRollback, gave_up_message
 from gptlit.training.resume import ExactResume
 
 
@@ -103,7 +103,10 @@ class LastCheckpoint(Checkpoint):
 
     # the write --------------------------------------------------------------------------------------
     def save(self, trainer) -> bool:
-        """Write last.ckpt now, if the data position is at an optimizer-step boundary. True if it was written."""
+        """Write last.ckpt now, if the data position is at an optimizer-step boundary. True if it was written.
+        Never after the loss guard gave up: it put the last good state back as last.ckpt."""
+        if gave_up_message(trainer):
+            return False
         tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
         if tracker is not None and not tracker.at_step_boundary:
             if not self._warned:
