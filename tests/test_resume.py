@@ -269,3 +269,30 @@ def test_sampler_order_is_distributed_samplers_without_its_python_list(n, world)
             resumed = ResumableDistributedSampler(data, 2, False, seed=11, num_replicas=world, rank=rank,
                                                   epoch=epoch, start_batch=1)
             assert list(resumed) == list(ref)[2:]
+
+
+# ---- the validation schedule across epochs -------------------------------------------------------------
+
+def val_steps(run_dir: Path) -> list[int]:
+    """The optimizer steps the run validated at, from its job_result.json (TensorBoard logs the step before)."""
+    import json
+
+    return [step for step, _, _ in json.loads((run_dir / "job_result.json").read_text())["val_curve"]]
+
+
+@pytest.mark.slow
+def test_integer_val_check_interval_counts_optimizer_steps_across_epochs_and_resumes(corpus, tmp_path):
+    """trainer.val_check_interval=5 validates at steps 5, 10, ... whatever the epoch (an epoch here is 28
+    steps of 2 micro-batches): before, Lightning counted it within each epoch (..., 25, 28, 33).
+    A run stopped past the first epoch's end and resumed logs the same steps."""
+    from conftest import compose_cfg
+
+    args = tiny(corpus, "data.micro_batch_size=2", "trainer.val_check_interval=5")
+    whole = tmp_path / "whole"
+    run(compose_cfg([*args, "trainer.max_steps=35"], whole))
+    assert val_steps(whole) == [5, 10, 15, 20, 25, 30, 35]
+    cut = tmp_path / "cut"
+    run(compose_cfg([*args, "trainer.max_steps=32"], cut))
+    first = val_steps(cut)
+    run(compose_cfg([*args, "trainer.max_steps=35", f"ckpt_path={cut / 'checkpoints' / 'last.ckpt'}"], cut))
+    assert first == [5, 10, 15, 20, 25, 30] and val_steps(cut) == [*first, 35]

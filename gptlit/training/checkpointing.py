@@ -141,10 +141,13 @@ class LastCheckpoint(Checkpoint):
         if not trainer.enable_validation or not sum(trainer.num_val_batches or [0]):
             return False
         every = trainer.check_val_every_n_epoch
-        if every is not None and (trainer.current_epoch + 1) % every:
+        v = trainer.val_check_batch
+        if every is None:  # an integer val_check_interval: Lightning counts batches across epochs
+            total = trainer.fit_loop.epoch_loop.total_batch_idx
+            return isinstance(v, int) and v > 0 and (total + 1) % v == 0
+        if (trainer.current_epoch + 1) % every:
             return False
         last = batch_idx + 1 == trainer.num_training_batches
-        v = trainer.val_check_batch
         return last or (isinstance(v, int) and v > 0 and (batch_idx + 1) % v == 0)
 
     def on_train_start(self, trainer, pl_module):
