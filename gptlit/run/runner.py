@@ -47,7 +47,8 @@ def run(cfg: DictConfig) -> dict:
             except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1), after writing last.ckpt
                 if trainer.interrupted:
                     if trainer.is_global_zero:
-                        log.info(f"interrupted at step {trainer.global_step}. {resume_hint(cfg.paths.output_dir)}")
+                        log.info(f"interrupted at step {trainer.global_step}{lost_micro_batches(trainer)}. "
+                                 f"{resume_hint(cfg.paths.output_dir)}")
                     sys.exit(130)  # the shell's code for a run ended by SIGINT, not 1 (a failure)
                 raise
         ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
@@ -203,6 +204,22 @@ def resume_command(output_dir) -> str:
     argv0 = sys.argv[0] if sys.argv else ""
     script = argv0 if argv0.endswith(".py") and Path(argv0).name != "__main__.py" else "train.py"  # as it was typed
     return command_line(script, [*overrides, f"ckpt_path={ckpt}"])
+
+
+def lost_micro_batches(trainer) -> str:
+    """What a Ctrl-C inside an accumulation loses: the micro-batches of the unfinished optimizer step (a
+    checkpoint holds whole steps: their gradient so far is not kept). Empty at a step boundary."""
+    from gptlit.training.resume import ExactResume
+
+    tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
+    every = int(trainer.accumulate_grad_batches or 1)
+    if tracker is None or every < 2 or tracker.epoch != trainer.current_epoch:
+        return ""
+    done = tracker.ended - tracker.stepped
+    if done <= 0:
+        return ""
+    return (f", {done} of {every} micro-batches into step {trainer.global_step + 1} (lost: a checkpoint holds "
+            f"whole optimizer steps)")
 
 
 def resume_hint(output_dir) -> str:

@@ -103,15 +103,16 @@ class LastCheckpoint(Checkpoint):
 
     # the write --------------------------------------------------------------------------------------
     def save(self, trainer) -> bool:
-        """Write last.ckpt now, if the data position is at an optimizer-step boundary. True if it was written.
-        Never after the loss guard gave up: it put the last good state back as last.ckpt."""
+        """Write last.ckpt now, as of the last finished optimizer step, unless an optimizer step is half
+        done; never after the loss guard gave up (it put the last good state back as last.ckpt). True if
+        it was written."""
         if gave_up_message(trainer):
             return False
         tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
         if tracker is not None and not tracker.at_step_boundary:
             if not self._warned:
-                rank_zero_info(f"warning: last.ckpt not written at step {trainer.global_step}: between optimizer "
-                               f"steps it could not resume exactly (it is written at step boundaries only)")
+                rank_zero_info(f"warning: last.ckpt not written at step {trainer.global_step}: during an optimizer "
+                               f"step it could not resume exactly")
                 self._warned = True
             return False
         trainer.save_checkpoint(self.path, weights_only=False)
