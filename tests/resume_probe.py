@@ -62,3 +62,14 @@ class StepLog(L.Callback):
 
         sys.setswitchinterval(1e-5)  # let the watcher run between torch.save's writes
         threading.Thread(target=watch, daemon=True).start()
+
+
+class CtrlCAtMicroBatch(L.Callback):
+    """Ctrl-C (a KeyboardInterrupt) at the end of micro-batch `batch` (0-based, in the epoch)."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.batch:
+            raise KeyboardInterrupt

@@ -7,6 +7,7 @@ and a file ran-<trial>-<pid> in `out`, so a test sees which process ran which tr
   GPTLIT_TEST_BLOCK_TRIAL=n   trial n writes `out`/blocked and waits (for a test to kill the search);
                               an environment variable, so the same command line continues the search
   fail=n                      trial n raises;  nan=n: trial n returns NaN
+  by_x=true                   the curve is offsets[n] + x + 1/s (so the sampler's model has something to learn)
 
     python tests/search_app.py -m hydra.sweep.dir=<dir> hydra.sweeper.n_trials=4 out=<dir>
 """
@@ -36,6 +37,7 @@ class AppConf:
     out: str = "."
     fail: int = -1
     nan: int = -1
+    by_x: bool = False
     hydra: HydraConf = field(default_factory=lambda: HydraConf(
         run=RunDir("${out}/run"), sweep=SweepDir(dir="${out}/sweep", subdir="${hydra.job.num}"),
         callbacks={"sweep_summary": {"_target_": "gptlit.run.sweep.SweepSummary"}}))
@@ -60,7 +62,7 @@ def main(cfg) -> float:
     offset = cfg.offsets[n] if n < len(cfg.offsets) else 0.0
     rec.status = "ok"
     for step in range(1, cfg.steps + 1):
-        value = offset + 1.0 / step
+        value = offset + (cfg.x if cfg.by_x else 0.0) + 1.0 / step
         rec.val_curve.append([step, step * 100, value])
         rec.steps, rec.tokens = step, step * 100
         if reporter is not None and reporter.report(step, value):

@@ -40,6 +40,24 @@ def test_ctrl_c_says_where_last_ckpt_is_and_the_command_that_resumes(make_cfg, c
                     f"python train.py 'hydra.run.dir=/data/run 1' model=nano 'sampling.prompt=每一次 café' ckpt_path={last}"]
 
 
+def test_ctrl_c_inside_an_accumulation_says_what_is_lost(corpus, tmp_path, caplog):
+    # 2 micro-batches a step; Ctrl-C after the first micro-batch of step 4: last.ckpt of step 3 is written
+    cfg = compose_cfg([*TINY, "data=text", f"data.path={corpus}", "data.micro_batch_size=2", "trainer.max_steps=10",
+                       "trainer.val_check_interval=2", "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch",
+                       "+callbacks.ctrl_c.batch=6"], tmp_path / "run")
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with caplog.at_level("INFO"), pytest.raises(SystemExit) as stopped:
+            run(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert stopped.value.code == 130
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interrupted")]
+    assert len(said) == 1 and said[0].startswith(
+        "interrupted at step 3, 1 of 2 micro-batches into step 4 (lost: a checkpoint holds whole optimizer steps). "
+        "last.ckpt (step 3) is "), said
+
+
 def with_bar(corpus, tmp_path, *more):
     """TINY with the progress bar on, as on a terminal."""
     keep = [o for o in TINY if not o.startswith(("trainer.enable_progress_bar", "callbacks.progress_bar"))]

@@ -199,7 +199,7 @@ def test_build_runs_the_batch_as_micro_batches(make_cfg, monkeypatch):
     dm, module, trainer, _ = build(cfg)
     assert (dm.config.batch_size, dm.loader_batch_size) == (8, 2)
     assert trainer.accumulate_grad_batches == 2 * 4  # the user's 2 times 4 micro-batches
-    assert trainer.val_check_interval == 3 * 4  # still every 3 batches of 8
+    assert trainer.val_check_interval == 3 * 8  # every 3 optimizer steps (of 2 batches of 8)
     loader = dm.train_dataloader()
     assert len(loader) == len(dm.train_set) // 8 * 4
     assert next(iter(loader))[0].shape == (2, 32)

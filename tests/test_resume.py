@@ -122,8 +122,10 @@ def test_cadence_and_no_step_written_twice(corpus, tmp_path):
                              "callbacks.last_checkpoint.every_n_train_steps=3"), tmp_path / "run"))
     finally:
         AtomicCheckpointIO.save_checkpoint = real
-    # every 3 steps (3, 6), each validation (4, 7 = max_steps) and nothing twice; best.ckpt is never written
-    assert saves == [("last.ckpt", 3), ("last.ckpt", 4), ("last.ckpt", 6), ("last.ckpt", 7)]
+    # the loss guard's state to go back to (written at the start, unlinked at once), every 3 steps (3, 6),
+    # each validation (4, 7 = max_steps) and nothing twice; best.ckpt is never written
+    assert saves == [(f".start-{os.getpid()}.ckpt", 0), ("last.ckpt", 3), ("last.ckpt", 4), ("last.ckpt", 6),
+                     ("last.ckpt", 7)]
     ckpts = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
     best = torch.load(ckpts / "best.ckpt", weights_only=True)
@@ -147,6 +149,34 @@ def test_both_checkpoint_callbacks_off_means_no_checkpoints(corpus, tmp_path):
 def test_bad_cadence(make_cfg, key, value, match):
     with pytest.raises(UserError, match=match):
         build(make_cfg(f"callbacks.last_checkpoint.{key}={value}"))
+
+
+def test_ctrl_c_inside_an_accumulation_resumes_as_the_uninterrupted_run(corpus, tmp_path):
+    """Ctrl-C after the first of 2 micro-batches of step 4 writes last.ckpt as of step 3 (before: none, as
+    between optimizer steps it could not resume exactly); resumed, it trains the uninterrupted run's
+    micro-batches with the same losses to the last bit (dropout on: the RNG states are step 3's)."""
+    import signal
+
+    from conftest import compose_cfg
+
+    args = tiny(corpus, "data.micro_batch_size=2", "model.drop_rate=0.1", "trainer.max_steps=6",
+                "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
+    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
+                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=6"],
+                            tmp_path / "cut"))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}", f"ckpt_path={last}"],
+                    tmp_path / "resumed"))
+    whole, cut, resumed = (_rows(tmp_path / "log" / n) for n in ("whole", "cut", "resumed"))
+    assert len(whole) == 12 and len(cut) == 7  # micro-batch 6 (the first of step 4) was lost
+    assert cut[:6] + resumed == whole
 
 
 # ---- kill -9 and resume, as a user would: train.py in a subprocess -----------------------------------
@@ -267,3 +297,30 @@ def test_sampler_order_is_distributed_samplers_without_its_python_list(n, world)
             resumed = ResumableDistributedSampler(data, 2, False, seed=11, num_replicas=world, rank=rank,
                                                   epoch=epoch, start_batch=1)
             assert list(resumed) == list(ref)[2:]
+
+
+# ---- the validation schedule across epochs -------------------------------------------------------------
+
+def val_steps(run_dir: Path) -> list[int]:
+    """The optimizer steps the run validated at, from its job_result.json (TensorBoard logs the step before)."""
+    import json
+
+    return [step for step, _, _ in json.loads((run_dir / "job_result.json").read_text())["val_curve"]]
+
+
+@pytest.mark.slow
+def test_integer_val_check_interval_counts_optimizer_steps_across_epochs_and_resumes(corpus, tmp_path):
+    """trainer.val_check_interval=5 validates at steps 5, 10, ... whatever the epoch (an epoch here is 28
+    steps of 2 micro-batches): before, Lightning counted it within each epoch (..., 25, 28, 33).
+    A run stopped past the first epoch's end and resumed logs the same steps."""
+    from conftest import compose_cfg
+
+    args = tiny(corpus, "data.micro_batch_size=2", "trainer.val_check_interval=5")
+    whole = tmp_path / "whole"
+    run(compose_cfg([*args, "trainer.max_steps=35"], whole))
+    assert val_steps(whole) == [5, 10, 15, 20, 25, 30, 35]
+    cut = tmp_path / "cut"
+    run(compose_cfg([*args, "trainer.max_steps=32"], cut))
+    first = val_steps(cut)
+    run(compose_cfg([*args, "trainer.max_steps=35", f"ckpt_path={cut / 'checkpoints' / 'last.ckpt'}"], cut))
+    assert first == [5, 10, 15, 20, 25, 30] and val_steps(cut) == [*first, 35]

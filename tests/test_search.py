@@ -197,6 +197,39 @@ def test_killed_search_continues_where_it_stopped(tmp_path):
     assert rows == {0: "ok", 1: "ok", 2: "incomplete", 3: "ok", 4: "ok"}
 
 
+def test_a_continued_search_draws_what_an_uninterrupted_one_draws(tmp_path):
+    """Killed in trial 1 and continued, a seeded search asks no finished trial's parameters again: its
+    trials are those of the same search run without the kill (random up to trial 2, TPE modelling after), the retry
+    of trial 1 taking trial 1's place. (A sampler seeded once per process drew trial 0's parameters again.)"""
+    args = ["hydra.sweeper.n_trials=5", "hydra.sweeper.sampler.seed=7", "hydra.sweeper.sampler.n_startup_trials=3",
+            "hydra.sweeper.pruner.name=none", "by_x=true", "steps=1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    r = app(whole, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    expected = [t.params["x"] for t in study_of(whole / "sweep").trials]
+    assert len(expected) == 5 and len(set(expected)) == 5
+
+    env = {**os.environ, "GPTLIT_TEST_BLOCK_TRIAL": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen([sys.executable, str(APP), "-m", f"out={cut}", "x=interval(0, 1)", *args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (cut / "blocked").exists():
+            assert first.poll() is None and time.time() < deadline, "the search ended before trial 1"
+            time.sleep(0.2)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    r = app(cut, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "continuing, 1 of 5 trials finished; trial 1 interrupted, asked again" in r.stdout
+    trials = study_of(cut / "sweep").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert [t.params["x"] for t in trials if not t.user_attrs.get("interrupted")] == expected
+
+
 # ---- pruning -------------------------------------------------------------------------------------
 
 def test_median_pruner_stops_a_trial_worse_than_the_median(tmp_path):

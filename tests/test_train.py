@@ -326,6 +326,7 @@ def test_book_ch05_experiment(make_cfg):
     assert cfg.optim.lr == 4e-4 and cfg.optim.weight_decay == 0.1 and cfg.optim.scheduler == "constant"
     assert cfg.data.batch_size == 2 and cfg.data.max_length == 256 and cfg.data.stride == 256
     assert cfg.data.val_fraction == 0.1 and cfg.trainer.max_epochs == 10
+    assert cfg.trainer.val_check_interval is None  # once an epoch, as the book (an integer counts steps across epochs)
     assert cfg.data.sha256 == "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
     assert cfg.callbacks.early_stopping is None
     on = make_cfg("experiment=book_ch05", "callbacks=default", tiny=False)

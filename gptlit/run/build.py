@@ -109,22 +109,35 @@ def instantiate_dict(node, kind: str) -> list:
     return out
 
 
-def val_interval(tcfg: dict, batches_per_epoch: int, micro_batches: int = 1):
-    """An integer val_check_interval, capped at one epoch and at max_steps, so every run validates.
+def val_interval(tcfg: dict, batches_per_epoch: int):
+    """trainer.val_check_interval as Lightning gets it (and check_val_every_n_epoch, set in tcfg).
 
-    The user's value counts batches of data.batch_size; with micro-batches the loader yields
-    `micro_batches` per batch, so the interval Lightning gets is that many times larger."""
+    An integer N counts optimizer steps across epochs, as samples (sampling.every_n_steps), step
+    checkpoints and EvalTask do: validation at global steps N, 2N, ... whatever the epoch, in a run budgeted
+    in steps or in epochs and in a resumed one. Lightning counts it across epochs with
+    check_val_every_n_epoch=None, in loader batches: with accumulation (data.batch_size in micro-batches,
+    trainer.accumulate_grad_batches) it gets N x the batches of one step. Capped at the run's length
+    (max_steps, max_epochs), so every run validates at least once. A fraction of an epoch, and null (each
+    epoch, or at max_steps if that comes first), count within each epoch."""
     v = tcfg.get("val_check_interval")
-    cap = batches_per_epoch
-    if (tcfg.get("max_steps") or -1) > 0:
-        cap = min(cap, tcfg["max_steps"] * int(tcfg.get("accumulate_grad_batches") or 1))
+    accumulate = int(tcfg.get("accumulate_grad_batches") or 1)
+    steps, epochs = tcfg.get("max_steps") or -1, tcfg.get("max_epochs")
     if v is None:  # each epoch, or at max_steps if that comes first
+        cap = min(batches_per_epoch, steps * accumulate) if steps > 0 else batches_per_epoch
         return cap if cap < batches_per_epoch else None
     if isinstance(v, float):
         return v
     if v < 1:
-        raise UserError(f"trainer.val_check_interval={v} must be >= 1 batches (or a fraction like 0.5)")
-    return max(1, min(v * micro_batches, cap))
+        raise UserError(f"trainer.val_check_interval={v} must be >= 1 optimizer steps (or a fraction of an epoch like 0.5)")
+    every = tcfg.get("check_val_every_n_epoch")
+    if every not in (None, 1):
+        raise UserError(f"trainer.check_val_every_n_epoch={every} applies to a val_check_interval that is a fraction "
+                        f"of an epoch or null; trainer.val_check_interval={v} counts optimizer steps across epochs: "
+                        f"drop one of them")
+    tcfg["check_val_every_n_epoch"] = None  # Lightning: count val_check_interval's batches across epochs
+    total = [n for n in (steps * accumulate if steps > 0 else None,
+                         epochs * batches_per_epoch if epochs is not None and epochs > 0 else None) if n]
+    return max(1, min([v * accumulate, *total]))
 
 
 def plan_training_memory(cfg: DictConfig, model_cfg, dm: GPTDataModule, tcfg: dict, compiled: bool) -> memory.MicroBatchPlan:
@@ -190,13 +203,11 @@ def build(cfg: DictConfig):
     dm.setup("fit")  # tokenize now: a corpus too short fails before the model is built
     rank_zero_info(dm.summary())
 
-    micro = 1
     if task == "train":  # data.batch_size per optimizer step, in micro-batches that fit (checked before the model exists)
         plan = plan_training_memory(cfg, model_cfg, dm, tcfg, compiled)
         rank_zero_info(plan.line())
         dm.set_plan(micro_batch_size=plan.micro_batch_size)
-        micro = plan.accumulate
-        tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * micro
+        tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * plan.accumulate
 
     module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=compiled)
     if compiled:
@@ -216,7 +227,7 @@ def build(cfg: DictConfig):
     prepare_loggers(cfg.get("logger"))  # logger=wandb without wandb: one line saying what to install
     loggers = instantiate_dict(cfg.get("logger"), "logger")
 
-    tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()), micro)
+    tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()))
     plain = next((c for c in callbacks if isinstance(c, ProgressLog)), None)
     if plain is not None and plain.active:  # output to a file or pipe: plain lines instead of the bar
         tcfg["enable_progress_bar"] = False

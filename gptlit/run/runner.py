@@ -47,13 +47,16 @@ def run(cfg: DictConfig) -> dict:
             except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1), after writing last.ckpt
                 if trainer.interrupted:
                     if trainer.is_global_zero:
-                        log.info(f"interrupted at step {trainer.global_step}. {resume_hint(cfg.paths.output_dir)}")
+                        log.info(f"interrupted at step {trainer.global_step}{lost_micro_batches(trainer)}. "
+                                 f"{resume_hint(cfg.paths.output_dir)}")
                     sys.exit(130)  # the shell's code for a run ended by SIGINT, not 1 (a failure)
                 raise
         ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
         if ckpt is not None:
             score = f" ({ckpt.monitor} {float(ckpt.best_model_score):.4f})" if ckpt.best_model_score is not None else ""
-            rank_zero_info(f"best checkpoint: {ckpt.best_model_path}{score}")
+            what = ("best checkpoint of a run that diverged (the loss guard gave up)" if gave_up_message(trainer)
+                    else "best checkpoint")
+            rank_zero_info(f"{what}: {ckpt.best_model_path}{score}")
         rank_zero_info(stop_reason(trainer))  # which limit ended the run, in the last lines
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     rank_zero_info("final: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if "/" in k))
@@ -201,6 +204,22 @@ def resume_command(output_dir) -> str:
     argv0 = sys.argv[0] if sys.argv else ""
     script = argv0 if argv0.endswith(".py") and Path(argv0).name != "__main__.py" else "train.py"  # as it was typed
     return command_line(script, [*overrides, f"ckpt_path={ckpt}"])
+
+
+def lost_micro_batches(trainer) -> str:
+    """What a Ctrl-C inside an accumulation loses: the micro-batches of the unfinished optimizer step (a
+    checkpoint holds whole steps: their gradient so far is not kept). Empty at a step boundary."""
+    from gptlit.training.resume import ExactResume
+
+    tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
+    every = int(trainer.accumulate_grad_batches or 1)
+    if tracker is None or every < 2 or tracker.epoch != trainer.current_epoch:
+        return ""
+    done = tracker.ended - tracker.stepped
+    if done <= 0:
+        return ""
+    return (f", {done} of {every} micro-batches into step {trainer.global_step + 1} (lost: a checkpoint holds "
+            f"whole optimizer steps)")
 
 
 def resume_hint(output_dir) -> str:

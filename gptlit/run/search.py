@@ -5,7 +5,9 @@ study's part of the sweep summary.
   the study    lives in <sweep dir>/optuna.journal (Optuna's JournalStorage: an append-only file,
                no database), so running the same command with hydra.sweep.dir=<that sweep> continues
                it: finished trials are kept, a trial that was running when the process died is marked
-               failed and its parameters are asked again, and n_trials counts the whole study.
+               failed and its parameters are asked again, and n_trials counts the whole study. Each trial is
+               drawn by a sampler seeded from (seed, its place in the study), so a continued search draws
+               what the uninterrupted one would have.
   each trial   is a job of the sweep (a Hydra launch); its job number is its trial number. It reports
                val/loss at every validation (gptlit.training.pruning.Pruning, reaching the trial through
                the journal, so any launcher and DDP work) and stops when the pruner says it is hopeless.
@@ -215,8 +217,14 @@ def _kwargs_for(cls, kwargs: dict, where: str) -> dict:
     return kwargs
 
 
-def make_sampler(conf):
-    """TPE (the default), random, CMA-ES or GP, seeded; `options` are the Optuna sampler's own arguments."""
+def make_sampler(conf, position: int | None = None):
+    """TPE (the default), random, CMA-ES or GP, seeded; `options` are the Optuna sampler's own arguments.
+
+    With a seed and a `position` (the trial's place in the study, interrupted trials not counted), the
+    sampler is seeded from (seed, position): the search makes one per trial, so what a trial draws
+    depends only on the seed, its position and the trials before it, never on how many processes the
+    study took (a sampler seeded once would start its random stream over in a continued search and
+    draw the first trials' parameters again)."""
     import optuna
     from importlib.util import find_spec
 
@@ -230,7 +238,12 @@ def make_sampler(conf):
                         f"pip install {needs}")
     cls = getattr(optuna.samplers, SAMPLERS[name])
     kwargs = dict(conf.get("options") or {})
-    kwargs["seed"] = conf.get("seed")
+    seed = conf.get("seed")
+    if seed is not None and position is not None:
+        import numpy as np
+
+        seed = int(np.random.SeedSequence([int(seed), int(position)]).generate_state(1)[0])
+    kwargs["seed"] = seed
     if name != "random" and conf.get("n_startup_trials") is not None:  # random trials are all "startup"
         kwargs["n_startup_trials"] = int(conf["n_startup_trials"])
     return cls(**_kwargs_for(cls, kwargs, "hydra.sweeper.sampler.options"))
@@ -442,7 +455,7 @@ class OptunaSearch:
         os.environ.update(env)
         try:
             while done < self.n_trials:
-                trials = [study.ask(space.params) for _ in range(min(self.n_jobs, self.n_trials - done))]
+                trials = [self._ask(study, space) for _ in range(min(self.n_jobs, self.n_trials - done))]
                 # job number = trial number (the job directories and the summary name trials by it); the
                 # launcher numbers a batch consecutively, which trials asked one after another are
                 for group in _consecutive(trials):
@@ -458,6 +471,16 @@ class OptunaSearch:
             if self._lock is not None:
                 self._lock.release()
         return study
+
+    def _ask(self, study, space: Space):
+        """The next trial, drawn by a sampler seeded from (seed, the trial's position): the trials before it
+        that were not interrupted (an interrupted trial's retry, waiting in the queue, takes its place)."""
+        from optuna.trial import TrialState
+
+        position = sum(1 for t in study.get_trials(deepcopy=False)
+                       if t.state != TrialState.WAITING and not t.user_attrs.get("interrupted"))
+        study.sampler = make_sampler(self.sampler_conf, position)
+        return study.ask(space.params)
 
     def _tell(self, study, trial, ret):
         from hydra.core.utils import JobStatus

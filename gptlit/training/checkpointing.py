@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file, remove_stale_partials, write_error, write_failure
-from gptlit.training.guard import GuardRollback
+from gptlit.training.guard import GuardRollback, gave_up_message
 from gptlit.training.resume import ExactResume
 
 
@@ -103,12 +103,16 @@ class LastCheckpoint(Checkpoint):
 
     # the write --------------------------------------------------------------------------------------
     def save(self, trainer) -> bool:
-        """Write last.ckpt now, if the data position is at an optimizer-step boundary. True if it was written."""
+        """Write last.ckpt now, as of the last finished optimizer step, unless an optimizer step is half
+        done; never after the loss guard gave up (it put the last good state back as last.ckpt). True if
+        it was written."""
+        if gave_up_message(trainer):
+            return False
         tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
         if tracker is not None and not tracker.at_step_boundary:
             if not self._warned:
-                rank_zero_info(f"warning: last.ckpt not written at step {trainer.global_step}: between optimizer "
-                               f"steps it could not resume exactly (it is written at step boundaries only)")
+                rank_zero_info(f"warning: last.ckpt not written at step {trainer.global_step}: during an optimizer "
+                               f"step it could not resume exactly")
                 self._warned = True
             return False
         trainer.save_checkpoint(self.path, weights_only=False)
@@ -138,10 +142,13 @@ class LastCheckpoint(Checkpoint):
         if not trainer.enable_validation or not sum(trainer.num_val_batches or [0]):
             return False
         every = trainer.check_val_every_n_epoch
-        if every is not None and (trainer.current_epoch + 1) % every:
+        v = trainer.val_check_batch
+        if every is None:  # an integer val_check_interval: Lightning counts batches across epochs
+            total = trainer.fit_loop.epoch_loop.total_batch_idx
+            return isinstance(v, int) and v > 0 and (total + 1) % v == 0
+        if (trainer.current_epoch + 1) % every:
             return False
         last = batch_idx + 1 == trainer.num_training_batches
-        v = trainer.val_check_batch
         return last or (isinstance(v, int) and v > 0 and (batch_idx + 1) % v == 0)
 
     def on_train_start(self, trainer, pl_module):

@@ -8,10 +8,12 @@
   the logger reads the loss already), all at once. A loss above `spike_factor` x the median of the last
   `window` good steps is a spike; skipped steps count as bad too.
 - After `patience` bad steps in a row the run goes back to the last good last.ckpt (written when no bad
-  step was pending), skips the steps that went bad (exact resume replays the same batches in the same
-  order, so the skipped steps are exactly those batches), scales the learning rate by `lr_factor`,
+  step was pending), or, before the first such save, to the state the run started from (a checkpoint
+  written at train start, or the one it resumed from, kept open and unlinked: on disk, not in memory,
+  and no file left behind), skips the steps that went bad (exact resume replays the same batches in the
+  same order, so the skipped steps are exactly those batches), scales the learning rate by `lr_factor`,
   prints an incident line and adds it to TensorBoard as text. After `max_rollbacks` it stops the run
-  with one line instead.
+  with one line instead, and puts the last good state back as last.ckpt (the diverged one is not kept).
 
 A rollback ends the current Trainer.fit with GuardRollback; gptlit.run.runner builds the run again from
 that checkpoint (rollback_config) and goes on. Under several processes a rollback would have to restart
@@ -91,6 +93,7 @@ class LossGuard(L.Callback):
 
     # skipping a step ------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module):
+        self._keep_start(trainer)
         target = self.lr_factor ** self.rollbacks
         if target != self.lr_scale:  # after a rollback: scale the restored lr (and the schedule's base)
             factor = target / self.lr_scale
@@ -143,6 +146,30 @@ class LossGuard(L.Callback):
     def on_exception(self, trainer, pl_module, exception):
         self._close_good()
 
+    def _keep_start(self, trainer) -> None:
+        """The state this fit starts from, as the good state to go back to until a later last.ckpt is good:
+        the checkpoint it resumed from, else one written now beside last.ckpt (one write at the start; rank 0
+        keeps it open and unlinks it; not written when no rollback can follow). Nothing when last.ckpt is off."""
+        last = next((c for c in trainer.callbacks if type(c).__name__ == "LastCheckpoint"), None)
+        if self._good is not None or last is None:
+            return
+        step = trainer.global_step
+        resumed = trainer.ckpt_path
+        if resumed and "://" not in str(resumed) and os.path.isfile(resumed):
+            self._good = (step, open(resumed, "rb") if trainer.is_global_zero else None)
+            return
+        if self.rollbacks >= self.max_rollbacks:
+            return
+        start = Path(last.path).with_name(f".start-{os.getpid()}.ckpt")
+        trainer.save_checkpoint(start, weights_only=False)  # every rank calls it; rank 0 writes, then a barrier
+        self._save_good = None  # that save is no last.ckpt
+        if trainer.is_global_zero:
+            handle = open(start, "rb")
+            start.unlink()
+            self._good = (step, handle)
+        else:
+            self._good = (step, None)
+
     # reading the losses -----------------------------------------------------------------------------
     def check(self, trainer, pl_module, final: bool = False) -> None:
         """Read the pending step losses (one host read) and act on them."""
@@ -189,16 +216,30 @@ class LossGuard(L.Callback):
         steps = f"steps {bad[0]}-{bad[-1]}" if len(bad) > 1 else f"step {bad[0]}"
         last = _last_checkpoint(trainer)
         if self.rollbacks >= self.max_rollbacks or self._good is None or last is None:
-            why = (f"after {self.rollbacks} rollbacks (callbacks.guard.max_rollbacks={self.max_rollbacks})"
-                   if self.rollbacks >= self.max_rollbacks else "and no good last.ckpt to go back to")
-            self.gave_up_message = (f"loss guard gave up: {len(bad)} bad steps in a row ({steps}) {why}; "
-                                    f"lower optim.lr or raise optim.warmup_steps, and resume from last.ckpt")
+            if self.rollbacks >= self.max_rollbacks:
+                why = (f"after {self.rollbacks} rollback{'s' if self.rollbacks != 1 else ''} "
+                       f"(callbacks.guard.max_rollbacks={self.max_rollbacks})")
+                if self.rollbacks:
+                    why += f" at lr x{self.lr_scale:g}"
+            else:
+                why = "and last.ckpt is off (callbacks.last_checkpoint=null): no state to go back to"
+            kept = ""
+            if self._good is not None and last is not None:
+                if trainer.is_global_zero:
+                    self._restore_good(last)
+                if trainer.world_size > 1:
+                    trainer.strategy.barrier("guard")
+                good = self._good[0]
+                kept = f"; last.ckpt is step {good} again, the last good state" + (" (the first weights)" if good == 0 else "")
+            self.gave_up_message = (f"loss guard gave up: {len(bad)} bad steps in a row ({steps}) {why}{kept}; "
+                                    f"train again with a lower optim.lr or more optim.warmup_steps")
             self.incident(trainer, bad[-1], self.gave_up_message)
             trainer.should_stop = True
             return
         good_step, handle = self._good
         skips = sorted(self.skip_steps | set(bad))
-        msg = (f"{len(bad)} bad steps in a row ({steps}): back to last.ckpt of step {good_step}, skipping "
+        where = "the first weights (step 0)" if good_step == 0 else f"last.ckpt of step {good_step}"
+        msg = (f"{len(bad)} bad steps in a row ({steps}): back to {where}, skipping "
                f"{', '.join(map(str, bad))}, lr x{self.lr_factor:g} (rollback {self.rollbacks + 1} of {self.max_rollbacks})")
         if trainer.world_size > 1:
             self.gave_up_message = (f"loss guard: {msg.split(':')[0]}; several processes cannot roll back in place: "
@@ -261,8 +302,9 @@ class LossGuard(L.Callback):
 
 
 def _last_checkpoint(trainer) -> Path | None:
+    """Where last.ckpt goes (written yet or not), None when it is off."""
     last = next((c for c in trainer.callbacks if type(c).__name__ == "LastCheckpoint"), None)
-    return Path(last.path) if last is not None and os.path.exists(last.path) else None
+    return Path(last.path) if last is not None else None
 
 
 def rollback_config(cfg, rb: GuardRollback):

@@ -76,17 +76,25 @@ class ExactResume(L.Callback):
         self._in_optimizer_step = False
         self._fix_log_step = False  # set by a resume (see on_train_batch_start)
         self.local_only = False  # a checkpoint written by one rank alone (after a failure): no gather
+        self._tokens_at_step: int | None = None  # the module's tokens_seen at the last finished step
+        self._pending_tokens: int | None = None  # to restore at train start after a resume
 
     @property
     def at_step_boundary(self) -> bool:
-        """Whether Lightning's own batch count (what it resumes after) equals the consumed batches, and no
-        optimizer step is half done: only then can a checkpoint written now resume exactly."""
-        return self.ended == self.stepped and not self._in_optimizer_step
+        """Whether a checkpoint written now resumes exactly: no optimizer step is half done (the weights and
+        optimizer state are those of the last finished step). Inside an accumulation (micro-batches since
+        that step, e.g. at a Ctrl-C) the checkpoint is written as of that step: Lightning's batch count and
+        the tokens seen are set back to it (on_save_checkpoint), the micro-batches since are lost."""
+        return not self._in_optimizer_step
 
     def on_train_start(self, trainer, pl_module):
         self._step_seen = trainer.global_step
         if self._pending_rng is None:
             self.rng = [rng_state()]
+        if self._pending_tokens is not None and hasattr(pl_module, "tokens_seen"):
+            pl_module.tokens_seen = self._pending_tokens
+        self._pending_tokens = None
+        self._tokens_at_step = getattr(pl_module, "tokens_seen", None)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._fix_log_step:
@@ -114,6 +122,7 @@ class ExactResume(L.Callback):
         if trainer.global_step != self._step_seen:  # an optimizer step finished with this batch
             self._step_seen, self.stepped = trainer.global_step, batch_idx + 1
             self.rng = [rng_state()]
+            self._tokens_at_step = getattr(pl_module, "tokens_seen", None)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint[KEY] = {
@@ -125,6 +134,8 @@ class ExactResume(L.Callback):
             "rng": [self.rng[0]] if self.local_only else gather(self.rng[0], trainer),
             "exact": self.at_step_boundary,
         }
+        if trainer.current_epoch == self.epoch and rewind_batches(checkpoint, self.stepped):
+            checkpoint[KEY]["tokens_seen"] = self._tokens_at_step  # inside an accumulation: as of the last step
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         # Lightning restores the loops after the callbacks, from this same dict
@@ -137,9 +148,26 @@ class ExactResume(L.Callback):
             self.epoch, self.stepped = self.epoch + 1, 0
             start_next_epoch_afresh(checkpoint)
         self.ended = self.stepped
+        self._pending_tokens = state.get("tokens_seen")
         rngs = state.get("rng") or []
         if state.get("data") == self.fingerprint and len(rngs) == trainer.world_size:
             self._pending_rng = rngs[trainer.global_rank]
+
+
+def rewind_batches(checkpoint: dict, stepped: int) -> bool:
+    """Lightning's batch counts in a checkpoint written after micro-batches past the last optimizer step
+    (`stepped` batches of the epoch), set back to that step as a checkpoint written there (at a validation)
+    has them: every counter equal. True if they were past it."""
+    batches = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if not batches or int(batches.get("current", {}).get("ready", 0)) <= stepped:
+        return False
+    current, total = batches.get("current", {}), batches.get("total", {})
+    done = stepped
+    for k in list(current):
+        total[k] = int(total.get(k, 0)) - int(current[k]) + done
+        current[k] = done
+    batches["is_last_batch"] = False
+    return True
 
 
 def start_next_epoch_afresh(checkpoint: dict) -> None:
