@@ -40,8 +40,9 @@ def test_ctrl_c_says_where_last_ckpt_is_and_the_command_that_resumes(make_cfg, c
                     f"python train.py 'hydra.run.dir=/data/run 1' model=nano 'sampling.prompt=每一次 café' ckpt_path={last}"]
 
 
-def test_ctrl_c_inside_an_accumulation_says_what_is_lost(corpus, tmp_path, caplog):
-    # 2 micro-batches a step; Ctrl-C after the first micro-batch of step 4: last.ckpt of step 3 is written
+def test_ctrl_c_inside_an_accumulation_says_what_is_kept(corpus, tmp_path, caplog):
+    # 2 micro-batches a step; Ctrl-C after the first micro-batch of step 4: last.ckpt of step 3 is written,
+    # with that micro-batch (its gradient)
     cfg = compose_cfg([*TINY, "data=text", f"data.path={corpus}", "data.micro_batch_size=2", "trainer.max_steps=10",
                        "trainer.val_check_interval=2", "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch",
                        "+callbacks.ctrl_c.batch=6"], tmp_path / "run")
@@ -54,8 +55,8 @@ def test_ctrl_c_inside_an_accumulation_says_what_is_lost(corpus, tmp_path, caplo
     assert stopped.value.code == 130
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interrupted")]
     assert len(said) == 1 and said[0].startswith(
-        "interrupted at step 3, 1 of 2 micro-batches into step 4 (lost: a checkpoint holds whole optimizer steps). "
-        "last.ckpt (step 3) is "), said
+        "interrupted at step 3, 1 of 2 micro-batches into step 4 (kept: their gradient so far; a resume goes on "
+        "with micro-batch 2). last.ckpt (step 3, and 1 micro-batch of step 4) is "), said
 
 
 def with_bar(corpus, tmp_path, *more):

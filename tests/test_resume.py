@@ -151,32 +151,110 @@ def test_bad_cadence(make_cfg, key, value, match):
         build(make_cfg(f"callbacks.last_checkpoint.{key}={value}"))
 
 
-def test_ctrl_c_inside_an_accumulation_resumes_as_the_uninterrupted_run(corpus, tmp_path):
-    """Ctrl-C after the first of 2 micro-batches of step 4 writes last.ckpt as of step 3 (before: none, as
-    between optimizer steps it could not resume exactly); resumed, it trains the uninterrupted run's
-    micro-batches with the same losses to the last bit (dropout on: the RNG states are step 3's)."""
+def _ctrl_c_run(cfg):
+    """run(cfg), stopped by a Ctrl-C inside it: the SystemExit of the interrupt line."""
     import signal
 
-    from conftest import compose_cfg
-
-    args = tiny(corpus, "data.micro_batch_size=2", "model.drop_rate=0.1", "trainer.max_steps=6",
-                "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
-    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
     handler = signal.getsignal(signal.SIGINT)
     try:
-        with pytest.raises(SystemExit):
-            run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
-                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=6"],
-                            tmp_path / "cut"))
+        with pytest.raises(SystemExit) as stopped:
+            run(cfg)
     finally:
         signal.signal(signal.SIGINT, handler)
+    assert stopped.value.code == 130
+
+
+def _weights(ckpt: Path) -> dict:
+    c = torch.load(ckpt, weights_only=True)
+    return {**c["state_dict"], **{f"opt.{i}.{k}": v for i, s in c["optimizer_states"][0]["state"].items()
+                                  for k, v in s.items()}}
+
+
+@pytest.mark.parametrize("micro,ctrl_c,steps", [
+    ("2", 6, 6),  # 2 micro-batches a step: after the first of step 4
+    ("1", 1, 4),  # 4 a step: after 2 of step 0 (the first: before, nothing was left to resume)
+    ("1", 9, 4),  # 4 a step: after 2 of step 2
+])
+def test_ctrl_c_inside_an_accumulation_resumes_as_the_uninterrupted_run(corpus, tmp_path, micro, ctrl_c, steps):
+    """Ctrl-C after micro-batch `ctrl_c` (inside an optimizer step) writes last.ckpt with the step's
+    micro-batches done so far (their gradient, losses, tokens, RNG states and position); resumed, it goes
+    on with the next micro-batch: the uninterrupted run's losses and final weights and AdamW moments, to
+    the last bit (fp32, dropout on). Before, the micro-batches of the unfinished step were trained again
+    (and a Ctrl-C in step 0 left nothing to resume)."""
+    from conftest import compose_cfg
+
+    args = tiny(corpus, f"data.micro_batch_size={micro}", "model.drop_rate=0.1", f"trainer.max_steps={steps}",
+                "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
+    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
+    _ctrl_c_run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
+                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch",
+                             f"+callbacks.ctrl_c.batch={ctrl_c}"], tmp_path / "cut"))
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 3
+    saved = torch.load(last, weights_only=True)
+    every = 4 // int(micro)
+    done = (ctrl_c + 1) % every
+    assert saved["global_step"] == ctrl_c // every
+    assert saved["gptlit_resume"]["partial"]["micro_batches"] == done
     run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}", f"ckpt_path={last}"],
                     tmp_path / "resumed"))
     whole, cut, resumed = (_rows(tmp_path / "log" / n) for n in ("whole", "cut", "resumed"))
-    assert len(whole) == 12 and len(cut) == 7  # micro-batch 6 (the first of step 4) was lost
-    assert cut[:6] + resumed == whole
+    assert len(whole) == steps * every and len(cut) == ctrl_c + 1
+    assert cut + resumed == whole  # no micro-batch trained twice, none skipped, every loss to the last bit
+    a, b = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"), _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_partial_step_with_another_micro_batch_plan_restarts_that_step(corpus, tmp_path, caplog):
+    """A partial step kept at a Ctrl-C, resumed with another micro-batch size (4 micro-batches of 1 -> 2 of
+    2): its gradient is not used; one line says so and step 1 starts again from its first micro-batch, as
+    a run with micro-batches of 2 trains it (the same losses and weights to the last bit)."""
+    from conftest import compose_cfg
+
+    args = tiny(corpus, "model.drop_rate=0.1", "trainer.max_steps=3", "trainer.val_check_interval=5",
+                "+callbacks.steps._target_=resume_probe.StepLog")
+    run(compose_cfg([*args, "data.micro_batch_size=2", f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"],
+                    tmp_path / "whole"))
+    _ctrl_c_run(compose_cfg([*args, "data.micro_batch_size=1", f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
+                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=1"],
+                            tmp_path / "cut"))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    with caplog.at_level("INFO"):
+        run(compose_cfg([*args, "data.micro_batch_size=2", f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}",
+                         f"ckpt_path={last}"], tmp_path / "resumed"))
+    said = [r.getMessage() for r in caplog.records if "micro-batches of step" in r.getMessage()]
+    assert said == ["warning: the checkpoint holds 2 of 4 micro-batches of step 1 (their gradient so far), but this "
+                    "run has data.micro_batch_size=2 where it had data.micro_batch_size=1: step 1 starts again from "
+                    "its first micro-batch"]
+    assert _rows(tmp_path / "log" / "resumed") == _rows(tmp_path / "log" / "whole")
+    a, b = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"), _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_partial_gradient_that_does_not_fit_restarts_that_step(corpus, tmp_path, caplog):
+    """A kept gradient whose shape is not its parameter's is never put into p.grad: one line, and the step
+    starts again from its first micro-batch (the uninterrupted run's losses from there)."""
+    from conftest import compose_cfg
+
+    args = tiny(corpus, "data.micro_batch_size=1", "model.drop_rate=0.1", "trainer.max_steps=3",
+                "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
+    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
+    _ctrl_c_run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
+                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=5"],
+                            tmp_path / "cut"))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    grads = ckpt["gptlit_resume"]["partial"]["grads"]
+    name = next(k for k, g in grads.items() if g is not None and g.dim() == 2)
+    grads[name] = grads[name][:, :-1].clone()
+    torch.save(ckpt, last)
+    with caplog.at_level("INFO"):
+        run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}", f"ckpt_path={last}"],
+                        tmp_path / "resumed"))
+    said = [r.getMessage() for r in caplog.records if "micro-batches of step" in r.getMessage()]
+    assert said == [f"warning: the checkpoint holds 2 of 4 micro-batches of step 2 (their gradient so far), but its "
+                    f"gradient does not fit the model (parameter {name}): step 2 starts again from its first micro-batch"]
+    whole, cut, resumed = (_rows(tmp_path / "log" / n) for n in ("whole", "cut", "resumed"))
+    assert cut[:4] + resumed == whole  # micro-batches 4 and 5 trained again, from step 1's state
 
 
 # ---- kill -9 and resume, as a user would: train.py in a subprocess -----------------------------------

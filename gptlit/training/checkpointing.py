@@ -78,7 +78,8 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 class LastCheckpoint(Checkpoint):
-    """`<dirpath>/last.ckpt`: the latest training state, always at an optimizer-step boundary.
+    """`<dirpath>/last.ckpt`: the latest training state, at an optimizer-step boundary (after a Ctrl-C
+    inside an accumulation: that boundary plus the micro-batches done since, gptlit.training.resume).
 
     every_n_train_steps: also every N optimizer steps (null or 0: off).
     train_time_interval: also every M minutes of training (null or 0: off).
@@ -103,9 +104,10 @@ class LastCheckpoint(Checkpoint):
 
     # the write --------------------------------------------------------------------------------------
     def save(self, trainer) -> bool:
-        """Write last.ckpt now, as of the last finished optimizer step, unless an optimizer step is half
-        done; never after the loss guard gave up (it put the last good state back as last.ckpt). True if
-        it was written."""
+        """Write last.ckpt now, as of the last finished optimizer step (inside an accumulation, one process:
+        with the micro-batches of the next step done so far, their gradient included; see
+        gptlit.training.resume), unless an optimizer step is half done; never after the loss guard gave up
+        (it put the last good state back as last.ckpt). True if it was written."""
         if gave_up_message(trainer):
             return False
         tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
@@ -178,7 +180,12 @@ class LastCheckpoint(Checkpoint):
             self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception):
-        if trainer.state.fn != TrainerFn.FITTING or self.saved_step == trainer.global_step:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
+        # last.ckpt of this step is written already, unless micro-batches of the next one are kept (Ctrl-C
+        # inside an accumulation: their gradient so far, see gptlit.training.resume)
+        if self.saved_step == trainer.global_step and not (tracker and tracker.partial_step(trainer, pl_module)):
             return
         if isinstance(exception, GuardRollback):  # last.ckpt holds the good state the run goes back to
             return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 
 import lightning as L
@@ -13,6 +15,7 @@ from gptlit.model.config import GPTConfig
 from gptlit.training.optim import validate_optim
 from gptlit.model.flops import cuda_peak_flops, flops_per_token, matmul_params, mfu
 from gptlit.model.gpt import GPT
+from gptlit.training.resume import rng_state
 
 
 COMPILE_STEPS = 2  # see GPTLitModule.compile_steps
@@ -47,6 +50,9 @@ class GPTLitModule(L.LightningModule):
         self._n_matmul = matmul_params(self.model)  # counted before any sharding; for MFU
         self._peak = None  # peak FLOP/s of the GPU (set on CUDA with a known peak)
         self._step_losses = None  # (optimizer step, losses of its micro-batches so far)
+        # the micro-batches whose gradient p.grad holds since the last optimizer step: {"step", "n", "rng",
+        # "tokens_seen"} as they were right after the n-th one's backward (what a Ctrl-C checkpoint keeps)
+        self.accumulated: dict | None = None
         self._grad_norm = None  # this optimizer step's gradient norm, once computed (grad_norm)
         self.paused_seconds = 0.0  # time spent in clock_paused() so far (text samples)
         self.step_loss = None  # their mean: the batch's loss once the step's last micro-batch ran
@@ -103,6 +109,26 @@ class GPTLitModule(L.LightningModule):
             self.log("train/ppl", torch.exp(self.step_loss.float()))
             self.log("train/tokens_seen", float(self.tokens_seen))
         return loss
+
+    def backward(self, loss, *args, **kwargs):
+        # A Ctrl-C during the backward waits until it and the count of the micro-batches in p.grad are both
+        # done: a checkpoint written at the interrupt never holds a gradient its count does not say.
+        with _sigint_deferred():
+            super().backward(loss, *args, **kwargs)
+            acc = self.accumulated
+            n = acc["n"] + 1 if acc is not None and acc["step"] == self.global_step else 1
+            self.accumulated = {"step": self.global_step, "n": n, "rng": rng_state(), "tokens_seen": int(self.tokens_seen)}
+
+    def step_losses_so_far(self, n: int) -> list:
+        """The losses of this optimizer step's first n micro-batches."""
+        if self._step_losses is None or self._step_losses[0] != self.global_step:
+            return []
+        return list(self._step_losses[1][:n])
+
+    def restore_step_losses(self, losses: list) -> None:
+        """After a resume inside an accumulation: the losses of the micro-batches already done (train/loss
+        is their mean with the rest)."""
+        self._step_losses = (self.global_step, [v.to(self.device) for v in losses])
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # tokens/s (and MFU) averaged over the batches since the last logged step
@@ -233,3 +259,21 @@ class GPTLitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = int(checkpoint.get("gptlit", {}).get("tokens_seen", 0))
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """SIGINT (Ctrl-C) held back inside the block and delivered right after it (in the main thread only,
+    where Python handles signals; elsewhere nothing changes)."""
+    prev = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if not callable(prev):
+        yield
+        return
+    got = []
+    signal.signal(signal.SIGINT, lambda signum, frame: got.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, prev)
+    if got:
+        prev(signal.SIGINT, got[0])

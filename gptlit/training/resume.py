@@ -4,6 +4,13 @@ Each checkpoint gets a `gptlit_resume` entry: the epoch, the batches of it train
 finished optimizer step, the shuffle seed, the fingerprint of the data order (batch size, processes,
 windows, corpus) and the RNG states of every rank (torch, CUDA, numpy, python) as they were at that
 step. Lightning 2.6 saves no RNG state, so without them dropout masks after a resume differ.
+
+A checkpoint written inside an accumulation (Ctrl-C after k of an optimizer step's n micro-batches, one
+process) also keeps those k micro-batches (`partial`): the gradient so far (every parameter's p.grad),
+their losses, the tokens seen and the RNG states after the k-th, and Lightning's batch counts at
+micro-batch k. A resume with the same micro-batch plan puts the gradient back and goes on with
+micro-batch k+1, as the uninterrupted run would; otherwise that step starts again from its first
+micro-batch (one line says so).
 """
 
 from __future__ import annotations
@@ -78,6 +85,9 @@ class ExactResume(L.Callback):
         self.local_only = False  # a checkpoint written by one rank alone (after a failure): no gather
         self._tokens_at_step: int | None = None  # the module's tokens_seen at the last finished step
         self._pending_tokens: int | None = None  # to restore at train start after a resume
+        self.keep_partial = True  # plan_resume's verdict on the checkpoint's partial step (setup_exact_resume)
+        self._pending_partial: dict | None = None  # a partial step to put back at train start
+        self.saved_partial: tuple[int, int] | None = None  # (micro-batches, of) kept by the last checkpoint written
 
     @property
     def at_step_boundary(self) -> bool:
@@ -95,6 +105,18 @@ class ExactResume(L.Callback):
             pl_module.tokens_seen = self._pending_tokens
         self._pending_tokens = None
         self._tokens_at_step = getattr(pl_module, "tokens_seen", None)
+        part, self._pending_partial = self._pending_partial, None
+        if part is not None:  # the micro-batches of this step done before the interrupt: their gradient back
+            self._tokens_at_step = part["tokens_at_step"]
+            params = dict(pl_module.named_parameters())
+            for name, g in part["grads"].items():
+                p = params[name]
+                p.grad = None if g is None else g.to(device=p.device, dtype=p.dtype).clone()
+            pl_module.tokens_seen = int(part["tokens_seen"])
+            pl_module.restore_step_losses(list(part["losses"]))
+            pl_module.accumulated = {"step": trainer.global_step, "n": int(part["micro_batches"]),
+                                     "rng": part["rng"], "tokens_seen": int(part["tokens_seen"])}
+            self._pending_rng = part["rng"]  # the RNG states after its last micro-batch, not the step's start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._fix_log_step:
@@ -124,7 +146,23 @@ class ExactResume(L.Callback):
             self.rng = [rng_state()]
             self._tokens_at_step = getattr(pl_module, "tokens_seen", None)
 
+    def partial_step(self, trainer, pl_module) -> int:
+        """How many micro-batches of the unfinished optimizer step a checkpoint written now keeps (their
+        gradient so far, whose count pl_module.accumulated tracks): 0 at a step boundary, under several
+        processes (each rank's gradient differs: the checkpoint holds whole steps there) and once every
+        micro-batch of the step ran its backward (the optimizer step itself is what is missing)."""
+        acc = getattr(pl_module, "accumulated", None)
+        every = int(trainer.accumulate_grad_batches or 1)
+        if (acc is None or acc["step"] != trainer.global_step or self._in_optimizer_step or every < 2
+                or trainer.current_epoch != self.epoch or trainer.world_size > 1 or self.local_only):
+            return 0
+        n = int(acc["n"])
+        if not 0 < n < every or self.stepped + n >= self.batches_per_epoch:
+            return 0
+        return n
+
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        n = self.partial_step(trainer, pl_module)
         checkpoint[KEY] = {
             "format": FORMAT,
             "epoch": self.epoch,
@@ -134,8 +172,25 @@ class ExactResume(L.Callback):
             "rng": [self.rng[0]] if self.local_only else gather(self.rng[0], trainer),
             "exact": self.at_step_boundary,
         }
-        if trainer.current_epoch == self.epoch and rewind_batches(checkpoint, self.stepped):
+        if n:  # Lightning's counts at micro-batch n of the step, all equal (as at a validation)
+            rewind_batches(checkpoint, self.stepped + n, force=True)
+            checkpoint[KEY]["tokens_seen"] = self._tokens_at_step  # the step's start: a resume without the partial
+        elif trainer.current_epoch == self.epoch and rewind_batches(checkpoint, self.stepped):
             checkpoint[KEY]["tokens_seen"] = self._tokens_at_step  # inside an accumulation: as of the last step
+        self.saved_partial = None
+        if n:
+            acc = pl_module.accumulated
+            checkpoint[KEY]["partial"] = {
+                "step": trainer.global_step,
+                "micro_batches": n,
+                "accumulate": int(trainer.accumulate_grad_batches),
+                "grads": {name: None if p.grad is None else p.grad.detach()
+                          for name, p in pl_module.named_parameters()},
+                "losses": [v.detach().cpu() for v in pl_module.step_losses_so_far(n)],
+                "tokens_seen": acc["tokens_seen"],
+                "rng": acc["rng"],
+            }
+            self.saved_partial = (n, int(trainer.accumulate_grad_batches))
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         # Lightning restores the loops after the callbacks, from this same dict
@@ -152,14 +207,42 @@ class ExactResume(L.Callback):
         rngs = state.get("rng") or []
         if state.get("data") == self.fingerprint and len(rngs) == trainer.world_size:
             self._pending_rng = rngs[trainer.global_rank]
+        part = state.get("partial")
+        if part is None:
+            return
+        if not self.keep_partial:  # plan_resume said why; the data order starts at the step's start already
+            rewind_batches(checkpoint, self.stepped)
+            return
+        why = None
+        params = dict(pl_module.named_parameters())
+        grads = part.get("grads") or {}
+        bad = next((k for k, g in grads.items() if k not in params or (g is not None and g.shape != params[k].shape)),
+                   None) or next((k for k in params if k not in grads), None)
+        if bad is not None:
+            why = f"its gradient does not fit the model (parameter {bad})"
+        elif guard_rolled_back(trainer, checkpoint):
+            why = "the loss guard rolls back to it (no partial gradient is carried over a rollback)"
+        if why is not None:  # the step starts again: Lightning's counts and the data position at its start
+            rank_zero_info(f"warning: {partial_words(state)}, but {why}: step {part['step'] + 1} starts again "
+                           f"from its first micro-batch")
+            rewind_batches(checkpoint, self.stepped)
+            if trainer.datamodule is not None and hasattr(trainer.datamodule, "set_plan"):
+                from gptlit.data.sampler import TrainOrder
+
+                trainer.datamodule.set_plan(order=TrainOrder(self.seed, self.epoch, self.stepped))
+            return
+        n = int(part["micro_batches"])
+        self.ended = self.stepped + n
+        self._pending_partial = {**part, "tokens_at_step": state.get("tokens_seen")}
 
 
-def rewind_batches(checkpoint: dict, stepped: int) -> bool:
+def rewind_batches(checkpoint: dict, stepped: int, force: bool = False) -> bool:
     """Lightning's batch counts in a checkpoint written after micro-batches past the last optimizer step
     (`stepped` batches of the epoch), set back to that step as a checkpoint written there (at a validation)
-    has them: every counter equal. True if they were past it."""
+    has them: every counter equal. True if they were past it. force: set them to `stepped` even when they
+    are not past it (a partial step kept at micro-batch `stepped`)."""
     batches = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
-    if not batches or int(batches.get("current", {}).get("ready", 0)) <= stepped:
+    if not batches or (int(batches.get("current", {}).get("ready", 0)) <= stepped and not force):
         return False
     current, total = batches.get("current", {}), batches.get("total", {})
     done = stepped
@@ -168,6 +251,42 @@ def rewind_batches(checkpoint: dict, stepped: int) -> bool:
         current[k] = done
     batches["is_last_batch"] = False
     return True
+
+
+def guard_rolled_back(trainer, checkpoint: dict) -> bool:
+    """Whether this fit is the loss guard's rollback to `checkpoint` (the guard's rollback count, set by
+    gptlit.training.guard.rollback_config, is past the checkpoint's own)."""
+    guard = next((c for c in trainer.callbacks if type(c).__name__ == "LossGuard"), None)
+    if guard is None:
+        return False
+    saved = (checkpoint.get("callbacks") or {}).get(guard.state_key) or {}
+    return int(getattr(guard, "rollbacks", 0)) > int(saved.get("rollbacks", 0))
+
+
+def partial_words(state: dict) -> str:
+    """'last.ckpt holds 2 of 4 micro-batches of step 5 (their gradient so far)', for a checkpoint's KEY entry."""
+    part = state["partial"]
+    return (f"the checkpoint holds {part['micro_batches']} of {part['accumulate']} micro-batches of step "
+            f"{part['step'] + 1} (their gradient so far)")
+
+
+def partial_verdict(state: dict, fingerprint: dict, accumulate: int, world_size: int) -> str | None:
+    """Why a checkpoint's partial step cannot go on in this run (None: it can): another micro-batch plan
+    (micro-batch size or micro-batches a step) or another number of processes."""
+    part = state.get("partial")
+    if part is None:
+        return None
+    saved = state.get("data") or {}
+    if world_size > 1:
+        return f"this run has {world_size} processes (a partial step is kept for one process only)"
+    for k in BATCH_LAYOUT_KEYS:
+        if saved.get(k) != fingerprint.get(k):
+            return f"this run has {describe_setting(k, fingerprint.get(k))} where it had {describe_setting(k, saved.get(k))}"
+    if int(part.get("accumulate", 0)) != int(accumulate):
+        return f"this run plans {accumulate} micro-batches a step where it had {part.get('accumulate')}"
+    if state.get("data") != fingerprint:
+        return "this run's data order differs"
+    return None
 
 
 def start_next_epoch_afresh(checkpoint: dict) -> None:
@@ -190,10 +309,12 @@ def start_next_epoch_afresh(checkpoint: dict) -> None:
     batches["is_last_batch"] = False
 
 
-def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow_inexact: bool) -> dict | None:
-    """Where a resumed run's data order starts: {"seed", "epoch", "start_batch"}, or None for a fresh
-    order. Raises UserError, naming the difference, when the order cannot continue exactly and
-    `allow_inexact` (resume_inexact=true) is off."""
+def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow_inexact: bool,
+                accumulate: int = 1, world_size: int = 1) -> dict | None:
+    """Where a resumed run's data order starts: {"seed", "epoch", "start_batch", "partial"}, or None for a
+    fresh order. Raises UserError, naming the difference, when the order cannot continue exactly and
+    `allow_inexact` (resume_inexact=true) is off. "partial": whether the checkpoint's unfinished step (its
+    micro-batches done, see partial_verdict) goes on; start_batch is then past them."""
     epoch = int(ckpt.get("epoch", 0))
     state = ckpt.get(KEY)
     if not state:
@@ -217,14 +338,21 @@ def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch
             raise UserError(f"{msg}; {setting_fix(diff, saved.get(diff))}, or pass resume_inexact=true "
                             f"to start epoch {epoch}'s order afresh")
         rank_zero_info(f"warning: {msg}; resume_inexact=true: epoch {epoch}'s data order starts afresh")
-        return {"seed": seed, "epoch": epoch, "start_batch": 0}
+        return {"seed": seed, "epoch": epoch, "start_batch": 0, "partial": False}
     if not state.get("exact", True):
         rank_zero_info(f"warning: ckpt_path={ckpt_path} was written between optimizer steps: "
                        f"the data order of epoch {epoch} starts over from its first batch")
-        return {"seed": seed, "epoch": epoch, "start_batch": 0}
+        return {"seed": seed, "epoch": epoch, "start_batch": 0, "partial": False}
     if batches >= batches_per_epoch:  # written at the end of its epoch
         epoch, batches = epoch + 1, 0
-    return {"seed": seed, "epoch": epoch, "start_batch": batches}
+    partial = state.get("partial")
+    if partial is not None:
+        why = partial_verdict(state, fingerprint, accumulate, world_size)
+        if why is None:
+            return {"seed": seed, "epoch": epoch, "start_batch": batches + int(partial["micro_batches"]), "partial": True}
+        rank_zero_info(f"warning: {partial_words(state)}, but {why}: step {partial['step'] + 1} starts again "
+                       f"from its first micro-batch")
+    return {"seed": seed, "epoch": epoch, "start_batch": batches, "partial": False}
 
 
 def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, allow_inexact: bool,
@@ -236,7 +364,8 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
     sampler = dm.train_sampler(trainer)  # its length does not depend on the order's seed or position
     fingerprint = order_fingerprint(dm.train_set, dm.config.batch_size, trainer.world_size, dm.loader_batch_size)
     per_epoch = sampler.batches_per_epoch()
-    plan = plan_resume(ckpt, ckpt_path, fingerprint, per_epoch, allow_inexact) if ckpt_path else None
+    plan = (plan_resume(ckpt, ckpt_path, fingerprint, per_epoch, allow_inexact,
+                        int(trainer.accumulate_grad_batches or 1), trainer.world_size) if ckpt_path else None)
     if plan is None:
         order = TrainOrder(default_seed(seed, run=str(trainer.default_root_dir)))  # one random seed per run
     else:
@@ -247,5 +376,6 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
         warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable", category=PossibleUserWarning)
     dm.set_plan(order=order)
     tracker = ExactResume(fingerprint, order.seed, per_epoch)
+    tracker.keep_partial = bool(plan and plan.get("partial"))
     trainer.callbacks.insert(0, tracker)
     return tracker
