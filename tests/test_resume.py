@@ -170,12 +170,13 @@ def _weights(ckpt: Path) -> dict:
                                   for k, v in s.items()}}
 
 
-@pytest.mark.parametrize("micro,ctrl_c,steps", [
-    ("2", 6, 6),  # 2 micro-batches a step: after the first of step 4
-    ("1", 1, 4),  # 4 a step: after 2 of step 0 (the first: before, nothing was left to resume)
-    ("1", 9, 4),  # 4 a step: after 2 of step 2
+@pytest.mark.parametrize("micro,ctrl_c,steps,probe", [
+    ("2", 6, 6, "CtrlCAtMicroBatch"),  # 2 micro-batches a step: after the first of step 4
+    ("1", 1, 4, "CtrlCAtMicroBatch"),  # 4 a step: after 2 of step 0 (the first: before, nothing was left to resume)
+    ("1", 9, 4, "CtrlCAtMicroBatch"),  # 4 a step: after 2 of step 2
+    ("1", 9, 4, "SigintInBackward"),  # a real SIGINT in the middle of micro-batch 9's backward: it completes first
 ])
-def test_ctrl_c_inside_an_accumulation_resumes_as_the_uninterrupted_run(corpus, tmp_path, micro, ctrl_c, steps):
+def test_ctrl_c_inside_an_accumulation_resumes_as_the_uninterrupted_run(corpus, tmp_path, micro, ctrl_c, steps, probe):
     """Ctrl-C after micro-batch `ctrl_c` (inside an optimizer step) writes last.ckpt with the step's
     micro-batches done so far (their gradient, losses, tokens, RNG states and position); resumed, it goes
     on with the next micro-batch: the uninterrupted run's losses and final weights and AdamW moments, to
@@ -187,7 +188,7 @@ def test_ctrl_c_inside_an_accumulation_resumes_as_the_uninterrupted_run(corpus, 
                 "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
     run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
     _ctrl_c_run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
-                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch",
+                             f"+callbacks.ctrl_c._target_=resume_probe.{probe}",
                              f"+callbacks.ctrl_c.batch={ctrl_c}"], tmp_path / "cut"))
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
@@ -198,8 +199,10 @@ def test_ctrl_c_inside_an_accumulation_resumes_as_the_uninterrupted_run(corpus, 
     run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}", f"ckpt_path={last}"],
                     tmp_path / "resumed"))
     whole, cut, resumed = (_rows(tmp_path / "log" / n) for n in ("whole", "cut", "resumed"))
-    assert len(whole) == steps * every and len(cut) == ctrl_c + 1
-    assert cut + resumed == whole  # no micro-batch trained twice, none skipped, every loss to the last bit
+    # a SIGINT inside the backward: micro-batch ctrl_c is in the gradient kept, its on_train_batch_end never ran
+    logged = ctrl_c + 1 if probe == "CtrlCAtMicroBatch" else ctrl_c
+    assert len(whole) == steps * every and len(cut) == logged and cut == whole[:logged]
+    assert resumed == whole[ctrl_c + 1:]  # no micro-batch trained twice, none skipped, every loss to the last bit
     a, b = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"), _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
