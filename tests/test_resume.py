@@ -260,6 +260,30 @@ def test_ctrl_c_partial_gradient_that_does_not_fit_restarts_that_step(corpus, tm
     assert cut[:4] + resumed == whole  # micro-batches 4 and 5 trained again, from step 1's state
 
 
+def test_ctrl_c_partial_step_is_not_carried_over_a_guard_rollback(corpus, tmp_path, caplog):
+    """A resume that is the loss guard's rollback to a checkpoint with a partial step (its rollback count past
+    the checkpoint's) drops the partial gradient: one line, and the step starts again from its first
+    micro-batch (the same weights, so the uninterrupted run's losses for that step)."""
+    from conftest import compose_cfg
+
+    args = tiny(corpus, "data.micro_batch_size=1", "model.drop_rate=0.1", "trainer.max_steps=3",
+                "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
+    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
+    _ctrl_c_run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
+                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=6"],
+                            tmp_path / "cut"))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    with caplog.at_level("INFO"):
+        run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}", f"ckpt_path={last}",
+                         "+callbacks.guard.rollbacks=1"], tmp_path / "resumed"))
+    said = [r.getMessage() for r in caplog.records if "micro-batches of step" in r.getMessage()]
+    assert said == ["warning: the checkpoint holds 3 of 4 micro-batches of step 2 (their gradient so far), but the "
+                    "loss guard rolls back to it (no partial gradient is carried over a rollback): step 2 starts "
+                    "again from its first micro-batch"]
+    whole, resumed = _rows(tmp_path / "log" / "whole"), _rows(tmp_path / "log" / "resumed")
+    assert resumed[:4] == whole[4:8]  # step 1's 4 micro-batches again, from its start
+
+
 # ---- kill -9 and resume, as a user would: train.py in a subprocess -----------------------------------
 
 STEPS_PER_EPOCH = 14  # the corpus fixture: 115 train windows of 32 tokens, batches of 8

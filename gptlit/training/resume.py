@@ -149,12 +149,14 @@ class ExactResume(L.Callback):
     def partial_step(self, trainer, pl_module) -> int:
         """How many micro-batches of the unfinished optimizer step a checkpoint written now keeps (their
         gradient so far, whose count pl_module.accumulated tracks): 0 at a step boundary, under several
-        processes (each rank's gradient differs: the checkpoint holds whole steps there) and once every
-        micro-batch of the step ran its backward (the optimizer step itself is what is missing)."""
+        processes (each rank's gradient differs: the checkpoint holds whole steps there), under a sharding
+        strategy (its p.grad are shards) and once every micro-batch of the step ran its backward (the
+        optimizer step itself is what is missing)."""
         acc = getattr(pl_module, "accumulated", None)
         every = int(trainer.accumulate_grad_batches or 1)
         if (acc is None or acc["step"] != trainer.global_step or self._in_optimizer_step or every < 2
-                or trainer.current_epoch != self.epoch or trainer.world_size > 1 or self.local_only):
+                or trainer.current_epoch != self.epoch or trainer.world_size > 1 or self.local_only
+                or type(trainer.strategy).__name__ not in ("SingleDeviceStrategy", "DDPStrategy")):
             return 0
         n = int(acc["n"])
         if not 0 < n < every or self.stepped + n >= self.batches_per_epoch:
