@@ -68,7 +68,9 @@ class ExactResume(L.Callback):
     there, writes both into every checkpoint and restores them on resume.
 
     A batch counts as consumed only once its optimizer step has finished (with gradient accumulation,
-    the step after its last micro-batch), so a checkpoint written on a crash never skips one.
+    the step after its last micro-batch), so a checkpoint written on a crash never skips one; a checkpoint
+    written inside an accumulation on one process (a Ctrl-C) also keeps the micro-batches done since, with
+    their gradient (`partial_step`), and Lightning's counts at them.
     gptlit.run.build puts this callback first, so the checkpoint callbacks see this step's state.
     """
 
@@ -93,8 +95,9 @@ class ExactResume(L.Callback):
     def at_step_boundary(self) -> bool:
         """Whether a checkpoint written now resumes exactly: no optimizer step is half done (the weights and
         optimizer state are those of the last finished step). Inside an accumulation (micro-batches since
-        that step, e.g. at a Ctrl-C) the checkpoint is written as of that step: Lightning's batch count and
-        the tokens seen are set back to it (on_save_checkpoint), the micro-batches since are lost."""
+        that step, e.g. at a Ctrl-C) the checkpoint keeps those micro-batches where `partial_step` can (their
+        gradient, losses, tokens, RNG states; Lightning's counts at them), else it is written as of that step:
+        Lightning's batch count and the tokens seen set back to it, the micro-batches since trained again."""
         return not self._in_optimizer_step
 
     def on_train_start(self, trainer, pl_module):
