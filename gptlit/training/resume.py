@@ -316,10 +316,10 @@ def start_next_epoch_afresh(checkpoint: dict) -> None:
 
 def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow_inexact: bool,
                 accumulate: int = 1, world_size: int = 1) -> dict | None:
-    """Where a resumed run's data order starts: {"seed", "epoch", "start_batch", "partial"}, or None for a
-    fresh order. Raises UserError, naming the difference, when the order cannot continue exactly and
-    `allow_inexact` (resume_inexact=true) is off. "partial": whether the checkpoint's unfinished step (its
-    micro-batches done, see partial_verdict) goes on; start_batch is then past them."""
+    """Where a resumed run's data order starts: {"seed", "epoch", "start_batch"}, or None for a fresh
+    order. Raises UserError, naming the difference, when the order cannot continue exactly and
+    `allow_inexact` (resume_inexact=true) is off. With "partial": True, the checkpoint's unfinished step
+    (its micro-batches done, see partial_verdict) goes on, and start_batch is past them."""
     epoch = int(ckpt.get("epoch", 0))
     state = ckpt.get(KEY)
     if not state:
@@ -343,11 +343,11 @@ def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch
             raise UserError(f"{msg}; {setting_fix(diff, saved.get(diff))}, or pass resume_inexact=true "
                             f"to start epoch {epoch}'s order afresh")
         rank_zero_info(f"warning: {msg}; resume_inexact=true: epoch {epoch}'s data order starts afresh")
-        return {"seed": seed, "epoch": epoch, "start_batch": 0, "partial": False}
+        return {"seed": seed, "epoch": epoch, "start_batch": 0}
     if not state.get("exact", True):
         rank_zero_info(f"warning: ckpt_path={ckpt_path} was written between optimizer steps: "
                        f"the data order of epoch {epoch} starts over from its first batch")
-        return {"seed": seed, "epoch": epoch, "start_batch": 0, "partial": False}
+        return {"seed": seed, "epoch": epoch, "start_batch": 0}
     if batches >= batches_per_epoch:  # written at the end of its epoch
         epoch, batches = epoch + 1, 0
     partial = state.get("partial")
@@ -357,7 +357,7 @@ def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch
             return {"seed": seed, "epoch": epoch, "start_batch": batches + int(partial["micro_batches"]), "partial": True}
         rank_zero_info(f"warning: {partial_words(state)}, but {why}: step {partial['step'] + 1} starts again "
                        f"from its first micro-batch")
-    return {"seed": seed, "epoch": epoch, "start_batch": batches, "partial": False}
+    return {"seed": seed, "epoch": epoch, "start_batch": batches}
 
 
 def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, allow_inexact: bool,
