@@ -296,7 +296,7 @@ def evaluate(cfg, out_dir: Path, warn=None, echo=print) -> dict:
 
     dm = None
     if name == "bpb":
-        ctx = min(main.model.cfg.context_length, *( [other.model.cfg.context_length] if other else []))
+        ctx = min([main.model.cfg.context_length] + ([other.model.cfg.context_length] if other else []))
         dm = make_datamodule(_plain(cfg.get("data") or {}), ctx)
         dm.prepare_data()
         dm.setup("validate")
