@@ -223,7 +223,8 @@ class Workspace:
         web.mkdir()
         for i in range(2):
             shutil.copy(corpus, web / f"part-{i}.txt")
-        self.table |= {"/data/web-text/": f"{web}/", "task.path=...": "task.path=hellaswag_val.jsonl"}
+        self.table |= {"/data/web-text/": f"{web}/", "task.path=...": "task.path=hellaswag_val.jsonl",
+                       "bench.path=...": "bench.path=hellaswag_val.jsonl"}
 
     def make_models(self) -> None:
         """A tiny Hugging Face GPT-2 folder for /models/gpt2 and a tiny book .pth for gpt2-small-124M.pth."""
@@ -334,7 +335,7 @@ def test_the_commands_of(page, ws):
 def test_documented_bpb_command(tmp_path):
     """eval.py task=bpb as the README writes it, on a checkpoint of the fixtures (it crashed with
     `TypeError: 'int' object is not iterable` without compare=)."""
-    (cmd,) = [c for c in doc_commands() if c.page == "README.md" and "task=bpb" in c.text]
+    (cmd,) = [c for c in doc_commands() if c.page == "README.md" and re.search(r"\b(task|bench)=bpb\b", c.text)]
     write_corpus(tmp_path)
     w = Workspace(tmp_path)
     w.table["<run dir>"] = str(FIXTURES / "nano_6df85dd.ckpt")
