@@ -307,8 +307,9 @@ def ws(tmp_path_factory, request) -> Workspace:
         w.table["outputs/multirun/2026-12-01/04-06-52"] = str(w.new_dir(multirun, before))
     yield w
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        tr.write_line(summary(commands) + f"; {len(w.results)} distinct command lines ran")
+    if tr is not None:  # past pytest's capture, so that CI's log shows it
+        with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+            tr.write_line("\n" + summary(commands) + f"; {len(w.results)} distinct command lines ran")
 
 
 @pytest.mark.slow
