@@ -120,6 +120,7 @@ def runs(trained, pool):
 CHINESE = "每一次努力都让你前进 🚀"
 
 
+@pytest.mark.slow  # sample.py's command lines (7 processes): long, rarely broken (issue 28)
 def test_prompts_in_chinese_with_emoji_and_accents(runs):
     # before: LexerNoViableAltException from Hydra's override parser, exit 1
     out = ok(runs["non_ascii"].result())
@@ -134,6 +135,7 @@ def ok(r: subprocess.CompletedProcess) -> str:
     return r.stdout
 
 
+@pytest.mark.slow  # sample.py's command lines (7 processes): long, rarely broken (issue 28)
 def test_default_sample_is_the_training_callbacks_text(runs, trained):
     out = ok(runs["default"].result())
     assert "=== temperature=1.0 top_k=50 top_p=None seed=123 ckpt=../final.ckpt ===" in out  # sampling=default (gptlit.model.generate.SampleTextConfig)
@@ -142,6 +144,7 @@ def test_default_sample_is_the_training_callbacks_text(runs, trained):
     assert list((trained.root / "default" / "outputs" / "samples").glob("*/*/.hydra/config.yaml"))
 
 
+@pytest.mark.slow  # sample.py's command lines (7 processes): long, rarely broken (issue 28)
 def test_sample_i_uses_seed_plus_i_and_cache_off_gives_the_same_text(runs, trained):
     out = ok(runs["seeds"].result())
     assert "seed=122" in out
@@ -150,6 +153,7 @@ def test_sample_i_uses_seed_plus_i_and_cache_off_gives_the_same_text(runs, train
     assert first.startswith(PROMPT) and first != f"{PROMPT}{trained.text}\n"
 
 
+@pytest.mark.slow  # sample.py's command lines (7 processes): long, rarely broken (issue 28)
 def test_run_dir_greedy_and_prompt_file(runs):
     out = ok(runs["run_dir"].result())
     assert "=== temperature=0.0 top_k=None top_p=None seed=123 ckpt=../run/checkpoints/best.ckpt ===" in out
@@ -161,6 +165,7 @@ def test_run_dir_greedy_and_prompt_file(runs):
     assert len(texts[0]) > len("Hello world\n")
 
 
+@pytest.mark.slow  # sample.py's command lines (7 processes): long, rarely broken (issue 28)
 def test_multirun_prints_one_labelled_block_per_setting(runs, trained):
     out = ok(runs["multirun"].result())
     headers = re.findall(r"^=== temperature=(\S+) top_k=(\S+) top_p=None seed=123 ckpt=(\S+) ===$", out, flags=re.M)
@@ -170,6 +175,7 @@ def test_multirun_prints_one_labelled_block_per_setting(runs, trained):
     assert len(list((trained.root / "multirun" / "outputs" / "samples" / "multirun").glob("*/*/*/.hydra"))) == 4
 
 
+@pytest.mark.slow  # sample.py's command lines (7 processes): long, rarely broken (issue 28)
 def test_empty_prompt_warns_and_starts_from_endoftext(runs):
     r = runs["empty"].result()
     out = ok(r)
@@ -177,6 +183,7 @@ def test_empty_prompt_warns_and_starts_from_endoftext(runs):
     assert "--- sample 1/1 ---\n" in out and not out.rstrip().endswith("---")
 
 
+@pytest.mark.slow  # sample.py's command lines (7 processes): long, rarely broken (issue 28)
 def test_long_prompt_warns_and_keeps_the_last_context_length_tokens(runs):
     r = runs["long"].result()
     ok(r)

@@ -35,7 +35,7 @@ from gptlit.interop.hf import load_weights, read_pretrained
 from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.lit_module import GPTLitModule
 from gptlit.training.resume import setup_exact_resume
-from gptlit.run.trainer_args import check_trainer_args
+from gptlit.run.trainer_args import check_trainer_args, cpu_processes_warning
 from gptlit.run.search import trial_pruning_callback
 from gptlit.run.trackers import prepare_loggers
 
@@ -162,6 +162,8 @@ def build(cfg: DictConfig):
     check_trainer_args(tcfg)  # accelerator, precision, types: before the corpus is read or the model built
     tcfg["max_epochs"] = resolve_max_epochs(tcfg.get("max_epochs"), tcfg.get("max_steps"))  # max_steps alone: no epoch limit
     compiled = resolve_compile(cfg.get("compile", "auto"), str(tcfg.get("accelerator", "auto")))
+    if task != "prepare" and (line := cpu_processes_warning(tcfg, memory.device_type_for(str(tcfg.get("accelerator", "auto"))))):
+        rank_zero_info(line)
     keep = cfg.get("keep_freed_memory", True)
     if not isinstance(keep, bool):
         raise UserError(f"keep_freed_memory={keep} is not a choice: use keep_freed_memory=true or keep_freed_memory=false")

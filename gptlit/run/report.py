@@ -266,6 +266,12 @@ def main(argv=None):
         print(f"error: {args.sweep_dir}: no such directory; give a sweep directory "
               f"(outputs/multirun/<date>/<time>)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    if not find_jobs(d) and ((d / RESULT_FILE).is_file() or (d / ".hydra").is_dir()):
+        sweep = f"; it is a job of the sweep {d.parent}: python report.py {d.parent}" if find_jobs(d.parent) else ""
+        print(f"error: {args.sweep_dir} is a single run, not a sweep: its results are its {RESULT_FILE}, loss_plot.png "
+              f"and tb/ (tensorboard --logdir {args.sweep_dir}); report.py summarizes the jobs of a sweep "
+              f"(python train.py -m ..., outputs/multirun/<date>/<time>){sweep}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     if not find_jobs(d):
         print(f"error: {args.sweep_dir} holds no sweep jobs (no subdirectory with {RESULT_FILE} or .hydra/); "
               f"give a sweep directory (outputs/multirun/<date>/<time>)", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 
 import lightning as L
 import torch
@@ -16,6 +17,8 @@ from gptlit.model.gpt import GPT
 
 
 COMPILE_STEPS = 2  # see GPTLitModule.compile_steps
+# Lightning's advice for epoch-level metrics logged without sync_dist under DDP, for the ones gptlit reduces itself
+SYNC_DIST_ADVICE = r"It is recommended to use `self\.log\('(val/loss|val/ppl|train/eval_loss|train/eval_ppl)', \.\.\., sync_dist=True\)`"
 # clipping with a norm already computed (torch >= 2.6); older torch computes it again in clip_grad_norm_
 _clip_with_norm = getattr(torch.nn.utils, "clip_grads_with_norm_", None)
 _total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: one fused norm of every gradient
@@ -52,6 +55,10 @@ class GPTLitModule(L.LightningModule):
         self.step_loss = None  # their mean: the batch's loss once the step's last micro-batch ran
 
     def setup(self, stage):
+        # val/* and train/eval_* are summed over the ranks in on_validation_epoch_end (strategy.reduce) before
+        # they are logged, so Lightning's advice to log them with sync_dist=True (a second reduction) does
+        # not apply; only its message for these four names is silenced, in every process of the run
+        warnings.filterwarnings("ignore", message=SYNC_DIST_ADVICE)
         if self.trainer.strategy.root_device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls; bf16/fp16 autocast is unaffected
 
@@ -97,7 +104,8 @@ class GPTLitModule(L.LightningModule):
         # (callbacks.LogStepProgressBar) shows them, read on the steps that log. train/loss is the mean over the micro-batches of
         # this optimizer step (Lightning writes the value of the step's last one): the loss of the whole batch.
         step, n = self.global_step + 1, self.trainer.log_every_n_steps
-        self._log_extras = bool(n and step % n == 0) or step == self.trainer.max_steps
+        # the run's last step logs too (max_steps or the last batch of max_epochs): the end lines read these values
+        self._log_extras = bool(n and step % n == 0) or step == self.trainer.max_steps or step >= self.trainer.estimated_stepping_batches
         if self._log_extras:
             self.log("train/loss", self.step_loss)
             self.log("train/ppl", torch.exp(self.step_loss.float()))
