@@ -3,19 +3,21 @@
 
   python export.py ckpt=outputs/2025-01-01/12-00-00 out=exported/
   python export.py ckpt=outputs/.../checkpoints/last.ckpt out=exported/
+  python export.py ckpt=outputs/2025-01-01/12-00-00 out=exported/ overwrite=true    # replace an earlier export
 
 ckpt is a .ckpt file or a run directory (its best checkpoint, else its last). The folder
 loads with transformers.GPT2LMHeadModel.from_pretrained(out) and with gptlit (model.init_from=out).
+An existing export is replaced only with overwrite=true, and only once the new one is complete
+(gptlit.run.export).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from gptlit.core.errors import UserError, exit_on_user_error
 
-USAGE = "usage: python export.py ckpt=<.ckpt file or run directory> out=<folder>"
+USAGE = "usage: python export.py ckpt=<.ckpt file or run directory> out=<folder> [overwrite=true]"
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -30,34 +32,23 @@ def parse_args(argv: list[str]) -> dict[str, str]:
             i += 1
         else:
             raise UserError(f"cannot read argument {argv[i]!r}; {USAGE}")
-        if key not in ("ckpt", "out"):
+        if key not in ("ckpt", "out", "overwrite"):
             raise UserError(f"unknown argument {key}; {USAGE}")
         args[key] = value
         i += 1
     for key in ("ckpt", "out"):
         if not args.get(key):
             raise UserError(f"{key}= is missing; {USAGE}")
+    if args.get("overwrite", "false").lower() not in ("true", "false"):
+        raise UserError(f"overwrite={args['overwrite']} must be true or false")
     return args
 
 
 def run(argv: list[str]) -> list:
-    from gptlit.interop.checkpoints import find_checkpoint, model_from_checkpoint
-    from gptlit.interop.hf import write_hf_folder
+    from gptlit.run.export import export
 
     args = parse_args(argv)
-    ckpt = find_checkpoint(args["ckpt"], prefer="best")
-    model, _ = model_from_checkpoint(ckpt)
-    out = Path(args["out"])
-    if out.is_file():
-        raise UserError(f"out={args['out']} is a file; give a folder to write config.json and model.safetensors into")
-    files = write_hf_folder(model, out)
-    c = model.cfg
-    print(f"read {ckpt}: {model.num_params():,} parameters (emb_dim {c.emb_dim}, {c.n_layers} layers, "
-          f"{c.n_heads} heads, context {c.context_length}, tied embeddings: {str(c.tie_embeddings).lower()})")
-    for f in files:
-        print(f"wrote {f} ({f.stat().st_size:,} bytes)")
-    print(f"load it with transformers.GPT2LMHeadModel.from_pretrained('{out}') or train.py model.init_from={out}")
-    return files
+    return export(args["ckpt"], args["out"], overwrite=args.get("overwrite", "false").lower() == "true")
 
 
 def main(argv: list[str] | None = None) -> None:
