@@ -57,6 +57,10 @@ def test_report_and_export_share_one_parser(tmp_path):
         with pytest.raises(UserError, match=msg):
             parse_key_values(argv, keys, "usage")
     assert parse_key_values(["runs/x"], {"sweep_dir": ""}, "u", positional="sweep_dir") == {"sweep_dir": "runs/x"}
+    job = "/runs/0_model=nano,optim.lr=0.001"  # a folder name with "=" is no key=value
+    assert parse_key_values([job], {"sweep_dir": ""}, "u", positional="sweep_dir") == {"sweep_dir": job}
+    with pytest.raises(UserError, match="unknown argument dtype"):
+        parse_key_values(["runs/x", "dtype=x"], {"sweep_dir": ""}, "u", positional="sweep_dir")
     with pytest.raises(UserError, match="the sweep dir is missing"):
         parse_key_values([], {"sweep_dir": ""}, "u", positional="sweep_dir")
 

@@ -219,6 +219,9 @@ def check_group_options(args: list[str], conf_dir) -> None:
 
 # ---- the command lines that are no Hydra app (export.py, report.py): one small parser ----------------
 
+_KEY = re.compile(r"-{0,2}[A-Za-z_][\w.]*")
+
+
 def parse_key_values(argv: list[str], keys: dict[str, str], usage: str, doc: str = "",
                      positional: str | None = None) -> dict:
     """`key=value` arguments (also `--key=value` and `--key value`), as the Hydra command lines take them,
@@ -235,7 +238,8 @@ def parse_key_values(argv: list[str], keys: dict[str, str], usage: str, doc: str
     i = 0
     while i < len(argv):
         a = argv[i]
-        if "=" in a:
+        named = "=" in a and (a.lstrip("-").split("=", 1)[0] in keys or _KEY.fullmatch(a.split("=", 1)[0]))
+        if named:  # not a path that holds "=" (a sweep job's folder, 0_model=nano,...): that is positional
             key, value = a.lstrip("-").split("=", 1)
         elif a.startswith("--") and i + 1 < len(argv):
             key, value = a[2:], argv[i + 1]
