@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a model beyond perplexity.  python eval.py ckpt=<run dir or .ckpt> task=<task> [key=value ...]
+"""Evaluate a model beyond perplexity.  python eval.py ckpt=<run dir or .ckpt> bench=<task> [key=value ...]
 
 The command line is gptlit.commands.eval (installed as gptlit-eval); `python eval.py --help` says more.
 """

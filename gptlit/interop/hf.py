@@ -27,7 +27,7 @@ import torch
 
 from gptlit.model.config import GPTConfig
 from gptlit.core.errors import UserError
-from gptlit.core.files import atomic_file
+from gptlit.core.files import atomic_file, atomic_write
 from gptlit.model.gpt import GPT, tensor_shapes
 
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads in OpenAI's four sizes
@@ -404,7 +404,7 @@ def write_hf_folder(model: GPT, out_dir: str | Path) -> list[Path]:
         # gptlit writes, the weights follow the umask (0644 under the usual 022)
         os.chmod(tmp, 0o666 & ~current_umask())
     config = out / "config.json"
-    config.write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n", encoding="utf-8")
+    atomic_write(config, json.dumps(hf_config_dict(cfg), indent=2) + "\n")
     return [config, weights]
 
 
