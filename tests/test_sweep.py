@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from gptlit.core.errors import UserError
-from gptlit.run.report import build_report, label, main as report_main, read_jobs
+from gptlit.commands.report import main as report_main
+from gptlit.run.report import build_report, label, read_jobs
 from gptlit.run.build import build
 from gptlit.run.runner import run
 

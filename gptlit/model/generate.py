@@ -161,8 +161,10 @@ def generate_text(
     use_cache: bool = True,
     on_text: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    on_token: Callable[[int], None] | None = None,
 ) -> str:
-    """Continue `prompt` and return the new text (without the prompt), streaming pieces to on_text.
+    """Continue `prompt` and return the new text (without the prompt), streaming pieces to on_text;
+    on_token(n) is called after each new token with the number generated so far (progress reports).
 
     An empty prompt starts from <|endoftext|>; a prompt longer than the context keeps its
     last context_length tokens. Both are reported through `warn`.
@@ -195,6 +197,8 @@ def generate_text(
             if cfg.eos_id is not None and t == cfg.eos_id:
                 break
             out.append(t)
+            if on_token:
+                on_token(len(out))
             text = decode(out)
             if on_text and not text.endswith("\ufffd"):  # wait for multi-byte characters to complete
                 on_text(text[len(shown) :])
