@@ -100,7 +100,7 @@ def test_the_end_line_and_job_result_count_the_same_tokens(make_cfg, corpus, cap
 
 
 def test_report_on_a_single_run_says_so(tmp_path, capsys):
-    from gptlit.run.report import main
+    from gptlit.commands.report import main
 
     sweep = tmp_path / "multirun"
     for job in ("0_lr=1", "1_lr=2"):
