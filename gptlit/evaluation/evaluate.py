@@ -22,6 +22,7 @@ from gptlit.core.files import atomic_write, user_path
 from gptlit.evaluation import stats
 from gptlit.evaluation.benchmarks import LAMBADA_TEXT_KEY, TASKS, Benchmark, read_benchmark
 from gptlit.evaluation.bpb import LN2, score_corpus
+from gptlit.model.tokenizer import tokenizer_of
 from gptlit.evaluation.scoring import score_choices, score_last_words
 from gptlit.model.gpt import GPT
 from gptlit.interop.checkpoints import pick_device
@@ -296,8 +297,9 @@ def evaluate(cfg, out_dir: Path, warn=None, echo=print) -> dict:
 
     dm = None
     if name == "bpb":
-        ctx = min(main.model.cfg.context_length, *( [other.model.cfg.context_length] if other else []))
+        ctx = min([main.model.cfg.context_length, *([other.model.cfg.context_length] if other else [])])
         dm = make_datamodule(_plain(cfg.get("data") or {}), ctx)
+        dm.use_tokenizer(tokenizer_of(main.model))  # the checkpoint's (bpb.score_corpus retokenizes for another)
         dm.prepare_data()
         dm.setup("validate")
         echo(dm.summary())

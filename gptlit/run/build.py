@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -24,8 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from gptlit.training import memory
 from gptlit.training.callbacks import ProgressLog, SampleText
 from gptlit.training.checkpointing import AtomicCheckpointIO
-from gptlit.core.files import user_path
-from gptlit.interop.checkpoints import check_resumable, find_checkpoint, load_checkpoint, saved_model_config
+from gptlit.core.files import atomic_write, user_path
+from gptlit.interop.checkpoints import (check_resumable, checkpoint_tokenizer, find_checkpoint, load_checkpoint,
+                                        saved_model_config)
+from gptlit.model.tokenizer import Tokenizer, from_settings
 from gptlit.model.config import PRESETS, GPTConfig
 from gptlit.training.optim import validate_optim
 from gptlit.data.datamodule import GPTDataModule
@@ -187,8 +190,16 @@ def build(cfg: DictConfig):
 
     # validate: the whole corpus; a rank waiting for another's token file gives up after dist_timeout_s
     dm: GPTDataModule = make(cfg.data, val_all=task == "validate", prepare_wait_s=cfg.get("dist_timeout_s"))
+    dm.use_tokenizer(run_model.tokenizer)  # tokenizer=bpe: trained on the training text here (once; cached)
     dm.prepare_data()
     dm.setup("fit")  # tokenize now: a corpus too short fails before the model is built
+    tokenizer = dm.tokenizer
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise UserError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size:,} "
+                        f"ids ({tokenizer.describe()}); drop the model.vocab_size override (it follows the tokenizer)")
+    if "vocab_size" in cfg.model and cfg.model.vocab_size != model_cfg.vocab_size:
+        cfg.model.vocab_size = model_cfg.vocab_size  # logged hyperparameters show the vocabulary the model has
+    rank_zero_info(dm.compression_line())
     rank_zero_info(dm.summary())
 
     micro = 1
@@ -199,7 +210,7 @@ def build(cfg: DictConfig):
         micro = plan.accumulate
         tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * micro
 
-    module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=compiled)
+    module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=compiled, tokenizer=tokenizer)
     if compiled:
         how = "compile=auto on CUDA" if cfg.get("compile", "auto") in (None, "auto") else "compile=true"
         rank_zero_info(f"compile: on ({how}); the first steps compile the model and are "
@@ -233,6 +244,9 @@ def build(cfg: DictConfig):
     if task == "train":  # the data order and RNG states that make a resume exact (gptlit/training/resume.py)
         ckpt = load_checkpoint(ckpt_path) if ckpt_path else None  # memory-mapped: reads no weights
         setup_exact_resume(dm, trainer, cfg.get("seed"), ckpt_path, bool(cfg.get("resume_inexact", False)), ckpt)
+    if task == "train" and trainer.is_global_zero and tokenizer.kind != "gpt2":
+        # a copy for the user and other tools: every checkpoint holds the tokenizer itself
+        atomic_write(Path(cfg.paths.output_dir) / "tokenizer.json", tokenizer.hf_json())
     rank_zero_info(f"precision: {tcfg['precision']}, output: {cfg.paths.output_dir}")
     return dm, module, trainer, ckpt_path
 
@@ -240,6 +254,7 @@ def build(cfg: DictConfig):
 def prepare(cfg: DictConfig) -> dict:
     """task=prepare: tokenize the corpus into the token cache (or find it there) and say where it is."""
     dm: GPTDataModule = make(cfg.data)
+    dm.use_tokenizer(tokenizer_settings(cfg))
     got = dm.prepare_tokens()
     how = "tokenized in" if got.built else "already in the cache; checked in"
     docs = f"{got.n_documents:,} document{'s' if got.n_documents != 1 else ''}"
@@ -256,6 +271,9 @@ class RunModel:
     ckpt_path: str | None = None  # the checkpoint Lightning resumes from (train) or validates (task=validate)
     init_state: dict[str, torch.Tensor] | None = None  # pretrained weights to load before training (model.init_from)
     source: str | None = None  # where the architecture came from, when not from the config alone
+    # the run's tokenizer: a Tokenizer (gpt2, file, a checkpoint's), or the `tokenizer` group's settings of a
+    # tokenizer=bpe still to be trained on the corpus (GPTDataModule.use_tokenizer)
+    tokenizer: Tokenizer | dict | None = None
 
 
 def model_for_run(cfg) -> RunModel:
@@ -266,14 +284,27 @@ def model_for_run(cfg) -> RunModel:
       model.init_from=X           architecture from the pretrained weights (gptlit.interop.hf reads them)
       ckpt_path=X (task=train)    resume from X (last of a run directory); its model config must match
     Model fields the user chose explicitly must agree with the weights (see reconcile).
+    The tokenizer: a checkpoint's own (a different one chosen on purpose is refused, see tokenizer_for_run);
+    model.init_from: GPT-2's; else the `tokenizer` group's, and model.vocab_size follows it.
     """
     user = {k: cfg["model"][k] for k in cfg["model"]}
     task, ckpt = cfg.get("task", "train"), cfg.get("ckpt_path")
+    settings = tokenizer_settings(cfg)
     model_cfg = GPTConfig.from_dict(user)  # the config's own values must be valid even where files replace them
     if task == "validate" and ckpt:
         path = find_checkpoint(ckpt, prefer="best", key="ckpt_path")
         merged = reconcile(user, saved_model_config(path), str(path), explicit_model_fields(user), checkpoint=True)
-        return RunModel(merged, ckpt_path=str(path), source=str(path))
+        return RunModel(merged, ckpt_path=str(path), source=str(path), tokenizer=tokenizer_for_run(cfg, settings, path))
+    if user.get("init_from") and settings.get("kind", "gpt2") != "gpt2":
+        raise UserError(
+            f"model.init_from={user['init_from']} holds GPT-2 weights, which read GPT-2's token ids, but this run has "
+            f"tokenizer={settings['kind']}; use tokenizer=gpt2 (the default) with model.init_from, or drop "
+            f"model.init_from to train a model from scratch with tokenizer={settings['kind']}"
+        )
+    tokenizer = None if ckpt else from_settings(settings)
+    if ckpt is None and settings.get("kind", "gpt2") != "gpt2":  # the model's vocabulary follows the tokenizer
+        user["vocab_size"] = tokenizer.vocab_size if tokenizer is not None else settings["vocab_size"]
+        model_cfg = GPTConfig.from_dict(user)
     init_state, source = None, None
     if user.get("init_from"):
         explicit = explicit_model_fields(user)
@@ -286,8 +317,55 @@ def model_for_run(cfg) -> RunModel:
     path = None
     if ckpt:
         path = str(find_checkpoint(ckpt, prefer="last", key="ckpt_path"))
+        tokenizer = tokenizer_for_run(cfg, settings, path)
+        if tokenizer.kind != "gpt2":  # the vocabulary is the checkpoint's tokenizer's, as when it was trained
+            model_cfg = dataclasses.replace(model_cfg, vocab_size=saved_model_config(path).vocab_size)
         check_resumable(path, model_cfg, ckpt)
-    return RunModel(model_cfg, ckpt_path=path, init_state=init_state, source=source)
+    return RunModel(model_cfg, ckpt_path=path, init_state=init_state, source=source,
+                    tokenizer=tokenizer if tokenizer is not None else settings)
+
+
+def tokenizer_settings(cfg) -> dict:
+    """The `tokenizer` group node as a dict (a config composed without the group: gpt2)."""
+    node = cfg.get("tokenizer") if hasattr(cfg, "get") else None
+    return dict(_plain(node) or {"kind": "gpt2"})
+
+
+def tokenizer_chosen(settings: dict) -> bool:
+    """Whether the run chose its tokenizer (tokenizer=... on the command line, or a tokenizer other than the
+    default gpt2 in its config) rather than leaving it to a checkpoint."""
+    if settings.get("kind", "gpt2") != "gpt2":
+        return True
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return any(o.split("=", 1)[0].lstrip("+~").split(".")[0] == "tokenizer" for o in HydraConfig.get().overrides.task)
+    except Exception:  # pragma: no cover - no Hydra run
+        pass
+    return False
+
+
+def tokenizer_for_run(cfg, settings: dict, path) -> Tokenizer:
+    """A run from a checkpoint reads its ids with the checkpoint's tokenizer; a tokenizer the run chose that is not
+    that one is refused, naming both."""
+    ckpt_tok = checkpoint_tokenizer(load_checkpoint(path), path)
+    if not tokenizer_chosen(settings):
+        return ckpt_tok
+    kind = settings.get("kind", "gpt2")
+    if kind == "bpe":
+        same = ckpt_tok.kind == "bpe" and settings.get("vocab_size") == saved_model_config(path).vocab_size
+        mine = f"tokenizer=bpe tokenizer.vocab_size={settings.get('vocab_size')}"
+    else:
+        run_tok = from_settings(settings)
+        same, mine = run_tok.fingerprint == ckpt_tok.fingerprint, f"tokenizer={kind} ({run_tok.describe()})"
+    if not same:
+        raise UserError(
+            f"ckpt_path={cfg.get('ckpt_path')} was trained with the tokenizer {ckpt_tok.describe()}, but this run has "
+            f"{mine}; drop the tokenizer override (a run from a checkpoint uses the checkpoint's tokenizer) "
+            f"or train a new model without ckpt_path"
+        )
+    return ckpt_tok
 
 
 def preset_label(cfg: GPTConfig, source: str) -> str:
