@@ -36,8 +36,7 @@ class GPTDataModule(L.LightningDataModule):
                       seconds if that one never started (gptlit.run.build passes dist_timeout_s;
                       see prepare_tokens); None = wait as long as it takes
       set_plan(...)   the micro-batch size and the training data order, once they are known
-      use_tokenizer   the run's tokenizer (a gptlit.model.tokenizer.Tokenizer, or a `tokenizer` group
-                      node, trained on the corpus for tokenizer=bpe); until set, GPT-2's
+      use_tokenizer   the run's tokenizer (a gptlit.model.tokenizer.Tokenizer); until set, GPT-2's
     """
 
     def __init__(self, config: DataConfig | None = None, *, val_all: bool = False,
@@ -51,33 +50,21 @@ class GPTDataModule(L.LightningDataModule):
         self.train_set = self.val_set = None
         self.loader_batch_size = self.config.batch_size  # what a DataLoader batch holds (see set_plan)
         self.order = TrainOrder()  # shuffle seed and resume position of the train loader (see set_plan)
-        self._tokenizer = None  # a Tokenizer, or the `tokenizer` group's settings until resolved (use_tokenizer)
+        self._tokenizer = None  # the run's Tokenizer (use_tokenizer); None: GPT-2's
 
     def use_tokenizer(self, tokenizer) -> None:
-        """The tokenizer of this corpus' tokens: a Tokenizer, or a `tokenizer` group node (dict: kind, vocab_size,
-        sample_mb, path). Refused once the tokens are read with another one."""
-        from gptlit.model.tokenizer import Tokenizer
-
-        if self.cached is not None and isinstance(self._tokenizer, Tokenizer) and isinstance(tokenizer, Tokenizer) \
-                and tokenizer.fingerprint != self._tokenizer.fingerprint:
-            raise ValueError(f"the tokens are already read with {self._tokenizer.describe()}, not {tokenizer.describe()}")
+        """The tokenizer of this corpus' tokens (a gptlit.model.tokenizer.Tokenizer; gptlit.data.tokenizer_cache.resolve
+        makes the one a `tokenizer` group node names). Refused once the tokens are read with another one."""
+        if self.cached is not None and tokenizer.fingerprint != self.tokenizer.fingerprint:
+            raise ValueError(f"the tokens are already read with {self.tokenizer.describe()}, not {tokenizer.describe()}")
         self._tokenizer = tokenizer
 
     @property
     def tokenizer(self):
-        """The run's tokenizer (a tokenizer=bpe is trained here, once per corpus and settings, or read from the cache)."""
-        from gptlit.data.tokenizer_cache import resolve
-        from gptlit.model.tokenizer import Tokenizer
+        """The run's tokenizer: the one use_tokenizer gave, else GPT-2's."""
+        from gptlit.model.tokenizer import gpt2
 
-        if not isinstance(self._tokenizer, Tokenizer):
-            self._tokenizer = resolve(self._tokenizer, self.corpus, self.config.val_fraction, self.token_cache_dir())
-        return self._tokenizer
-
-    def compression_line(self) -> str:
-        """`tokenizer: <name> <vocab>, <x> bytes/token on the training text (gpt2: <y>)` for the run's log."""
-        from gptlit.data.tokenizer_cache import compression_line
-
-        return compression_line(self.tokenizer, self.corpus(), self.config.val_fraction)
+        return self._tokenizer or gpt2()
 
     def set_plan(self, *, micro_batch_size: int | None = None, order: TrainOrder | None = None) -> None:
         """What a training run decides once the datamodule is built; call it before the loaders are made.

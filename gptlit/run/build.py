@@ -32,6 +32,7 @@ from gptlit.model.tokenizer import Tokenizer, from_settings
 from gptlit.model.config import PRESETS, GPTConfig
 from gptlit.training.optim import validate_optim
 from gptlit.data.datamodule import GPTDataModule
+from gptlit.data.tokenizer_cache import compression_line, resolve as resolve_tokenizer
 from gptlit.core.errors import UserError
 from gptlit.interop.hf import load_weights, read_pretrained
 from gptlit.training.limits import resolve_max_epochs
@@ -190,16 +191,15 @@ def build(cfg: DictConfig):
 
     # validate: the whole corpus; a rank waiting for another's token file gives up after dist_timeout_s
     dm: GPTDataModule = make(cfg.data, val_all=task == "validate", prepare_wait_s=cfg.get("dist_timeout_s"))
-    dm.use_tokenizer(run_model.tokenizer)  # tokenizer=bpe: trained on the training text here (once; cached)
+    tokenizer = run_tokenizer(run_model.tokenizer, dm)  # tokenizer=bpe: trained on the training text here (once; cached)
     dm.prepare_data()
     dm.setup("fit")  # tokenize now: a corpus too short fails before the model is built
-    tokenizer = dm.tokenizer
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size:,} "
                         f"ids ({tokenizer.describe()}); drop the model.vocab_size override (it follows the tokenizer)")
     if "vocab_size" in cfg.model and cfg.model.vocab_size != model_cfg.vocab_size:
         cfg.model.vocab_size = model_cfg.vocab_size  # logged hyperparameters show the vocabulary the model has
-    rank_zero_info(dm.compression_line())
+    rank_zero_info(compression_line(tokenizer, dm.corpus(), dm.config.val_fraction))
     rank_zero_info(dm.summary())
 
     micro = 1
@@ -254,12 +254,21 @@ def build(cfg: DictConfig):
 def prepare(cfg: DictConfig) -> dict:
     """task=prepare: tokenize the corpus into the token cache (or find it there) and say where it is."""
     dm: GPTDataModule = make(cfg.data)
-    dm.use_tokenizer(tokenizer_settings(cfg))
+    run_tokenizer(tokenizer_settings(cfg), dm)
     got = dm.prepare_tokens()
     how = "tokenized in" if got.built else "already in the cache; checked in"
     docs = f"{got.n_documents:,} document{'s' if got.n_documents != 1 else ''}"
     print(f"token file: {got.path}\ntokens: {got.n_tokens:,} ({docs})\n{how} {got.seconds:.1f} s")
     return {}
+
+
+def run_tokenizer(tokenizer: Tokenizer | dict, dm: GPTDataModule) -> Tokenizer:
+    """The run's tokenizer, given to the datamodule: a Tokenizer as it is, or a `tokenizer` group node made into
+    one (tokenizer=bpe: trained on dm's corpus, or found in the cache beside its token file)."""
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = resolve_tokenizer(tokenizer, dm.corpus, dm.config.val_fraction, dm.token_cache_dir())
+    dm.use_tokenizer(tokenizer)
+    return tokenizer
 
 
 # the model config of a run ----------------------------------------------------------------------
