@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Export a gptlit checkpoint as a Hugging Face GPT-2 folder (config.json + model.safetensors).
+"""Export a gptlit checkpoint as a Hugging Face GPT-2 folder (config.json + model.safetensors + its tokenizer).
 
   python export.py ckpt=outputs/2025-01-01/12-00-00 out=exported/
   python export.py ckpt=outputs/.../checkpoints/last.ckpt out=exported/
 
 ckpt is a .ckpt file or a run directory (its best checkpoint, else its last). The folder
-loads with transformers.GPT2LMHeadModel.from_pretrained(out) and with gptlit (model.init_from=out).
+loads with transformers.GPT2LMHeadModel.from_pretrained(out) and with gptlit (model.init_from=out); its
+tokenizer (the run's: GPT-2's, a trained BPE or a tokenizer.json) with AutoTokenizer.from_pretrained(out), offline.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def run(argv: list[str]) -> list:
     out = Path(args["out"])
     if out.is_file():
         raise UserError(f"out={args['out']} is a file; give a folder to write config.json and model.safetensors into")
-    files = write_hf_folder(model, out)
+    files = write_hf_folder(model, out, tokenizer=True)  # the checkpoint's tokenizer too
     c = model.cfg
     print(f"read {ckpt}: {model.num_params():,} parameters (emb_dim {c.emb_dim}, {c.n_layers} layers, "
           f"{c.n_heads} heads, context {c.context_length}, tied embeddings: {str(c.tie_embeddings).lower()})")

@@ -8,9 +8,9 @@ cache, and what the tokenizer does to the corpus (bytes per token).
 
 The training text. gptlit.data.windows.split_point cuts the corpus' *tokens*: train is their first
 (1 - val_fraction), val the rest, so the validation text is the corpus' tail. Before the BPE exists its
-token count is unknown, so the BPE learns from the first (1 - val_fraction) of the corpus' *input bytes*
-(as stored on disk, in corpus order; within a piece, in proportion of its characters), and at most
-tokenizer.sample_mb MB of text from its start. The two cuts coincide when the tokenizer compresses the
+token count is unknown, so the BPE learns from the first (1 - val_fraction) of the corpus' *text* (its
+UTF-8 bytes, documents in corpus order, as the readers give them), and at most tokenizer.sample_mb MB
+of it, from its start. The two cuts coincide when the tokenizer compresses the
 head and the tail of the corpus alike; where they differ, the training text can reach a little past the
 token split into the val text, or stop short of it, by that difference in compression (a tokenizer that
 compresses the tail 10% better than the head moves the token split by about val_fraction * 10% of the
@@ -23,6 +23,7 @@ by one process holding its lock (others wait), and written atomically.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -48,34 +49,37 @@ def input_bytes(corpus: Corpus) -> int:
     return sum(f.stat().st_size for f in corpus.files) + sum(len(d) for d in corpus.documents or ())
 
 
-def training_texts(corpus: Corpus, val_fraction: float, max_bytes: int) -> Iterator[str]:
-    """The text before the train/val cut (see the module docstring), at most max_bytes UTF-8 bytes of it."""
-    limit = (1.0 - val_fraction) * input_bytes(corpus)
-    options, seen, given = reader_options(corpus), 0.0, 0
+def training_texts(corpus: Corpus, val_fraction: float, max_bytes: int, step: int = 1 << 16) -> Iterator[str]:
+    """The first (1 - val_fraction) of the corpus' text (UTF-8 bytes, documents in order), at most max_bytes of it,
+    streamed: having read n bytes, the first (1 - val_fraction) * n are before the cut whatever follows, so they
+    are given out (in chunks of at least `step` bytes) and at most val_fraction * n + step are held."""
+    keep, options = 1.0 - val_fraction, reader_options(corpus)
+    held: collections.deque[bytes] = collections.deque()
+    read = given = 0
+
+    def release(upto: int) -> Iterator[str]:
+        nonlocal given
+        while given < upto and held:
+            head = held.popleft()
+            n = min(len(head), upto - given)
+            if n < len(head):
+                held.appendleft(head[n:])
+            given += n
+            text = head[:n].decode("utf-8", "ignore")
+            if text:
+                yield text
+
     for piece in tasks(corpus, READ_PIECE):
-        if seen >= limit or given >= max_bytes:
-            return
-        texts = piece.reader.texts(piece, options)
-        if seen + piece.progress > limit:  # the cut falls in this piece: keep its share of the characters
-            keep = int(sum(len(t) for t in texts) * (limit - seen) / max(piece.progress, 1))
-            cut = []
-            for t in texts:
-                if keep <= 0:
-                    break
-                cut.append(t[:keep])
-                keep -= len(t)
-            texts = cut
-        seen += piece.progress
-        for t in texts:
-            b = len(t.encode("utf-8", "surrogatepass"))
-            if given + b > max_bytes:
-                t = t.encode("utf-8", "surrogatepass")[: max_bytes - given].decode("utf-8", "ignore")
-                b = max_bytes - given
-            if t:
-                given += b
-                yield t
+        for t in piece.reader.texts(piece, options):
+            b = t.encode("utf-8", "surrogatepass")
+            held.append(b)
+            read += len(b)
+            upto = min(int(keep * read), max_bytes)
+            if upto - given >= step:
+                yield from release(upto)
             if given >= max_bytes:
                 return
+    yield from release(min(int(keep * read), max_bytes))  # the whole corpus read: the cut is exact
 
 
 def bpe_path(corpus: Corpus, cache_dir: Path, vocab_size: int, sample_mb: float, val_fraction: float) -> Path:

@@ -29,6 +29,7 @@ from gptlit.model.config import GPTConfig
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file
 from gptlit.model.gpt import GPT, tensor_shapes
+from gptlit.model.tokenizer import tokenizer_of
 
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads in OpenAI's four sizes
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh GELU gptlit uses
@@ -374,10 +375,14 @@ def _torch_load(f: str | Path) -> dict:
 
 
 # writing a Hugging Face folder ---------------------------------------------------------------------------------------
-def write_hf_folder(model: GPT, out_dir: str | Path) -> list[Path]:
+def write_hf_folder(model: GPT, out_dir: str | Path, tokenizer: bool = False) -> list[Path]:
     """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads. Returns the files.
 
-    Raises UserError, before writing anything, when the model has a field GPT-2 cannot express."""
+    tokenizer=True: also the model's tokenizer (gptlit.model.tokenizer.tokenizer_of: the checkpoint's, else
+    GPT-2's) as tokenizer.json, tokenizer_config.json and special_tokens_map.json, which transformers'
+    AutoTokenizer.from_pretrained(out_dir) loads offline (export.py writes them; GPT-2's tokenizer.json is
+    built from the ranks gptlit ships). Raises UserError, before writing anything, when the model has a
+    field GPT-2 cannot express."""
     from safetensors.torch import save_file
 
     cfg, sd = model.cfg, model.state_dict()
@@ -404,8 +409,10 @@ def write_hf_folder(model: GPT, out_dir: str | Path) -> list[Path]:
         # gptlit writes, the weights follow the umask (0644 under the usual 022)
         os.chmod(tmp, 0o666 & ~current_umask())
     config = out / "config.json"
-    config.write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n", encoding="utf-8")
-    return [config, weights]
+    eot = tokenizer_of(model).eot_id
+    config.write_text(json.dumps({**hf_config_dict(cfg), "bos_token_id": eot, "eos_token_id": eot}, indent=2) + "\n",
+                      encoding="utf-8")
+    return [config, weights, *(tokenizer_of(model).save(out) if tokenizer else ())]
 
 
 def current_umask() -> int:

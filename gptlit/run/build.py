@@ -246,6 +246,7 @@ def build(cfg: DictConfig):
         setup_exact_resume(dm, trainer, cfg.get("seed"), ckpt_path, bool(cfg.get("resume_inexact", False)), ckpt)
     if task == "train" and trainer.is_global_zero and tokenizer.kind != "gpt2":
         # a copy for the user and other tools: every checkpoint holds the tokenizer itself
+        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
         atomic_write(Path(cfg.paths.output_dir) / "tokenizer.json", tokenizer.hf_json())
     rank_zero_info(f"precision: {tcfg['precision']}, output: {cfg.paths.output_dir}")
     return dm, module, trainer, ckpt_path
