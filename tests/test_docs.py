@@ -27,6 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["train.py", "sample.py", "export.py", "eval.py", "report.py"]
+COMMANDS += ["compress.py"]
 
 DOTTED = re.compile(r"(?<![\w./-])gptlit(?:\.[A-Za-z_]\w*)+")
 PATH = re.compile(

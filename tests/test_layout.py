@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["core", "model", "data", "interop", "training", "evaluation", "run"]
 COMMANDS = ["train.py", "sample.py", "export.py", "eval.py", "report.py",
             "hydra_plugins/gptlit_optuna_sweeper.py"]  # entry points above gptlit/ (Hydra imports the plugin)
+COMMANDS += ["compress.py"]  # bytes/token of text files under several tokenizers
 MAX_FLOORS = 7
 
 
