@@ -188,7 +188,36 @@ def test_resume_uses_the_checkpoints_tokenizer_and_refuses_another(bpe_run, tmp_
 def test_init_from_gpt2_weights_refuses_another_tokenizer(tmp_path):
     r = run_cli("train.py", *TINY, "tokenizer=bpe", "model.init_from=/some/gpt2", f"hydra.run.dir={tmp_path / 'x'}",
                 cwd=tmp_path)
-    one_line_error(r, "model.init_from=/some/gpt2", "tokenizer=bpe", "tokenizer=gpt2")
+    one_line_error(r, "model.init_from=/some/gpt2", "tokenizer=bpe", "tokenizer gpt2 50,257")
+
+
+def test_an_exported_bpe_model_continues_with_its_tokenizer(bpe_run, tmp_path):
+    from gptlit.interop.hf import load_pretrained
+
+    r = run_cli("export.py", f"ckpt={bpe_run.dir}", "out=exported", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = load_pretrained(tmp_path / "exported")
+    assert model.tokenizer.fingerprint == bpe_run.dm.tokenizer.fingerprint  # the folder's tokenizer.json
+    run = train(tmp_path, "data=text", f"data.path={CHINESE}", f"model.init_from={tmp_path / 'exported'}")
+    assert run.dm.tokenizer.fingerprint == bpe_run.dm.tokenizer.fingerprint and run.module.model.cfg.vocab_size == 512
+
+
+def test_a_vocabulary_over_65536_ids_is_cached_as_uint32(tmp_path):
+    from tokenizers import Tokenizer as HF, models, pre_tokenizers
+
+    from gptlit.data.token_cache import TokenFile, ensure
+
+    words = [f"w{i}" for i in range(70_000)]
+    hf = HF(models.WordLevel({**{w: i for i, w in enumerate(words)}, T.EOT_TOKEN: 70_000, "[UNK]": 70_001},
+                             unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    hf.save(str(tmp_path / "big.json"))
+    tok = T.from_file(tmp_path / "big.json")
+    f = tmp_path / "c.txt"
+    f.write_text("w1 w69999 w65536\nw3", encoding="utf-8")
+    got = ensure(Corpus("c", files=(f,)), tmp_path / "cache", tokenizer=tok)
+    assert got.dtype == np.dtype("<u4")
+    assert TokenFile(got.path, dtype=got.dtype)[0:4].tolist() == [1, 69999, 65536, 3]
 
 
 @pytest.mark.parametrize("args,pattern", [

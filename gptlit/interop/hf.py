@@ -29,7 +29,7 @@ from gptlit.model.config import GPTConfig
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file
 from gptlit.model.gpt import GPT, tensor_shapes
-from gptlit.model.tokenizer import tokenizer_of
+from gptlit.model.tokenizer import pretrained_tokenizer, tokenizer_of
 
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads in OpenAI's four sizes
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh GELU gptlit uses
@@ -138,6 +138,7 @@ def load_pretrained(
 
     n_heads: needed only for a .pth whose emb_dim is not one of GPT-2's sizes.
     context_length: use fewer positions than the weights have (pos_emb is sliced).
+    model.tokenizer: the folder's tokenizer.json when it is not GPT-2's (an export of a tokenizer=bpe run).
     """
     cfg, state = read_pretrained(path, n_heads=n_heads)
     if context_length is not None:
@@ -146,6 +147,7 @@ def load_pretrained(
         cfg = dataclasses.replace(cfg, context_length=context_length)
     model = GPT(dataclasses.replace(cfg, drop_rate=drop_rate))
     load_weights(model, state)
+    model.tokenizer = pretrained_tokenizer(path)
     return model.eval()
 
 

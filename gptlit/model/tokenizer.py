@@ -205,6 +205,21 @@ def _gpt2_token_bytes() -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
+def gpt2_vocab() -> dict[str, int]:
+    """GPT-2's vocabulary as a tokenizer.json writes it (byte-level characters -> id), <|endoftext|> included."""
+    alpha = byte_level_alphabet()
+    return {**{"".join(alpha[x] for x in t): r for t, r in _load_ranks().items()}, EOT_TOKEN: EOT_ID}
+
+
+def is_gpt2(tok: "Tokenizer") -> bool:
+    """Whether a tokenizer has GPT-2's vocabulary (e.g. the tokenizer.json of a GPT-2 download or of an export)."""
+    if tok.kind == "gpt2":
+        return True
+    inner = getattr(tok, "tok", None)
+    return tok.vocab_size == VOCAB_SIZE and inner is not None and inner.get_vocab(with_added_tokens=True) == gpt2_vocab()
+
+
+@functools.lru_cache(maxsize=1)
 def _gpt2_hf_json() -> str:
     """GPT-2's tokenizer as a Hugging Face tokenizer.json, built from the shipped ranks: the vocabulary
     in GPT-2's byte-to-character map, and each token's merge recovered by running BPE on its bytes with
@@ -408,6 +423,16 @@ def from_settings(settings: dict) -> Tokenizer | None:
         check_bpe_vocab(settings.get("vocab_size"))
         return None
     raise UserError(f"tokenizer.kind={kind} is unknown: use tokenizer=gpt2, tokenizer=bpe or tokenizer=file")
+
+
+def pretrained_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer of pretrained weights (model.init_from, sample.py init_from=): a folder's tokenizer.json
+    unless it is GPT-2's (or absent: GPT-2's, which gptlit ships)."""
+    p = Path(path)
+    if not (p.is_dir() and (p / "tokenizer.json").is_file()):
+        return gpt2()
+    tok = from_file(p, key="model.init_from")
+    return gpt2() if is_gpt2(tok) else tok
 
 
 def tokenizer_of(model) -> Tokenizer:

@@ -28,7 +28,7 @@ from gptlit.training.checkpointing import AtomicCheckpointIO
 from gptlit.core.files import atomic_write, user_path
 from gptlit.interop.checkpoints import (check_resumable, checkpoint_tokenizer, find_checkpoint, load_checkpoint,
                                         saved_model_config)
-from gptlit.model.tokenizer import Tokenizer, from_settings
+from gptlit.model.tokenizer import Tokenizer, from_settings, pretrained_tokenizer
 from gptlit.model.config import PRESETS, GPTConfig
 from gptlit.training.optim import validate_optim
 from gptlit.data.datamodule import GPTDataModule
@@ -295,7 +295,8 @@ def model_for_run(cfg) -> RunModel:
       ckpt_path=X (task=train)    resume from X (last of a run directory); its model config must match
     Model fields the user chose explicitly must agree with the weights (see reconcile).
     The tokenizer: a checkpoint's own (a different one chosen on purpose is refused, see tokenizer_for_run);
-    model.init_from: GPT-2's; else the `tokenizer` group's, and model.vocab_size follows it.
+    model.init_from: the weights' (GPT-2's, or an export's tokenizer.json; another chosen on purpose is
+    refused); else the `tokenizer` group's, and model.vocab_size follows it.
     """
     user = {k: cfg["model"][k] for k in cfg["model"]}
     task, ckpt = cfg.get("task", "train"), cfg.get("ckpt_path")
@@ -305,14 +306,19 @@ def model_for_run(cfg) -> RunModel:
         path = find_checkpoint(ckpt, prefer="best", key="ckpt_path")
         merged = reconcile(user, saved_model_config(path), str(path), explicit_model_fields(user), checkpoint=True)
         return RunModel(merged, ckpt_path=str(path), source=str(path), tokenizer=tokenizer_for_run(cfg, settings, path))
-    if user.get("init_from") and settings.get("kind", "gpt2") != "gpt2":
-        raise UserError(
-            f"model.init_from={user['init_from']} holds GPT-2 weights, which read GPT-2's token ids, but this run has "
-            f"tokenizer={settings['kind']}; use tokenizer=gpt2 (the default) with model.init_from, or drop "
-            f"model.init_from to train a model from scratch with tokenizer={settings['kind']}"
-        )
-    tokenizer = None if ckpt else from_settings(settings)
-    if ckpt is None and settings.get("kind", "gpt2") != "gpt2":  # the model's vocabulary follows the tokenizer
+    init_tok = None
+    if user.get("init_from"):  # the weights read the ids of their own tokenizer (GPT-2's, or an export's)
+        init_tok = pretrained_tokenizer(user_path(user["init_from"]))
+        run_tok = from_settings(settings) if settings.get("kind", "gpt2") != "bpe" else None
+        if tokenizer_chosen(settings) and (run_tok is None or run_tok.fingerprint != init_tok.fingerprint):
+            raise UserError(
+                f"model.init_from={user['init_from']} holds weights that read the ids of the tokenizer "
+                f"{init_tok.describe()}, but this run has tokenizer={settings.get('kind', 'gpt2')}; drop the tokenizer "
+                f"override (the weights' tokenizer is used), or drop model.init_from to train a model from scratch "
+                f"with tokenizer={settings.get('kind', 'gpt2')}"
+            )
+    tokenizer = None if ckpt else init_tok or from_settings(settings)
+    if ckpt is None and init_tok is None and settings.get("kind", "gpt2") != "gpt2":  # the vocabulary follows the tokenizer
         user["vocab_size"] = tokenizer.vocab_size if tokenizer is not None else settings["vocab_size"]
         model_cfg = GPTConfig.from_dict(user)
     init_state, source = None, None
