@@ -44,11 +44,6 @@ READ_PIECE = 1 << 20  # bytes per piece when reading the training text
 REPORT_BYTES = 1 << 20  # text the compression line measures
 
 
-def input_bytes(corpus: Corpus) -> int:
-    """The corpus' size as the token cache counts it (files on disk, documents' characters)."""
-    return sum(f.stat().st_size for f in corpus.files) + sum(len(d) for d in corpus.documents or ())
-
-
 def training_texts(corpus: Corpus, val_fraction: float, max_bytes: int, step: int = 1 << 16) -> Iterator[str]:
     """The first (1 - val_fraction) of the corpus' text (UTF-8 bytes, documents in order), at most max_bytes of it,
     streamed: having read n bytes, the first (1 - val_fraction) * n are before the cut whatever follows, so they
@@ -130,7 +125,7 @@ def trained_bpe(corpus: Corpus, cache_dir: Path, vocab_size: int, sample_mb: flo
         atomic_write(path, tok.hf_json())
         secs = time.perf_counter() - t0
         short = "" if tok.vocab_size == vocab_size else f" (the text has no more pairs to merge than {tok.vocab_size:,})"
-        log.info(f"tokenizer: trained {tok.vocab_size:,} tokens{short} on {counted[0] / 1e6:,.1f} MB in {secs:.1f} s: {path}")
+        log.info(f"tokenizer: trained {tok.vocab_size:,} tokens{short} on {counted[0] / 1e6:,.2f} MB in {secs:.1f} s: {path}")
         return tok
     finally:
         lock.release()
