@@ -1,20 +1,22 @@
 #!/usr/bin/env python
-"""Evaluate a model beyond perplexity.  python eval.py ckpt=<run dir or .ckpt> task=<task> [key=value ...]
+"""Evaluate a model beyond perplexity.  python eval.py ckpt=<run dir or .ckpt> bench=<task> [key=value ...]
 
-  python eval.py ckpt=outputs/2026-01-01/12-00-00 task=bpb data=text data.path=corpus.txt   # loss, ppl, bits per byte
-  python eval.py ckpt=<run dir> task=hellaswag task.path=hellaswag_val.jsonl                  # acc, acc_norm
-  python eval.py ckpt=<run dir> task=lambada task.path=lambada_test.jsonl                     # last-word accuracy
-  python eval.py init_from=/models/gpt2 task=hellaswag task.path=hellaswag_val.jsonl          # Hugging Face GPT-2 weights
-  python eval.py ckpt=<run A> compare=<run B> task=hellaswag task.path=...                    # paired difference A - B
-  python eval.py -m ckpt=<run dir> task=hellaswag,lambada                                     # several tasks (eval_data/)
+  python eval.py ckpt=outputs/2026-01-01/12-00-00 bench=bpb data=text data.path=corpus.txt   # loss, ppl, bits per byte
+  python eval.py ckpt=<run dir> bench=hellaswag bench.path=hellaswag_val.jsonl                  # acc, acc_norm
+  python eval.py ckpt=<run dir> bench=lambada bench.path=lambada_test.jsonl                     # last-word accuracy
+  python eval.py init_from=/models/gpt2 bench=hellaswag bench.path=hellaswag_val.jsonl          # Hugging Face GPT-2 weights
+  python eval.py ckpt=<run A> compare=<run B> bench=hellaswag bench.path=...                    # paired difference A - B
+  python eval.py -m ckpt=<run dir> bench=hellaswag,lambada                                     # several tasks (eval_data/)
   python eval.py --help                                                                       # every value
 
+The tasks: conf/bench/ (gptlit.evaluation.tasks.TASKS). The key was `task` before; task=... still works.
 Every score comes with n and a 95% interval; eval.json and TensorBoard scalars go to the output folder.
 Benchmark files are never downloaded here (docs/evaluation.md: where to get them, once).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import hydra
@@ -22,12 +24,15 @@ from omegaconf import DictConfig
 
 from gptlit.core.errors import exit_on_user_error
 from gptlit.core.launch_env import register_resolvers
-from gptlit.evaluation.evaluate import register_task_configs
 from gptlit.run.config_store import register_configs
 
 register_resolvers()  # conf/hydra/job_logging/gptlit.yaml uses one
-register_configs()  # the data group's base (gptlit.data.config.DataConfig): task=bpb's corpus
-register_task_configs()  # task=bpb|hellaswag|lambada (gptlit.evaluation.evaluate.TASK_OPTIONS)
+register_configs()  # the data group's base (gptlit.data.config.DataConfig): bench=bpb's corpus
+
+
+def old_task_key(argv: list[str]) -> list[str]:
+    """eval.py's `task` key, as it was spelled before it became `bench` (task=hellaswag, task.path=...), read as bench."""
+    return [argv[0], *(re.sub(r"^([+~]*)task(?=[.=@]|$)", r"\1bench", a) for a in argv[1:])]
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
@@ -46,6 +51,6 @@ if __name__ == "__main__":
 
     from gptlit.core.cli import check_group_options, hydra_argv
 
-    sys.argv = hydra_argv(sys.argv)  # values with non-ASCII characters (task.path=中文.jsonl) quoted for Hydra
-    check_group_options(sys.argv[1:], Path(__file__).parent / "conf")  # task=hellaswg: one line, exit 2
+    sys.argv = hydra_argv(old_task_key(sys.argv))  # values with non-ASCII characters (bench.path=中文.jsonl) quoted for Hydra
+    check_group_options(sys.argv[1:], Path(__file__).parent / "conf")  # bench=hellaswg: one line, exit 2
     main()

@@ -250,7 +250,7 @@ def test_every_bad_input_is_one_line_naming_it(case, tmp_path):
         reader(str(path))
     msg = str(e.value)
     assert expect in msg and "\n" not in msg
-    assert msg.startswith(f"task.path={path}")
+    assert msg.startswith(f"bench.path={path}")
 
 
 def test_a_continuation_longer_than_the_model_is_refused_by_line(tmp_path):
@@ -259,7 +259,7 @@ def test_a_continuation_longer_than_the_model_is_refused_by_line(tmp_path):
 
     model = GPT(GPTConfig(context_length=8, emb_dim=16, n_heads=2, n_layers=1))
     p = _write(tmp_path, "long.jsonl", [GOOD, json.dumps({"ctx": "Once", "endings": ["a " * 20, "b"], "label": 1})])
-    with pytest.raises(UserError, match=r"task.path line 2: the continuation alone is \d+ tokens, more than the model's context of 8"):
+    with pytest.raises(UserError, match=r"bench.path line 2: the continuation alone is \d+ tokens, more than the model's context of 8"):
         score_choices(model, read_hellaswag(p).items)
 
 
@@ -298,7 +298,7 @@ def test_cut_contexts_are_counted_and_reported_not_refused(tmp_path, capsys):
     hf = tiny_hf(16)
     hf.save_pretrained(tmp_path / "hf16")
     warnings = []
-    out = evaluate(eval_cfg(init_from=str(tmp_path / "hf16"), task={"name": "hellaswag", "path": str(HELLASWAG)}),
+    out = evaluate(eval_cfg(init_from=str(tmp_path / "hf16"), bench={"name": "hellaswag", "path": str(HELLASWAG)}),
                    tmp_path / "out", warn=warnings.append)
     assert out["info"]["cut_contexts"] == 6 and out["info"]["n"] == 6
     assert len(warnings) == 1 and warnings[0].startswith("6 of 6 items were longer than the model's context of 16 tokens")
@@ -315,7 +315,7 @@ def test_a_multirun_ends_with_every_task_in_one_table(tmp_path, capsys):
     hf.save_pretrained(tmp_path / "hf")
     sweep = tmp_path / "sweep"
     for job, task, path in (("0_task=hellaswag", "hellaswag", HELLASWAG), ("1_task=lambada", "lambada", LAMBADA_JSONL)):
-        evaluate(eval_cfg(init_from=str(tmp_path / "hf"), task={"name": task, "path": str(path)}, show=0), sweep / job)
+        evaluate(eval_cfg(init_from=str(tmp_path / "hf"), bench={"name": task, "path": str(path)}, show=0), sweep / job)
     capsys.readouterr()
     EvalSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
     printed = capsys.readouterr().out
@@ -332,7 +332,7 @@ def test_bpb_task_and_comparison_in_process(tmp_path, corpus):
     hf_b.save_pretrained(tmp_path / "b")
     lines = []
     data = {"source": "files", "path": str(corpus), "max_length": None, "stride": None, "max_val_windows": 30}
-    out = evaluate(eval_cfg(init_from=str(tmp_path / "a"), compare=str(tmp_path / "b"), task={"name": "bpb"}, data=data),
+    out = evaluate(eval_cfg(init_from=str(tmp_path / "a"), compare=str(tmp_path / "b"), bench={"name": "bpb"}, data=data),
                    tmp_path / "out", echo=lines.append)
     assert out["info"]["max_length"] == 32  # the shorter context of the two: the same windows for both
     m, c, d = out["metrics"], out["compare_metrics"], out["difference"]
@@ -396,9 +396,10 @@ def test_eval_py_on_pretrained_weights_and_on_a_run(trained, pool, tmp_path_fact
     root = tmp_path_factory.mktemp("eval_cli")
     tiny_hf(64).save_pretrained(root / "hf")
     (root / "a").mkdir(), (root / "b").mkdir()
-    a = pool.submit(run_eval, root / "a", f"init_from={root / 'hf'}", "task=hellaswag", f"task.path={HELLASWAG}")
+    a = pool.submit(run_eval, root / "a", f"init_from={root / 'hf'}", "bench=hellaswag", f"bench.path={HELLASWAG}")
+    # the key's old spelling, task=, still works
     b = pool.submit(run_eval, root / "b", f"ckpt={run}", "task=lambada", f"task.path={LAMBADA_TXT}", f"compare={root / 'hf'}")
-    c = run_eval(root, f"init_from={root / 'hf'}", "task=hellaswag", "task.path=missing/hellaswag_val.jsonl")
+    c = run_eval(root, f"init_from={root / 'hf'}", "bench=hellaswag", "bench.path=missing/hellaswag_val.jsonl")
     a, b = a.result(), b.result()
     assert a.returncode == 0, a.stderr[-2000:]
     assert "item 5 (line 6)" in a.stdout and "item 6" not in a.stdout  # show=5
@@ -415,17 +416,17 @@ def test_eval_py_on_pretrained_weights_and_on_a_run(trained, pool, tmp_path_fact
     assert res["info"]["cut_contexts"] == 0
     assert c.returncode == 2
     err = c.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: task.path=missing/hellaswag_val.jsonl: no such file")
+    assert len(err) == 1 and err[0].startswith("error: bench.path=missing/hellaswag_val.jsonl: no such file")
 
 
 @pytest.mark.parametrize("values, expect", [
-    (dict(init_from="x"), "task is required: task=bpb | task=hellaswag | task=lambada"),
-    (dict(task={"name": "hellaswag", "path": str(HELLASWAG)}), "ckpt is required"),
-    (dict(ckpt="a", init_from="b", task={"name": "lambada", "path": str(LAMBADA_TXT)}), "give one of them"),
-    (dict(ckpt=str(FIX), task={"name": "bpb"}, show=-1), "show=-1 must be an integer >= 0"),
-    (dict(ckpt=str(FIX), task={"name": "bpb"}, limit=0), "limit=0 must be an integer >= 1 or null"),
-    (dict(ckpt=str(FIX), task={"name": "bpb"}, confidence=95), "confidence=95 must be between 0 and 1"),
-    (dict(ckpt=str(FIX), task={"name": "bpb"}), "has no checkpoints/best.ckpt or last.ckpt"),
+    (dict(init_from="x"), "bench is required: bench=bpb | bench=hellaswag | bench=lambada"),
+    (dict(bench={"name": "hellaswag", "path": str(HELLASWAG)}), "ckpt is required"),
+    (dict(ckpt="a", init_from="b", bench={"name": "lambada", "path": str(LAMBADA_TXT)}), "give one of them"),
+    (dict(ckpt=str(FIX), bench={"name": "bpb"}, show=-1), "show=-1 must be an integer >= 0"),
+    (dict(ckpt=str(FIX), bench={"name": "bpb"}, limit=0), "limit=0 must be an integer >= 1 or null"),
+    (dict(ckpt=str(FIX), bench={"name": "bpb"}, confidence=95), "confidence=95 must be between 0 and 1"),
+    (dict(ckpt=str(FIX), bench={"name": "bpb"}), "has no checkpoints/best.ckpt or last.ckpt"),
 ], ids=["no task", "no model", "two models", "show", "limit", "confidence", "not a run"])
 def test_bad_settings_are_one_line(values, expect, tmp_path):
     from gptlit.evaluation.evaluate import evaluate
@@ -440,4 +441,80 @@ def test_ckpt_given_pretrained_weights_says_init_from(pair, tmp_path):
 
     _, folder, _ = pair
     with pytest.raises(UserError, match=rf"^ckpt={folder} holds pretrained weights .* use init_from={folder}$"):
-        evaluate(eval_cfg(ckpt=str(folder), task={"name": "hellaswag", "path": str(HELLASWAG)}), tmp_path / "out")
+        evaluate(eval_cfg(ckpt=str(folder), bench={"name": "hellaswag", "path": str(HELLASWAG)}), tmp_path / "out")
+
+
+# --- the table of tasks -----------------------------------------------------------------------------------
+
+def test_every_task_has_its_config_and_nothing_else():
+    from gptlit.evaluation.tasks import TASKS, ItemTask
+
+    assert sorted(p.stem for p in (REPO / "conf" / "bench").glob("*.yaml")) == sorted(TASKS)
+    for name, task in TASKS.items():
+        assert task.name == name and task.metrics and task.what
+        if isinstance(task, ItemTask):
+            import yaml
+
+            conf = yaml.safe_load((REPO / "conf" / "bench" / f"{name}.yaml").read_text())
+            assert set(conf) == {"name", "path", *task.options}, name  # the class's options, each default once
+            assert conf["path"] == "${eval_data}/" + task.default_file
+
+
+@pytest.mark.parametrize("values, expect", [
+    (dict(bench={"name": "hellaswg"}), "bench=hellaswg is unknown: use one of bpb, hellaswag, lambada"),
+    (dict(bench={"name": "hellaswag", "path": str(HELLASWAG), "text_key": "x"}),
+     "bench.text_key is not a setting of bench=hellaswag: use one of path, with_activity_label"),
+], ids=["unknown task", "unknown option"])
+def test_unknown_tasks_and_options_are_one_line_listing_the_table(values, expect, tmp_path):
+    from gptlit.evaluation.evaluate import evaluate
+
+    with pytest.raises(UserError) as e:
+        evaluate(eval_cfg(init_from="x", **values), tmp_path / "out")
+    assert str(e.value).startswith(expect) and "\n" not in str(e.value)
+
+
+def test_the_callback_takes_the_item_tasks_of_the_table():
+    from gptlit.evaluation.callback import EvalTask
+
+    with pytest.raises(UserError, match=r"^callbacks.eval_task.task=bpb is unknown: use one of hellaswag, lambada"):
+        EvalTask("bpb", None, every_n_steps=2)
+    cb = EvalTask("lambada", str(LAMBADA_JSONL), every_n_steps=2, limit=None, text_key="text")
+    assert len(cb.items) == 5
+
+
+def test_eval_py_bits_per_byte_and_an_unknown_task(trained, tmp_path):
+    """bench=bpb on a run (it crashed with a TypeError before: min() of one context length), and bench=<unknown>."""
+    from conftest import write_corpus
+
+    run, _ = trained
+    corpus = write_corpus(tmp_path)
+    r = run_eval(tmp_path, f"ckpt={run}", "bench=bpb", "data=text", f"data.path={corpus}", "data.max_val_windows=4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((only_dir(tmp_path) / "eval.json").read_text())
+    assert res["task"] == "bpb" and set(res["metrics"]) == {"bpb", "loss", "ppl"} and res["info"]["windows"] == 4
+    bad = run_eval(tmp_path, f"ckpt={run}", "task=hellaswg")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.stderr.startswith("error: bench=hellaswg is not a bench option: use one of bpb, hellaswag, lambada")
+
+
+# --- a task added through the table: PIQA's format -----------------------------------------------------
+
+PIQA = FIX / "piqa_tiny.jsonl"  # five items of our own in PIQA's format (goal, sol1, sol2, label)
+
+
+def test_piqa_format_is_read_and_scored_as_two_choices(tmp_path):
+    from gptlit.evaluation.evaluate import evaluate
+    from gptlit.evaluation.tasks import TASKS
+
+    items = TASKS["piqa"].read_file(PIQA).items
+    assert [it.line for it in items] == [1, 2, 3, 5, 6] and [it.label for it in items] == [0, 1, 0, 0, 1]  # "0" read
+    assert items[0].context == "Question: Keep a cut apple from turning brown.\nAnswer:"
+    assert items[1].endings == ["Put it in the freezer overnight.", "Switch it off and leave it in a bowl of dry rice."]
+    tiny_hf(64).save_pretrained(tmp_path / "hf")
+    out = evaluate(eval_cfg(init_from=str(tmp_path / "hf"), bench={"name": "piqa", "path": str(PIQA)}, show=1),
+                   tmp_path / "out", echo=lambda *_: None)
+    assert out["task"] == "piqa" and set(out["metrics"]) == {"acc", "acc_norm"}
+    assert out["metrics"]["acc"]["n"] == 5 and len(out["items"]) == 1 and len(out["items"][0]["sum_logprob"]) == 2
+    bad = _write(tmp_path, "bad.jsonl", [PIQA.read_text().splitlines()[0], '{"goal": "x", "sol1": "a", "sol2": "b", "label": 2}'])
+    with pytest.raises(UserError, match=r"^bench.path=\S+ line 2: label=2 must be 0 \(sol1\) or 1 \(sol2\)"):
+        TASKS["piqa"].read_file(str(bad))

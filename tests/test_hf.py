@@ -431,6 +431,32 @@ def test_exported_weights_follow_the_umask(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
+def test_a_failed_config_write_leaves_the_previous_config_whole(tmp_path, monkeypatch):
+    """config.json is written atomically like every file gptlit writes (gptlit.core.files): a write that fails
+    half-way leaves the earlier export's config.json as it was, and no temporary file."""
+    import errno
+    import os
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    write_hf_folder(tiny_gptlit(), out)
+    before = (out / "config.json").read_text()
+    real = Path.write_text
+
+    def half_then_full_disk(self, data, *args, **kwargs):
+        if self.name.endswith("config.json") or "config.json" in self.name:
+            real(self, data[: len(data) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    with pytest.raises(Exception):
+        write_hf_folder(tiny_gptlit(n_layers=1), out)
+    monkeypatch.undo()
+    assert (out / "config.json").read_text() == before
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
 # what GPT-2 makes of each model field ----------------------------------------------------------
 def test_every_model_field_says_what_gpt2_makes_of_it():
     """A new GPTConfig field needs an entry in hf.HF_FIELDS (a config.json key, the value GPT-2 requires, or not exported)."""

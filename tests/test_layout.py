@@ -126,6 +126,18 @@ def test_readme_layout_table_matches_the_files():
     assert not listed - actual, f"the layout table names files that do not exist: {sorted(listed - actual)}"
 
 
+def test_readme_layout_block_matches_the_files_and_layers():
+    """The README's layout block names every command line and every layer of gptlit/, top layer first, and
+    nothing that is not there."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    files = set(re.findall(r"(?<![\w/])((?:hydra_plugins/)?\w+\.py)\b", block))
+    assert files == set(COMMANDS), f"README layout block: missing {sorted(set(COMMANDS) - files)}, " \
+                                   f"not there {sorted(files - set(COMMANDS))}"
+    layers = re.findall(r"^gptlit/(\w+)/", block, re.M)
+    assert layers == LAYERS[::-1], f"README layout block lists the layers {layers}, the code has {LAYERS[::-1]}"
+
+
 if __name__ == "__main__":
     g = graph()
     f = floors(g)

@@ -316,7 +316,7 @@ def test_clipping_under_fsdp_uses_the_norm_over_every_shard():
             self.calls.append(max_norm)
             return torch.tensor(4 * local)
 
-    module._trainer, module._log_extras = SimpleNamespace(model=Root()), False
+    module.trainer, module._log_extras = SimpleNamespace(model=Root()), False  # Lightning's public setter
     assert float(module.grad_norm()) == pytest.approx(4 * local)  # what the loss guard reads first
     module.on_before_optimizer_step(None)
     assert Root.calls == [float("inf")]  # one reduction a step, gradients left as they were by it

@@ -271,7 +271,7 @@ def test_a_trial_reports_each_validation_and_stops_when_pruned(make_cfg, corpus,
     trial = study.ask()
     monkeypatch.setenv(STUDY_ENV, json.dumps({"journal": str(tmp_path / "optuna.journal"), "study": "s",
                                               "pruner": {"name": "median", "n_startup_trials": 1}}))
-    monkeypatch.setenv(TRIAL_ENV, str(trial._trial_id))
+    monkeypatch.setenv(TRIAL_ENV, str(trial.number))
     cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=6", "trainer.val_check_interval=2",
                    "callbacks.early_stopping=null")
     dm, module, trainer, _ = build(cfg)

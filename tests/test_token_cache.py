@@ -425,6 +425,20 @@ def test_no_lock_file_stays_in_the_cache(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == sorted([bin_path.name, meta_path.name])
 
 
+def test_one_process_lock_helper_for_the_cache_and_the_search(tmp_path):
+    """gptlit.core.file_lock.ProcessLock: taken without waiting, the holder's note readable, the file gone on release."""
+    from gptlit.core.file_lock import ProcessLock
+
+    path = tmp_path / "x.lock"
+    a, b = ProcessLock(path, note="process 1 on here"), ProcessLock(path)
+    assert a.try_acquire() and not b.try_acquire()
+    assert b.holder() == "process 1 on here"
+    a.release()
+    assert not path.exists() and b.try_acquire()
+    b.release()
+    assert not path.exists()
+
+
 def stalled_preparer(tmp_path):
     """A preparer that started (its lock file and partial file are there) and then stopped writing."""
     f = tmp_path / "a.txt"

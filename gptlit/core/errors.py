@@ -29,3 +29,12 @@ def exit_on_user_error():
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+
+
+def check_keys(given, known, prefix: str, what: str, sort: bool = True) -> None:
+    """`<prefix>.<key> is not <what>: use one of <known>` for the first unknown key of `given` (UserError)."""
+    known = list(known)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        names = sorted(known) if sort else known
+        raise UserError(f"{prefix}.{unknown[0]} is not {what}: use one of {', '.join(names) or 'none'}")

@@ -267,3 +267,19 @@ class WritableRunDir(Callback):
 
             _fail(f"cannot write the run directory {d}: {describe_os_error(e)}; nothing was written; "
                   f"choose another with hydra.run.dir=<dir>")
+
+
+
+def saved_environ(keys) -> dict:
+    """os.environ's values of `keys` (None: absent), for restore_environ: the variables a sweep sets for its
+    jobs (gptlit.run.search), or that Lightning leaves after a DDP job (gptlit.run.sweep)."""
+    return {k: os.environ.get(k) for k in keys}
+
+
+def restore_environ(saved: dict) -> None:
+    """os.environ as saved_environ found it: each value put back, each absent variable removed."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from gptlit.core.errors import UserError
+from gptlit.core.errors import UserError, check_keys
 
 
 @dataclass
@@ -48,9 +48,7 @@ class DataConfig:
     def of(cls, base: "DataConfig | None" = None, **settings) -> "DataConfig":
         """`base` (default: DataConfig()) with `settings` on top, checked; stride resolved (None -> max_length)."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(settings) - fields)
-        if unknown:
-            raise UserError(f"data.{unknown[0]} is not a data setting: use one of {', '.join(sorted(fields))}")
+        check_keys(settings, fields, "data", "a data setting")
         cfg = dataclasses.replace(base or cls(), **settings)
         if cfg.stride is None:
             cfg.stride = cfg.max_length

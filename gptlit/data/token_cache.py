@@ -36,6 +36,7 @@ import numpy as np
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file, atomic_write, remove_stale_partials
+from gptlit.core.file_lock import ProcessLock
 from gptlit.data.config import DataConfig
 from gptlit.data.readers import DOCUMENTS, Corpus, Piece, reader_for
 from gptlit.model.tokenizer import VOCAB_SIZE, Tokenizer, gpt2
@@ -227,58 +228,17 @@ def meta_path_of(bin_path: Path) -> Path:
     return bin_path.with_suffix(".json")
 
 
-class _Lock:
-    """The preparation lock of one token file: an exclusive flock on `<token file>.lock`, removed on
-    release so the cache keeps no empty lock files.
-
-    Removing a lock file is safe only this way: the holder unlinks it while it still holds the flock,
-    and a process that gets a flock checks that the file it locked is still the one at the path (a
-    process that opened the file before the unlink ends up holding a removed file: it tries again)."""
-
-    def __init__(self, path: Path, fd: int | None = None, fallback=None):
-        self.path, self.fd, self.fallback = path, fd, fallback
-
-    @classmethod
-    def try_acquire(cls, path: Path):
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: filelock's lock, whose file stays
-            from filelock import FileLock, Timeout
-
-            lock = FileLock(str(path))
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                return None
-            return cls(path, fallback=lock)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:
-            held, now = os.fstat(fd), os.stat(path)
-            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
-                return cls(path, fd)
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # the previous holder removed this file after we opened it
-        return None
-
-    def release(self) -> None:
-        if self.fallback is not None:  # pragma: no cover
-            self.fallback.release()
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink()  # while held: see the class docstring
-        os.close(self.fd)
+def _try_lock(path: Path) -> ProcessLock | None:
+    """The preparation lock of one token file (`<token file>.lock`, removed on release), or None while another
+    process holds it."""
+    lock = ProcessLock(path)
+    return lock if lock.try_acquire() else None
 
 
-def _acquire(bin_path: Path, corpus: Corpus, poll_s: float, wait_s: float | None) -> _Lock:
+def _acquire(bin_path: Path, corpus: Corpus, poll_s: float, wait_s: float | None) -> ProcessLock:
     """The preparation lock of bin_path; while another process holds it, wait (bounded as ensure says)."""
     path = lock_path(bin_path)
-    lock = _Lock.try_acquire(path)
+    lock = _try_lock(path)
     if lock is not None:
         return lock
     log.info(f"token cache: another process is tokenizing {corpus.name} into {bin_path}; waiting for it")
@@ -286,7 +246,7 @@ def _acquire(bin_path: Path, corpus: Corpus, poll_s: float, wait_s: float | None
     while lock is None:
         time.sleep(min(poll_s, 0.2))
         watch.check(bin_path.parent)
-        lock = _Lock.try_acquire(path)
+        lock = _try_lock(path)
     return lock
 
 

@@ -1,6 +1,6 @@
 """Benchmark files on disk, read into items: HellaSwag (multiple choice) and LAMBADA (last word).
 
-gptlit never downloads a benchmark: the user copies the file once (docs/evaluation.md says where
+The tasks that score them are gptlit.evaluation.tasks'. gptlit never downloads a benchmark: the user copies the file once (docs/evaluation.md says where
 from), and every problem with it is a UserError naming the file, the line and the fix.
 
   read_hellaswag   JSON Lines: `ctx` (or the original release's `ctx_a` + `ctx_b`), `endings`, `label`
@@ -16,7 +16,6 @@ from pathlib import Path
 from gptlit.core.errors import UserError
 from gptlit.core.files import user_path
 
-TASKS = ("bpb", "hellaswag", "lambada")
 LAMBADA_TEXT_KEY = "text"  # the passage's key in OpenAI's lambada_test.jsonl
 
 
@@ -47,7 +46,7 @@ class Benchmark:
     items: list = field(default_factory=list)
 
 
-def bench_path(path, key: str = "task.path") -> Path:
+def bench_path(path, key: str = "bench.path") -> Path:
     if path is None or str(path) == "":
         raise UserError(f"{key} is required: {key}=<the benchmark file> (docs/evaluation.md says where to get it)")
     p = user_path(path)
@@ -94,7 +93,7 @@ def _label(v, n_endings: int, where: str) -> int:
     return v
 
 
-def read_hellaswag(path, key: str = "task.path", with_activity_label: bool = False) -> Benchmark:
+def read_hellaswag(path, key: str = "bench.path", with_activity_label: bool = False) -> Benchmark:
     """Items of a HellaSwag-format JSON Lines file.
 
     The context is `ctx`; without it, the original release's `ctx_a` and `ctx_b` joined by a space
@@ -134,7 +133,7 @@ def _split_last_word(text: str, where: str) -> tuple[str, str]:
     return ctx, " " + word
 
 
-def read_lambada(path, key: str = "task.path", text_key: str | None = None) -> Benchmark:
+def read_lambada(path, key: str = "bench.path", text_key: str | None = None) -> Benchmark:
     """Items of a LAMBADA file: JSON Lines (.jsonl, .json: the passage under `text_key`, as in OpenAI's
     lambada_test.jsonl) or plain text (one passage per line, as in the original release).
     The target is the last word (after the last space); the context is everything before that space."""
@@ -148,21 +147,13 @@ def read_lambada(path, key: str = "task.path", text_key: str | None = None) -> B
             d = _json_line(line, n, key, str(path))
             text = d.get(text_key)
             if not isinstance(text, str):
-                raise UserError(f"{where}: no string `{text_key}` field; set task.text_key=<the passage's key>")
+                raise UserError(f"{where}: no string `{text_key}` field; set bench.text_key=<the passage's key>")
         else:
             text = line
         items.append(LastWord(n, *_split_last_word(text, where)))
     if not items:
         raise UserError(f"{key}={path} holds no items (the file is empty); give LAMBADA's test file")
     return Benchmark("lambada", p, items)
-
-
-def read_benchmark(name: str, path, key: str = "task.path", **options) -> Benchmark:
-    if name == "hellaswag":
-        return read_hellaswag(path, key, with_activity_label=bool(options.get("with_activity_label", False)))
-    if name == "lambada":
-        return read_lambada(path, key, text_key=options.get("text_key"))
-    raise UserError(f"task={name} is unknown: use one of {', '.join(TASKS)}")
 
 
 def spread(n: int, k: int | None) -> list[int]:

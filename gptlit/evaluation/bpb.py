@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptlit.data.datamodule import GPTDataModule
 from gptlit.model.gpt import GPT
 from gptlit.model.tokenizer import EOT_ID, Tokenizer, gpt2, tokenizer_of
 
@@ -81,7 +80,7 @@ class CorpusScores:
 
 
 @torch.no_grad()
-def score_corpus(model: GPT, dm: GPTDataModule, batch_size: int | None = None) -> CorpusScores:
+def score_corpus(model: GPT, dm: "gptlit.data.datamodule.GPTDataModule", batch_size: int | None = None) -> CorpusScores:
     """Per-token losses of `model` on dm's validation windows (dm built with val_all=True), `batch_size`
     windows per forward pass (None: 4). The text is tokenized with the model's tokenizer (tokenizer_of): a dm
     prepared with another one is rebuilt with the same data settings and the model's tokenizer."""

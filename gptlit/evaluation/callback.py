@@ -1,4 +1,5 @@
-"""A benchmark while training: a small, fixed subset of HellaSwag or LAMBADA every N optimizer steps,
+"""A benchmark while training: a small, fixed subset of an item task (HellaSwag, LAMBADA: any ItemTask of
+gptlit.evaluation.tasks.TASKS) every N optimizer steps,
 logged as eval/<task>/<metric> next to val/loss.
 
 Off by default; one entry turns it on (conf/callbacks/eval_task/):
@@ -22,8 +23,8 @@ import torch
 
 from gptlit.core.errors import UserError
 from gptlit.evaluation import stats
-from gptlit.evaluation.benchmarks import read_benchmark, spread
-from gptlit.evaluation.scoring import score_choices, score_last_words
+from gptlit.evaluation.benchmarks import spread
+from gptlit.evaluation.tasks import get_task
 
 
 class EvalTask(L.Callback):
@@ -31,17 +32,16 @@ class EvalTask(L.Callback):
     Its defaults are in conf/callbacks/eval_task/."""
 
     def __init__(self, task: str, path: str | None, every_n_steps: int, limit: int | None = 200,
-                 batch_size: int | None = None, at_end: bool = True, with_activity_label: bool = False,
-                 text_key: str | None = None):
+                 batch_size: int | None = None, at_end: bool = True, **options):
+        """`options`: the task's own settings (gptlit.evaluation.tasks.TASKS[task].options)."""
         key = "callbacks.eval_task"
-        if task not in ("hellaswag", "lambada"):
-            raise UserError(f"{key}.task={task} is unknown: use hellaswag or lambada (bits per byte: val/loss, or eval.py task=bpb)")
+        self.bench = get_task(task, f"{key}.task", items_only=True)  # bits per byte: val/loss, or eval.py bench=bpb
         for name, v, low in (("every_n_steps", every_n_steps, 1), ("batch_size", batch_size, 1)):
             if (v is not None or name != "batch_size") and (isinstance(v, bool) or not isinstance(v, int) or v < low):
                 raise UserError(f"{key}.{name}={v} must be an integer >= {low}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise UserError(f"{key}.limit={limit} must be an integer >= 1, or null for every item")
-        bench = read_benchmark(task, path, key=f"{key}.path", with_activity_label=with_activity_label, text_key=text_key)
+        bench = self.bench.read_file(path, f"{key}.path", **self.bench.check(options, key))
         self.task, self.every_n_steps, self.batch_size, self.at_end = task, every_n_steps, batch_size, at_end
         self.items = [bench.items[i] for i in spread(len(bench.items), limit)]
         self.history: list[tuple[int, dict[str, float]]] = []  # (step, metrics) of each evaluation
@@ -50,13 +50,8 @@ class EvalTask(L.Callback):
 
     def evaluate(self, model) -> tuple[dict[str, stats.Estimate], int]:
         """The subset's metrics for `model` (a GPT) and how many items had their context cut."""
-        if self.task == "hellaswag":
-            res = score_choices(model, self.items, self.batch_size, key="callbacks.eval_task.path")
-            est = {"acc": stats.accuracy([r.pred == r.item.label for r in res]),
-                   "acc_norm": stats.accuracy([r.pred_norm == r.item.label for r in res])}
-        else:
-            res = score_last_words(model, self.items, self.batch_size, key="callbacks.eval_task.path")
-            est = {"acc": stats.accuracy([r.correct for r in res])}
+        res = self.bench.score(model, self.items, self.batch_size, key="callbacks.eval_task.path")
+        est = {m: stats.accuracy(right) for m, right in self.bench.correct(res).items()}
         return est, sum(r.cut > 0 for r in res)
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule):

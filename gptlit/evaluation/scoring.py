@@ -99,7 +99,7 @@ class ChoiceResult:
     cut: int
 
 
-def score_choices(model: GPT, items: list[Choice], batch_size: int | None = None, key: str = "task.path") -> list[ChoiceResult]:
+def score_choices(model: GPT, items: list[Choice], batch_size: int | None = None, key: str = "bench.path") -> list[ChoiceResult]:
     """Each ending is scored as " " + ending after the context (GPT-2's tokens carry the space before a word)."""
     requests, where = [], []
     encode = tokenizer_of(model).encode  # the model's tokenizer (GPT-2's unless its checkpoint names another)
@@ -128,7 +128,7 @@ class WordResult:
     cut: int
 
 
-def score_last_words(model: GPT, items: list[LastWord], batch_size: int | None = None, key: str = "task.path") -> list[WordResult]:
+def score_last_words(model: GPT, items: list[LastWord], batch_size: int | None = None, key: str = "bench.path") -> list[WordResult]:
     tok = tokenizer_of(model)
     encode, decode = tok.encode, tok.decode
     requests = [(encode(it.context), encode(it.target)) for it in items]

@@ -27,7 +27,7 @@ import torch
 
 from gptlit.model.config import GPTConfig
 from gptlit.core.errors import UserError
-from gptlit.core.files import atomic_file
+from gptlit.core.files import atomic_file, atomic_write
 from gptlit.model.gpt import GPT, tensor_shapes
 from gptlit.model.tokenizer import pretrained_tokenizer, tokenizer_of
 
@@ -412,8 +412,7 @@ def write_hf_folder(model: GPT, out_dir: str | Path, tokenizer: bool = False) ->
         os.chmod(tmp, 0o666 & ~current_umask())
     config = out / "config.json"
     eot = tokenizer_of(model).eot_id
-    config.write_text(json.dumps({**hf_config_dict(cfg), "bos_token_id": eot, "eos_token_id": eot}, indent=2) + "\n",
-                      encoding="utf-8")
+    atomic_write(config, json.dumps({**hf_config_dict(cfg), "bos_token_id": eot, "eos_token_id": eot}, indent=2) + "\n")
     return [config, weights, *(tokenizer_of(model).save(out) if tokenizer else ())]
 
 

@@ -34,6 +34,7 @@ from gptlit.training.optim import validate_optim
 from gptlit.data.datamodule import GPTDataModule
 from gptlit.data.tokenizer_cache import compression_line, resolve as resolve_tokenizer
 from gptlit.core.errors import UserError
+from gptlit.core.settings import plain as _plain  # build() has a local `plain`
 from gptlit.interop.hf import load_weights, read_pretrained
 from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.lit_module import GPTLitModule
@@ -45,9 +46,11 @@ from gptlit.run.trackers import prepare_loggers
 
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU computes bf16 matmuls natively (AVX512-BF16 or AMX)."""
+    from gptlit.core.private_api import cpu_bf16_supported
+
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # pragma: no cover
+        return cpu_bf16_supported()
+    except Exception:  # pragma: no cover - a torch built without oneDNN
         return False
 
 
@@ -69,10 +72,6 @@ def resolve_compile(value, accelerator: str) -> bool:
     if isinstance(value, bool):
         return value
     raise UserError(f"compile={value} is not a choice: use compile=auto (on CUDA only), compile=true or compile=false")
-
-
-def _plain(node):
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def make(node, **kwargs):

@@ -29,12 +29,15 @@ from pathlib import Path
 
 from gptlit.core.errors import EXIT_USER_ERROR, UserError
 from gptlit.core.job_record import RESULT_FILE, JobRecord, mark_failed, one_line
+from gptlit.core.file_lock import ProcessLock
+from gptlit.core.launch_env import restore_environ, saved_environ
+from gptlit.core.settings import plain
 
 JOURNAL_FILE = "optuna.journal"
 LOCK_FILE = "optuna.lock"
 BEST_FILE = "best_params.yaml"
 # The study a trial belongs to ({"journal", "study", "pruner"}), set by the sweeper for the processes it
-# starts, and the trial's id, set per job (hydra.job.env_set): Hydra passes both to a launcher's jobs
+# starts, and the trial's number, set per job (hydra.job.env_set): Hydra passes both to a launcher's jobs
 # and Lightning's DDP ranks inherit them.
 STUDY_ENV = "GPTLIT_OPTUNA_STUDY"
 TRIAL_ENV = "GPTLIT_OPTUNA_TRIAL"
@@ -202,12 +205,6 @@ def override_value(v) -> str:
 
 # ---- sampler, pruner, storage --------------------------------------------------------------------
 
-def _plain(node) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-
-
 def _kwargs_for(cls, kwargs: dict, where: str) -> dict:
     import inspect
 
@@ -223,8 +220,8 @@ def make_sampler(conf):
     import optuna
     from importlib.util import find_spec
 
-    conf = _plain(conf)
-    name = str(conf.get("name", "tpe")).lower()
+    conf = plain(conf) or {}  # the defaults: hydra_plugins/gptlit_optuna_sweeper.py (SamplerConf)
+    name = str(conf.get("name")).lower()
     if name not in SAMPLERS:
         raise UserError(f"hydra.sweeper.sampler.name={name} is unknown: use one of {', '.join(SAMPLERS)}")
     needs = SAMPLER_NEEDS.get(name)
@@ -244,13 +241,12 @@ def make_pruner(conf):
     same step), hyperband, or none."""
     import optuna
 
-    conf = _plain(conf)
-    name = str(conf.get("name", "median")).lower()
+    conf = plain(conf) or {}  # the defaults: hydra_plugins/gptlit_optuna_sweeper.py (PrunerConf)
+    name = str(conf.get("name")).lower()
     options = dict(conf.get("options") or {})
     where = "hydra.sweeper.pruner.options"
     if name == "median":
-        kwargs = {"n_startup_trials": int(conf.get("n_startup_trials", 2)),
-                  "n_warmup_steps": int(conf.get("n_warmup_steps", 0)), **options}
+        kwargs = {**{k: int(conf[k]) for k in ("n_startup_trials", "n_warmup_steps") if conf.get(k) is not None}, **options}
         return optuna.pruners.MedianPruner(**_kwargs_for(optuna.pruners.MedianPruner, kwargs, where))
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(**_kwargs_for(optuna.pruners.HyperbandPruner, options, where))
@@ -266,6 +262,25 @@ def open_storage(path: Path):
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def trial_id(storage, study_name: str, number: int) -> int:
+    """The storage's id of a study's trial `number`, through Optuna's public storage API (a Trial object
+    is built from it; Trial and FrozenTrial keep it private)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def _job_error(ret) -> str:
+    """What ended a failed Hydra job: JobReturn.return_value raises it (after a line on stderr, kept out)."""
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            ret.return_value
+    except BaseException as e:  # noqa: BLE001 - the job's own exception, whatever it is
+        return f"{type(e).__name__}: {e}"
+    return "unknown failure"
 
 
 def _quiet_optuna():
@@ -299,27 +314,14 @@ def finished(trials) -> int:
     return c["complete"] + c["pruned"] + c["failed"]
 
 
-def _lock_sweep(sweep_dir: Path):
+def _lock_sweep(sweep_dir: Path) -> ProcessLock:
     """One process runs a search at a time: an exclusive lock on <sweep dir>/optuna.lock, held until the
     process ends (the system drops it when the process dies, however it dies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no guard
-        return None
-    f = open(sweep_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        who = f.read().strip() or "another process"
-        f.close()
-        raise UserError(f"the search in {sweep_dir} is running now ({who}); wait for it to end or stop it "
-                        f"before continuing it") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"process {os.getpid()} on {socket.gethostname()}")
-    f.flush()
-    return f
+    lock = ProcessLock(sweep_dir / LOCK_FILE, note=f"process {os.getpid()} on {socket.gethostname()}")
+    if not lock.try_acquire():
+        raise UserError(f"the search in {sweep_dir} is running now ({lock.holder() or 'another process'}); wait for "
+                        f"it to end or stop it before continuing it")
+    return lock
 
 
 # ---- the sweeper ---------------------------------------------------------------------------------
@@ -327,12 +329,12 @@ def _lock_sweep(sweep_dir: Path):
 class OptunaSearch:
     """Asks Optuna for trials, launches each as a job of the sweep, tells Optuna how it ended."""
 
-    def __init__(self, direction="minimize", n_trials=8, n_jobs=1, study_name=None, sampler=None, pruner=None,
-                 params=None):
+    def __init__(self, *, direction, n_trials, n_jobs, study_name, sampler, pruner, params):
+        """The sweeper's settings, their defaults in hydra_plugins/gptlit_optuna_sweeper.py (GptlitOptunaSweeperConf)."""
         self.direction, self.n_trials, self.n_jobs = str(direction), n_trials, n_jobs
         self.study_name = study_name
-        self.sampler_conf, self.pruner_conf = _plain(sampler), _plain(pruner)
-        self.params = _plain(params) if params is not None else {}
+        self.sampler_conf, self.pruner_conf = plain(sampler) or {}, plain(pruner) or {}
+        self.params = plain(params) or {}
         self._lock = None  # the sweep directory's lock, held while this process runs the search
 
     def setup(self, *, sweeper, hydra_context, task_function, config):
@@ -406,7 +408,7 @@ class OptunaSearch:
         # failed, and asked again
         retried = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            tid = t._trial_id  # Optuna's storage API names trials by id; FrozenTrial has no public accessor
+            tid = trial_id(storage, study.study_name, t.number)
             storage.set_trial_user_attr(tid, "interrupted", True)
             storage.set_trial_state_values(tid, TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
@@ -432,11 +434,11 @@ class OptunaSearch:
                         f"interrupted, asked again"
         else:
             head += f"{self.n_trials} trials"
-        print(head + f"; sampler {self.sampler_conf.get('name', 'tpe')}, pruner {self.pruner_conf.get('name', 'median')}",
+        print(head + f"; sampler {self.sampler_conf['name']}, pruner {self.pruner_conf['name']}",
               flush=True)
         env = {STUDY_ENV: json.dumps({"journal": str(journal.resolve()), "study": study.study_name,
                                       "pruner": self.pruner_conf})}
-        before = {k: os.environ.get(k) for k in env}
+        before = saved_environ(env)
         os.environ.update(env)
         try:
             while done < self.n_trials:
@@ -444,21 +446,17 @@ class OptunaSearch:
                 # job number = trial number (the job directories and the summary name trials by it); the
                 # launcher numbers a batch consecutively, which trials asked one after another are
                 for group in _consecutive(trials):
-                    # the trial's id for its job (Optuna's Trial has no public accessor for it)
-                    batch = [[*space.overrides(t.params), f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}"]
+                    # the trial's number for its job (connect_trial finds the trial by it)
+                    batch = [[*space.overrides(t.params), f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"]
                              for t in group]
                     returns = self.launcher.launch(batch, initial_job_idx=group[0].number)
                     for t, ret in zip(group, returns):
                         self._tell(study, t, ret)
                 done = finished(study.get_trials(deepcopy=False))
         finally:
-            for k, v in before.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            restore_environ(before)
             if self._lock is not None:
-                self._lock.close()
+                self._lock.release()
         return study
 
     def _tell(self, study, trial, ret):
@@ -477,7 +475,7 @@ class OptunaSearch:
         if ret.status == JobStatus.COMPLETED:
             value = ret.return_value
         if ret.status != JobStatus.COMPLETED:
-            reason = one_line(f"{type(ret._return_value).__name__}: {ret._return_value}")
+            reason = one_line(_job_error(ret))
         elif pruned:
             study.tell(trial, state=TrialState.PRUNED)  # Optuna keeps the last reported val/loss as its value
             print(f"trial {trial.number}: pruned at step {pruned['step']} (val/loss {pruned['value']:.4f})", flush=True)
@@ -555,9 +553,10 @@ def connect_trial(environ=os.environ) -> TrialReporter | None:
 
         _quiet_optuna()
         where = json.loads(environ[STUDY_ENV])
-        study = optuna.load_study(study_name=where["study"], storage=open_storage(Path(where["journal"])),
+        storage = open_storage(Path(where["journal"]))
+        study = optuna.load_study(study_name=where["study"], storage=storage,
                                   sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(where.get("pruner")))
-        return TrialReporter(study, int(environ[TRIAL_ENV]))
+        return TrialReporter(study, trial_id(storage, where["study"], int(environ[TRIAL_ENV])))
     except Exception as e:  # pragma: no cover - the sweeper made the journal and the pruner moments ago
         logging.getLogger(__name__).warning(f"pruning is off for this trial: {one_line(str(e))}")
         return None

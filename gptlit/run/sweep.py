@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gptlit.core.errors import EXIT_USER_ERROR
+from gptlit.core.launch_env import restore_environ, saved_environ
 
 
 # Set by a DDP job of a sweep for the ranks Lightning starts (see ddp_child_argv).
@@ -44,7 +45,7 @@ def ddp_in_sweep(cfg: DictConfig, job: dict):
     they belong to (an environment variable they inherit; train.py turns it into their command line,
     see ddp_child_argv), and afterwards the variables Lightning left in os.environ are removed and the
     process group is closed, so the next job of the sweep starts its own processes again."""
-    before = {k: os.environ.get(k) for k in DDP_ENV}
+    before = saved_environ(DDP_ENV)
     os.environ[DDP_JOB_ENV] = json.dumps({"overrides": job.get("overrides", []), "dir": str(cfg.paths.output_dir)})
     try:
         yield
@@ -53,11 +54,7 @@ def ddp_in_sweep(cfg: DictConfig, job: dict):
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_environ(before)
 
 
 def ddp_child_argv(argv: list[str], environ=os.environ) -> list[str]:

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from gptlit.core.errors import UserError
+from gptlit.core.errors import UserError, check_keys
 from gptlit.model.generate import SampleTextConfig, generate_text
 from gptlit.core.files import atomic_file
 from gptlit.core.job_record import JobRecord, hydra_job, one_line, override_values
@@ -55,9 +55,7 @@ class SampleText(L.Callback):
         """config's values (SampleTextConfig's defaults if None) with `fields` on top, e.g.
         SampleText(every_n_steps=10, temperature=0.0). At the end of training one more sample if at_end."""
         names = [f.name for f in dataclasses.fields(SampleTextConfig)]
-        unknown = sorted(set(fields) - set(names))
-        if unknown:
-            raise UserError(f"sampling.{unknown[0]} is not a sampling setting: use one of {', '.join(names)}")
+        check_keys(fields, names, "sampling", "a sampling setting", sort=False)
         c = dataclasses.replace(config or SampleTextConfig(), **fields)
         if not isinstance(c.every_n_steps, int) or isinstance(c.every_n_steps, bool) or c.every_n_steps < 0:
             raise UserError(f"sampling.every_n_steps={c.every_n_steps} must be an integer >= 0 (0 turns samples off)")

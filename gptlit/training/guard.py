@@ -29,6 +29,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file
@@ -109,7 +110,7 @@ class LossGuard(L.Callback):
         self._note_saves(trainer)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        opt = getattr(optimizer, "_optimizer", optimizer)  # under Lightning's wrapper
+        opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer  # Lightning's wrapper
         # the global norm, computed once a step (clipping reads it after this hook); the same on every rank:
         # under DDP the gradients are, and under FSDP grad_norm reduces the shards' norms (a collective every
         # rank makes here, so no rank may return before it)

@@ -18,6 +18,7 @@ from gptlit.model.gpt import GPT
 COMPILE_STEPS = 2  # see GPTLitModule.compile_steps
 # clipping with a norm already computed (torch >= 2.6); older torch computes it again in clip_grad_norm_
 _clip_with_norm = getattr(torch.nn.utils, "clip_grads_with_norm_", None)
+_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: one fused norm of every gradient
 
 
 def lr_factor(step: int, warmup: int, total: int, scheduler: str, min_ratio: float) -> float:
@@ -139,13 +140,21 @@ class GPTLitModule(L.LightningModule):
             if self._t_last is not None:
                 self._t_last += took
 
+    def _attached_trainer(self):
+        """The Trainer, or None for a module used on its own (Lightning's `trainer` raises when there is none)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     def grad_norm(self) -> torch.Tensor:
         """The global L2 norm of this optimizer step's gradients before clipping, a device tensor (nothing
         waits for it). Computed once a step: the loss guard (callbacks.guard, whose hook runs first) and
         clipping both read it, and each computation reads every gradient again (on the CPU, nano on 1 x 16
         tokens: about 1.5 ms a step)."""
         if self._grad_norm is None:
-            root = self.trainer.model if self._trainer is not None else None
+            trainer = self._attached_trainer()
+            root = trainer.model if trainer is not None else None
             if hasattr(root, "clip_grad_norm_"):
                 # FSDP: each rank holds a shard of the gradients, whose own norm is not the model's (PyTorch's
                 # FSDP docs, "Gradient Clipping"). The root module's clip_grad_norm_ reduces the shards' norms
@@ -153,8 +162,12 @@ class GPTLitModule(L.LightningModule):
                 self._grad_norm = root.clip_grad_norm_(float("inf"))
             else:
                 grads = [p.grad for p in self.parameters() if p.grad is not None]
-                norms = [n.float() for n in torch._foreach_norm(grads)] if grads else [torch.zeros((), device=self.device)]
-                self._grad_norm = torch.linalg.vector_norm(torch.stack(norms))
+                if not grads:
+                    self._grad_norm = torch.zeros((), device=self.device)
+                elif _total_norm is not None:
+                    self._grad_norm = _total_norm(grads, 2.0).float()
+                else:  # torch < 2.6
+                    self._grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).float() for g in grads]))
         return self._grad_norm
 
     def on_before_optimizer_step(self, optimizer):
@@ -164,7 +177,7 @@ class GPTLitModule(L.LightningModule):
             if _clip_with_norm is not None:
                 norm = self.grad_norm()  # under FSDP the model's norm: every rank scales its shard alike
                 _clip_with_norm(self.parameters(), clip, norm)
-            elif self._trainer is not None and hasattr(self.trainer.model, "clip_grad_norm_"):  # FSDP, torch < 2.6
+            elif hasattr(getattr(self._attached_trainer(), "model", None), "clip_grad_norm_"):  # FSDP, torch < 2.6
                 norm = self.trainer.model.clip_grad_norm_(clip)
             else:
                 norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
@@ -212,7 +225,7 @@ class GPTLitModule(L.LightningModule):
         )
         if o["scheduler"] == "constant" and not o["warmup_steps"]:
             return opt
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
+        total = int(self.trainer.estimated_stepping_batches) if self._attached_trainer() is not None else 0
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, o["warmup_steps"], total, o["scheduler"], o["min_lr_ratio"])
         )

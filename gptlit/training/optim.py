@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from gptlit.core.errors import UserError
+from gptlit.core.errors import UserError, check_keys
 
 
 @dataclass
@@ -33,9 +33,7 @@ class OptimConfig:
 def validate_optim(o: dict) -> dict:
     """OptimConfig's values with `o` on top, checked; a plain dict (checkpoints load with weights_only=True)."""
     fields = {f.name for f in dataclasses.fields(OptimConfig)}
-    unknown = sorted(set(o) - fields)
-    if unknown:
-        raise UserError(f"optim.{unknown[0]} is not an optimizer setting: use one of {', '.join(sorted(fields))}")
+    check_keys(o, fields, "optim", "an optimizer setting")
     o = {**OptimConfig().to_dict(), **o}
     if not (isinstance(o["lr"], (int, float)) and not isinstance(o["lr"], bool) and o["lr"] > 0):
         raise UserError(f"optim.lr={o['lr']} must be > 0 (e.g. optim.lr=4e-4)")
