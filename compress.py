@@ -7,7 +7,7 @@
 tokenizer= (repeatable): a run directory or .ckpt (the tokenizer its checkpoint carries), a tokenizer.json,
 or a model folder holding one. Each file is read up to max_mb MB (default 10). More bytes per token: fewer
 tokens for the same text (cheaper steps, more text per context). To compare *models* with different
-tokenizers, compare bits per byte (python eval.py task=bpb), not loss or perplexity.
+tokenizers, compare bits per byte (python eval.py bench=bpb), not loss or perplexity.
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ def test_sample_and_eval_use_the_checkpoints_tokenizer(bpe_run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout.split("--- sample 1/1 ---\n", 1)[1]
     assert out.startswith("每一次") and any("\u4e00" <= c <= "\u9fff" for c in out[3:]) and "\ufffd" not in out
-    r = run_cli("eval.py", f"ckpt={bpe_run.dir}", "task=bpb", "data=text", f"data.path={CHINESE}", "data.max_length=32",
+    r = run_cli("eval.py", f"ckpt={bpe_run.dir}", "bench=bpb", "data=text", f"data.path={CHINESE}", "data.max_length=32",
                 f"hydra.run.dir={tmp_path / 'ev'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "ev" / "eval.json").read_text())

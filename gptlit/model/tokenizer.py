@@ -112,8 +112,8 @@ def byte_level_alphabet() -> dict[int, str]:
 class Tokenizer:
     """What gptlit needs of a tokenizer. kind: gpt2 | bpe | file; name: how logs and errors show it."""
 
-    kind: str = ""
-    name: str = ""
+    kind: str  # set by each subclass or instance
+    name: str
     eot_token: str = EOT_TOKEN
     eot_id: int = EOT_ID
     vocab_size: int = VOCAB_SIZE  # ids are 0 .. vocab_size - 1
