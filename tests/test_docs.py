@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["train.py", "sample.py", "export.py", "eval.py", "report.py"]
+COMMANDS = ["train.py", "sample.py", "export.py", "eval.py", "report.py", "compress.py"]
 
 DOTTED = re.compile(r"(?<![\w./-])gptlit(?:\.[A-Za-z_]\w*)+")
 PATH = re.compile(

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # bottom to top; a module may import its own layer's modules (without a cycle) and lower layers'
 LAYERS = ["core", "model", "data", "interop", "training", "evaluation", "run", "commands"]
-SHIMS = ["train.py", "sample.py", "export.py", "eval.py", "report.py"]  # each only runs gptlit.commands.<name>.main
+SHIMS = ["train.py", "sample.py", "export.py", "eval.py", "report.py", "compress.py"]  # each only runs gptlit.commands.<name>.main
 COMMANDS = [*SHIMS, "hydra_plugins/gptlit_optuna_sweeper.py"]  # entry points above gptlit/ (Hydra imports the plugin)
 MAX_FLOORS = 7  # the shims at the root, one floor above their gptlit.commands module, are not counted
 

@@ -1,4 +1,4 @@
-"""Export a gptlit checkpoint as a Hugging Face GPT-2 folder (config.json + model.safetensors).
+"""Export a gptlit checkpoint as a Hugging Face GPT-2 folder (config.json + model.safetensors + its tokenizer).
 (installed: gptlit-export ...)
 
   python export.py ckpt=outputs/2025-01-01/12-00-00 out=exported/
@@ -6,7 +6,8 @@
   python export.py ckpt=outputs/2025-01-01/12-00-00 out=exported/ overwrite=true    # replace an earlier export
 
 ckpt is a .ckpt file or a run directory (its best checkpoint, else its last). The folder
-loads with transformers.GPT2LMHeadModel.from_pretrained(out) and with gptlit (model.init_from=out).
+loads with transformers.GPT2LMHeadModel.from_pretrained(out) and with gptlit (model.init_from=out); its
+tokenizer (the run's: GPT-2's, a trained BPE or a tokenizer.json) with AutoTokenizer.from_pretrained(out), offline.
 An existing export is replaced only with overwrite=true, and only once the new one is complete
 (gptlit.run.export).
 """

@@ -47,7 +47,7 @@ def _cannot_write(out: str, e: OSError, tmp: Path, dest: Path) -> UserError:
 
 def export(ckpt: str, out: str, overwrite: bool = False, echo: Callable[[str], None] = print) -> list[Path]:
     """Write the best (else last) checkpoint of `ckpt` (a run directory or a .ckpt file) into folder `out`
-    (config.json + model.safetensors). Returns the files written, under `out`."""
+    (config.json + model.safetensors + the checkpoint's tokenizer files). Returns the files written, under `out`."""
     source = find_checkpoint(ckpt, prefer="best")
     dest = user_path(out)
     replacing = check_destination(dest, out, overwrite)
@@ -60,7 +60,7 @@ def export(ckpt: str, out: str, overwrite: bool = False, echo: Callable[[str], N
     try:
         model, _ = model_from_checkpoint(source)
         try:
-            written = write_hf_folder(model, tmp)
+            written = write_hf_folder(model, tmp, tokenizer=True)  # the checkpoint's tokenizer too: AutoTokenizer loads it offline
             _swap_into_place(tmp, dest)
         except OSError as e:
             raise _cannot_write(out, e, tmp, dest) from None

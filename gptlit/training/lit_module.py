@@ -37,12 +37,16 @@ def lr_factor(step: int, warmup: int, total: int, scheduler: str, min_ratio: flo
 class GPTLitModule(L.LightningModule):
     """Wraps a GPT. Hyperparameters are plain dicts, so checkpoints load with weights_only=True."""
 
-    def __init__(self, model: dict, optim: dict | None = None, compile: bool = False):
+    def __init__(self, model: dict, optim: dict | None = None, compile: bool = False, tokenizer=None):
+        """tokenizer: the run's (gptlit.model.tokenizer.Tokenizer; None = GPT-2's). Every checkpoint stores it
+        (`checkpoint["tokenizer"]`, Tokenizer.spec: its tokenizer.json, or the name gpt2), and the model
+        carries it (model.tokenizer) for the texts sampled while training."""
         super().__init__()
         model = dict(model)
         optim = validate_optim(dict(optim or {}))
         self.save_hyperparameters({"model": GPTConfig.from_dict(model).to_dict(), "optim": optim, "compile": compile})
         self.model = GPT(GPTConfig.from_dict(self.hparams.model))
+        self.model.tokenizer = tokenizer
         self.tokens_seen = 0  # training tokens over all ranks, kept in checkpoints
         self._val_sum = self._val_count = None
         self._t_last, self._window = None, 0  # tokens/s: start of the current window, tokens in it
@@ -238,6 +242,25 @@ class GPTLitModule(L.LightningModule):
     # checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
         checkpoint["gptlit"] = {"tokens_seen": int(self.tokens_seen), "format": 1}
+        checkpoint["tokenizer"] = self.tokenizer_spec
+
+    @property
+    def tokenizer_spec(self) -> dict:
+        from gptlit.model.tokenizer import tokenizer_of
+
+        return _spec(tokenizer_of(self.model))
 
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = int(checkpoint.get("gptlit", {}).get("tokens_seen", 0))
+
+
+_SPECS: dict = {}
+
+
+def _spec(tokenizer) -> dict:
+    """tokenizer.spec(), computed once per tokenizer (a trained BPE's is its whole tokenizer.json)."""
+    key = id(tokenizer)
+    if key not in _SPECS:
+        _SPECS.clear()
+        _SPECS[key] = (tokenizer, tokenizer.spec())
+    return _SPECS[key][1]
