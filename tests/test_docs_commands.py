@@ -40,7 +40,7 @@ from conftest import write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
-SCRIPTS = ("train.py", "sample.py", "eval.py", "export.py", "report.py")
+SCRIPTS = ("train.py", "sample.py", "eval.py", "export.py", "report.py", "compress.py")
 MARK = re.compile(r"#.*?\bnot run in CI: (.+?)\s*$")
 CI_RUN = ROOT / ".ci" / "run"
 
@@ -223,6 +223,9 @@ class Workspace:
         web.mkdir()
         for i in range(2):
             shutil.copy(corpus, web / f"part-{i}.txt")
+        shutil.copytree(web, r / "corpus")
+        shutil.copy(FIXTURES / "chinese.txt", r / "chinese.txt")  # docs/data.md's own-language commands
+        shutil.copy(corpus, r / "english.txt")
         self.table |= {"/data/web-text/": f"{web}/", "task.path=...": "task.path=hellaswag_val.jsonl",
                        "bench.path=...": "bench.path=hellaswag_val.jsonl"}
 
@@ -240,7 +243,18 @@ class Workspace:
                          "drop_rate": 0.0, "qkv_bias": False})
         torch.save(book.state_dict(), self.root / "gpt2-tiny.pth")
         # emb_dim 32 is none of GPT-2's sizes: the number of heads is given (the real file needs none)
+        # a model folder holding a tokenizer.json (docs/data.md's /models/Qwen2.5-0.5B): a small byte-level BPE
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train([str(self.root / "corpus.txt")], trainers.BpeTrainer(
+            vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        (self.root / "models" / "qwen").mkdir(parents=True)
+        tok.save(str(self.root / "models" / "qwen" / "tokenizer.json"))
         self.table |= {"/models/gpt2": str(self.root / "models" / "gpt2"),
+                       "/models/Qwen2.5-0.5B": str(self.root / "models" / "qwen"),
                        "model.init_from=gpt2-small-124M.pth": "model.init_from=gpt2-tiny.pth model.n_heads=2"}
 
     def substitute(self, text: str) -> str:
