@@ -56,6 +56,51 @@ def test_loader_iterated_before_set_epoch_resumes_right(workers):
     assert torch.cat(list(it)).tolist() == want
 
 
+def test_global_order_is_shuffled_dataloaders_and_draws_what_it_draws():
+    """data.order=global: the order of DataLoader(shuffle=True) seeded through torch.manual_seed, and the
+    global generator left exactly where such a loader leaves it, epoch after epoch; a resume mid-epoch
+    takes the drawn seed and draws nothing."""
+    from gptlit.data.sampler import TrainOrder
+
+    ds = torch.arange(19)
+    torch.manual_seed(7)
+    book = DataLoader(ds, batch_size=2, shuffle=True, drop_last=True)
+    want = [torch.cat(list(book)).tolist() for _ in range(3)]
+    after = torch.rand(4)
+
+    torch.manual_seed(7)
+    order = TrainOrder(mode="global")
+    sampler = order.sampler(ds, 2, True)
+    loader = DataLoader(ds, batch_size=2, sampler=sampler, drop_last=True, generator=torch.Generator())
+    got = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        got.append(torch.cat(list(loader)).tolist())
+        if epoch == 1:
+            seed_1 = order.seed
+    assert got == want and len(got[0]) == 18
+    assert torch.equal(torch.rand(4), after)
+
+    resumed_order = TrainOrder(seed_1, epoch=1, start_batch=3, mode="global")
+    resumed = resumed_order.sampler(ds, 2, True)
+    state = torch.get_rng_state()
+    assert list(resumed) == want[1][6:] and torch.equal(torch.get_rng_state(), state)
+    resumed.set_epoch(2)
+    drawn = []
+    resumed_order.before_draw = lambda: drawn.append(True)
+    assert len(list(resumed)) == 18 and drawn == [True]  # the next epoch draws, after before_draw
+
+
+def test_global_order_is_one_process_only():
+    from gptlit.data.sampler import TrainOrder
+
+    class Trainer:
+        world_size, global_rank = 2, 0
+
+    with pytest.raises(UserError, match="data.order=global runs on one process, this run has 2"):
+        TrainOrder(mode="global").sampler(list(range(10)), 2, True, Trainer())
+
+
 # ---- in-process: refusals, old checkpoints, cadence, checkpoint files ---------------------------------
 
 

@@ -248,6 +248,15 @@ def test_weight_decay_groups(make_cfg):
     assert n == sum(p.numel() for p in module.model.parameters())
 
 
+def test_decay_all_decays_every_parameter(make_cfg):
+    _, module, _, _ = build(make_cfg("optim.decay_all=true"))
+    opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    (group,) = opt.param_groups  # the book's AdamW(model.parameters(), weight_decay=0.1)
+    assert group["weight_decay"] == 0.1
+    assert [id(p) for p in group["params"]] == [id(p) for p in module.model.parameters()]
+
+
 def test_gradient_clipping_with_fused_adamw(make_cfg, corpus, tmp_path):
     # fused AdamW runs on CPU in recent torch; clipping must work with it
     cfg = make_cfg("data=text", f"data.path={corpus}", "optim.fused=true", "optim.grad_clip=0.5",

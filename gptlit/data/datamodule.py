@@ -48,7 +48,7 @@ class GPTDataModule(L.LightningDataModule):
         self.tokens: TokenFile | None = None
         self.train_set = self.val_set = None
         self.loader_batch_size = self.config.batch_size  # what a DataLoader batch holds (see set_plan)
-        self.order = TrainOrder()  # shuffle seed and resume position of the train loader (see set_plan)
+        self.order = TrainOrder(mode=self.config.order)  # shuffle seed and resume position of the train loader (see set_plan)
 
     def set_plan(self, *, micro_batch_size: int | None = None, order: TrainOrder | None = None) -> None:
         """What a training run decides once the datamodule is built; call it before the loaders are made.
@@ -156,8 +156,8 @@ class GPTDataModule(L.LightningDataModule):
         )
 
     def train_sampler(self, trainer=None):
-        """The training order: shuffled per epoch with the seed, each rank its shard, resumable mid-epoch
-        (gptlit/data/sampler.py)."""
+        """The training order: shuffled per epoch with the seed, each rank its shard, resumable mid-epoch;
+        or, with data.order=global, DataLoader(shuffle=True)'s (gptlit/data/sampler.py)."""
         # batches of data.batch_size (an incomplete last one dropped), read in micro-batches: the same
         # samples in the same order whatever the micro-batch size
         return self.order.sampler(self.train_set, self.loader_batch_size, len(self.train_set) >= self.config.batch_size,
