@@ -204,16 +204,14 @@ def run_args(corpus, logdir: Path) -> list[str]:
         "model=nano", "model.drop_rate=0.1", "data=text", f"data.path={corpus}", "data.max_length=32",
         "data.batch_size=8", "trainer.max_epochs=2", "trainer.val_check_interval=5", "trainer.limit_val_batches=2",
         "sampling.every_n_steps=0", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
-        "logger.tensorboard=null", "callbacks.lr_monitor=null",
+        "callbacks.last_checkpoint.every_n_train_steps=3", "logger.tensorboard=null", "callbacks.lr_monitor=null",
         "callbacks.loss_plot=null", "+callbacks.steps._target_=resume_probe.StepLog", f"+callbacks.steps.dirpath={logdir}",
     ]
 
 
 def train(tmp_path, corpus, name, *extra, ckpt=None, timeout=120):
     """train.py in a subprocess in its own session (a kill takes its DDP ranks with it); steps logged to log/<name>."""
-    every = [] if any(a.startswith("callbacks.last_checkpoint.every_n_train_steps=") for a in extra) \
-        else ["callbacks.last_checkpoint.every_n_train_steps=3"]
-    args = [*run_args(corpus, tmp_path / "log" / name), *every, f"hydra.run.dir={tmp_path / name}", *extra,
+    args = [*run_args(corpus, tmp_path / "log" / name), f"hydra.run.dir={tmp_path / name}", *extra,
             *([f"ckpt_path={ckpt}"] if ckpt else [])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True,
@@ -228,8 +226,7 @@ def reference(tmp_path_factory):
     from conftest import compose_cfg, write_corpus
 
     tmp = tmp_path_factory.mktemp("reference")
-    run(compose_cfg([*run_args(write_corpus(tmp), tmp / "log"), "callbacks.last_checkpoint.every_n_train_steps=3"],
-                    tmp / "run"))
+    run(compose_cfg(run_args(write_corpus(tmp), tmp / "log"), tmp / "run"))
     return _rows(tmp / "log")
 
 
@@ -263,9 +260,9 @@ def test_kill_anywhere_and_resume_is_the_same_run(tmp_path, corpus, workers, ref
 @pytest.mark.slow
 def test_global_order_kill_and_resume_is_the_same_run(tmp_path, corpus):
     """data.order=global with the book's evaluation (both draw from torch's global generator): resumed at an
-    epoch's end (step 14, killed at 15 before its validation; the next epoch's order drawn from the checkpoint's RNG states) and mid-epoch
-    (step 21, the drawn seed taken from the checkpoint), every step is the uninterrupted run's."""
-    glob = ["callbacks.last_checkpoint.every_n_train_steps=7", "data.order=global",
+    epoch's end (last.ckpt of step 14's validation: the next epoch's order is drawn from its RNG states)
+    and mid-epoch (step 21's: the drawn seed is the checkpoint's), every step is the uninterrupted run's."""
+    glob = ["trainer.val_check_interval=7", "callbacks.last_checkpoint.every_n_train_steps=0", "data.order=global",
             "+callbacks.book_eval._target_=gptlit.training.callbacks.BookEval", "+callbacks.book_eval.eval_iter=2"]
     r, _ = train(tmp_path, corpus, "ref", *glob, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

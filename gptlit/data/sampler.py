@@ -186,12 +186,12 @@ def corpus_digest(tokens, pieces: int = 64, width: int = 64) -> str:
 
 
 def order_fingerprint(dataset, batch_size: int, world_size: int, micro_batch_size: int | None = None,
-                      order: str = "sampler") -> dict:
+                      order: str | None = None) -> dict:
     """Everything the data order depends on besides the seed: a resume is exact only where all match.
     The position is counted in DataLoader batches, so the micro-batch size must match too. data.order
     is an entry only when it is global (checkpoints of the sampler order never had one)."""
     tokens = getattr(dataset, "tokens", None)
-    return {**({"order": order} if order != "sampler" else {}),
+    return {**({"order": order} if order == "global" else {}),
         "batch_size": int(batch_size),
         "micro_batch_size": int(micro_batch_size or batch_size),
         "world_size": int(world_size),

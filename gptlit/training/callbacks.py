@@ -102,6 +102,8 @@ class BookEval(L.Callback):
     train/eval_loss (fixed train windows spread over the split) its train loss is a random half of the
     training windows, drawn anew each time; unlike val/loss it sees only the first eval_iter val batches."""
 
+    draws_at_step_end = True  # its draws belong to the step: ExactResume's snapshot comes after them
+
     def __init__(self, eval_freq: int = 5, eval_iter: int = 5):
         for name, v in (("eval_freq", eval_freq), ("eval_iter", eval_iter)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

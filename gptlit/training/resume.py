@@ -235,5 +235,8 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
     tracker = ExactResume(fingerprint, order.seed, per_epoch)
     if mode == "global":
         tracker.order, order.before_draw = order, tracker.restore_rng_now
-    trainer.callbacks.insert(0, tracker)
+    # first, so the checkpoint callbacks see this step's state; after any callback that draws from the RNGs at
+    # a step's end as part of the step (gptlit.training.callbacks.BookEval), so the snapshot includes its draws
+    after = [i + 1 for i, c in enumerate(trainer.callbacks) if getattr(c, "draws_at_step_end", False)]
+    trainer.callbacks.insert(max(after, default=0), tracker)
     return tracker
