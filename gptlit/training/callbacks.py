@@ -139,8 +139,9 @@ class BookEval(L.Callback):
             return
         self._done_at = step
         train, val = self.losses(trainer, pl_module)
-        pl_module.log("book/train_loss", train)
-        pl_module.log("book/val_loss", val)
+        # straight to the loggers, once: a self.log here would be written again at every later step
+        for logger in trainer.loggers:
+            logger.log_metrics({"book/train_loss": train, "book/val_loss": val}, step=step)
 
 
 class StepTime(L.Callback):
