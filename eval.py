@@ -1,56 +1,10 @@
 #!/usr/bin/env python
 """Evaluate a model beyond perplexity.  python eval.py ckpt=<run dir or .ckpt> bench=<task> [key=value ...]
 
-  python eval.py ckpt=outputs/2026-01-01/12-00-00 bench=bpb data=text data.path=corpus.txt   # loss, ppl, bits per byte
-  python eval.py ckpt=<run dir> bench=hellaswag bench.path=hellaswag_val.jsonl                  # acc, acc_norm
-  python eval.py ckpt=<run dir> bench=lambada bench.path=lambada_test.jsonl                     # last-word accuracy
-  python eval.py init_from=/models/gpt2 bench=hellaswag bench.path=hellaswag_val.jsonl          # Hugging Face GPT-2 weights
-  python eval.py ckpt=<run A> compare=<run B> bench=hellaswag bench.path=...                    # paired difference A - B
-  python eval.py -m ckpt=<run dir> bench=hellaswag,lambada                                     # several tasks (eval_data/)
-  python eval.py --help                                                                       # every value
-
-The tasks: conf/bench/ (gptlit.evaluation.tasks.TASKS). The key was `task` before; task=... still works.
-Every score comes with n and a 95% interval; eval.json and TensorBoard scalars go to the output folder.
-Benchmark files are never downloaded here (docs/evaluation.md: where to get them, once).
+The command line is gptlit.commands.eval (installed as gptlit-eval); `python eval.py --help` says more.
 """
 
-from __future__ import annotations
-
-import re
-from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig
-
-from gptlit.core.errors import exit_on_user_error
-from gptlit.core.launch_env import register_resolvers
-from gptlit.run.config_store import register_configs
-
-register_resolvers()  # conf/hydra/job_logging/gptlit.yaml uses one
-register_configs()  # the data group's base (gptlit.data.config.DataConfig): bench=bpb's corpus
-
-
-def old_task_key(argv: list[str]) -> list[str]:
-    """eval.py's `task` key, as it was spelled before it became `bench` (task=hellaswag, task.path=...), read as bench."""
-    return [argv[0], *(re.sub(r"^([+~]*)task(?=[.=@]|$)", r"\1bench", a) for a in argv[1:])]
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    """A bad value or file ends with one line on stderr and exit code 2, as in train.py."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from gptlit.evaluation.evaluate import evaluate
-
-    with exit_on_user_error():
-        evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
-
+from gptlit.commands.eval import main
 
 if __name__ == "__main__":
-    import sys
-
-    from gptlit.core.cli import check_group_options, hydra_argv
-
-    sys.argv = hydra_argv(old_task_key(sys.argv))  # values with non-ASCII characters (bench.path=中文.jsonl) quoted for Hydra
-    check_group_options(sys.argv[1:], Path(__file__).parent / "conf")  # bench=hellaswg: one line, exit 2
     main()

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["train.py", "sample.py", "export.py", "eval.py", "report.py"]
+COMMANDS = ["train.py", "sample.py", "export.py", "eval.py", "report.py", "compress.py"]
 
 DOTTED = re.compile(r"(?<![\w./-])gptlit(?:\.[A-Za-z_]\w*)+")
 PATH = re.compile(
@@ -150,7 +150,7 @@ def test_code_fences_are_closed():
 
 @pytest.mark.parametrize("text, expected", [
     ("see gptlit.core.errors.UserError.", {"gptlit.core.errors.UserError"}),
-    ("`python -m gptlit.report`", {"gptlit.report"}),
+    ("`python -m gptlit.commands.report`", {"gptlit.commands.report"}),
     ("a/gptlit.x", set()),
 ])
 def test_the_scan_finds_names(text, expected):

@@ -6,6 +6,7 @@ Parity is checked against transformers' GPT2LMHeadModel with tiny random weights
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import subprocess
 import sys
@@ -498,3 +499,94 @@ def test_export_cli_refuses_with_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.qkv_bias=false cannot be expressed" in err
     assert not (tmp_path / "out").exists()
+
+
+# export.py: an existing export, a read-only folder, an atomic overwrite ----------------------------
+def nano_checkpoint(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    cfg = GPTConfig.from_name("nano")
+    state = {f"model.{k}": v for k, v in GPT(cfg).state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"model": cfg.to_dict()}}, path)
+    return path
+
+
+def folder_bytes(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_export_over_an_existing_export_needs_overwrite_and_replaces_it_whole(tmp_path, capsys, monkeypatch):
+    from gptlit.run import export as export_module
+
+    a, b = nano_checkpoint(tmp_path / "a.ckpt", 0), nano_checkpoint(tmp_path / "b.ckpt", 1)
+    out = tmp_path / "exported"
+    export_cli().main([f"ckpt={a}", f"out={out}"])
+    first = folder_bytes(out)
+    assert sorted(first) == ["config.json", "model.safetensors"]
+    capsys.readouterr()
+
+    # before: the second export replaced the first silently
+    with pytest.raises(SystemExit) as e:
+        export_cli().main([f"ckpt={b}", f"out={out}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err == f"error: out={out} already holds an export ({out}); add overwrite=true to replace it, or give another folder\n"
+    assert folder_bytes(out) == first
+
+    # a failure while the new export is written leaves the old one whole, and no temporary folder
+    def half_then_fail(model, folder):
+        (Path(folder) / "config.json").write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "model.safetensors"))
+
+    monkeypatch.setattr(export_module, "write_hf_folder", half_then_fail)
+    with pytest.raises(SystemExit) as e:
+        export_cli().main([f"ckpt={b}", f"out={out}", "overwrite=true"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: cannot write out={out}: no space left on the device (")
+    assert folder_bytes(out) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt", "exported"]
+    monkeypatch.undo()
+
+    export_cli().main([f"ckpt={b}", f"out={out}", "overwrite=true"])
+    assert f"replaced the export that was in {out}" in capsys.readouterr().out
+    second = folder_bytes(out)
+    assert second["model.safetensors"] != first["model.safetensors"]
+    from gptlit.interop.hf import load_pretrained
+    from gptlit.interop.checkpoints import model_from_checkpoint
+
+    want, _ = model_from_checkpoint(b)
+    got = load_pretrained(out)
+    torch.testing.assert_close(got.state_dict()["tok_emb.weight"], want.state_dict()["tok_emb.weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt", "exported"]  # the old one removed
+
+
+def test_export_never_replaces_a_folder_of_other_files(tmp_path, capsys):
+    ckpt = nano_checkpoint(tmp_path / "a.ckpt", 0)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as e:
+        export_cli().main([f"ckpt={ckpt}", f"out={tmp_path / 'notes'}", "overwrite=true"])
+    assert e.value.code == 2 and "is a folder of other files" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    export_cli().main([f"ckpt={ckpt}", f"out={tmp_path / 'empty'}"])  # a new folder, parents made
+    (tmp_path / "empty2").mkdir()
+    export_cli().main([f"ckpt={ckpt}", f"out={tmp_path / 'empty2'}"])  # an empty folder is no export
+    assert sorted(p.name for p in (tmp_path / "empty2").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_export_into_a_read_only_folder_is_one_line(tmp_path, capsys):
+    # before: 13-28 lines of tracebacks (PermissionError / OSError: read-only file system), exit 1
+    ckpt = nano_checkpoint(tmp_path / "a.ckpt", 0)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({r.stderr.strip() or r.returncode}); needs root")
+    try:
+        with pytest.raises(SystemExit) as e:
+            export_cli().main([f"ckpt={ckpt}", f"out={ro / 'exported'}"])
+    finally:
+        subprocess.run(["umount", str(ro)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err == (f"error: cannot write out={ro / 'exported'}: read-only file system ({ro / 'exported'}); "
+                   f"nothing was written; choose another folder with out=<folder>\n")

@@ -198,6 +198,7 @@ def test_unwritable_place_for_the_run_directory_is_one_line(launched, tmp_path, 
     assert len(err.splitlines()) == 1 and err.startswith("error: cannot create the run directory outputs/2026-01-01/")
 
 
+@pytest.mark.slow  # long and rarely broken: moved out of the fast suite (issue 28)
 def test_two_runs_started_in_the_same_second_get_two_directories(tmp_path, corpus):
     # two real train.py processes, started together, Hydra's clock stopped at one second for both
     # (tests/rundir_probe.py): before, both wrote into outputs/2026-01-01/12-00-00

@@ -92,6 +92,7 @@ def test_mfu_logged_only_with_a_known_peak(make_cfg, corpus, monkeypatch):
     assert {"train/mfu", "train/tokens_per_sec"} <= set(LogStepProgressBar.SHOWN) & set(m)
 
 
+@pytest.mark.slow  # long and rarely broken: moved out of the fast suite (issue 28)
 def test_sampling_time_is_not_counted_as_training(make_cfg, corpus, monkeypatch):
     """A fake clock, so the check does not depend on the machine's speed: every reading of the
     clock advances it by 1 ms, and each text sample takes 1000 s of it."""
@@ -205,6 +206,7 @@ def _plain_step_syncs(module, batch) -> tuple[int, int]:
     return sum(e.name == SYNC for e in prof.events()), sum(e.name == NORM for e in prof.events())
 
 
+@pytest.mark.slow  # long and rarely broken: moved out of the fast suite (issue 28)
 @pytest.mark.parametrize("at, logs", [(4, False), (3, True)])
 def test_a_step_that_does_not_log_reads_no_more_values_than_a_plain_loop(make_cfg, corpus, at, logs):
     from gptlit.training.guard import LossGuard

@@ -130,6 +130,7 @@ def test_bad_command_line_is_a_user_error():
     assert type(make_pruner({"name": "hyperband", "options": {"min_resource": 2}})).__name__ == "HyperbandPruner"
 
 
+@pytest.mark.slow  # long and rarely broken: moved out of the fast suite (issue 28)
 def test_bad_search_space_exits_2_before_any_trial(tmp_path):
     # on train.py's command line (checked before Hydra parses it; Hydra's own parse errors take four lines) ...
     sweep = tmp_path / "s"
@@ -232,6 +233,7 @@ def test_a_continued_search_draws_what_an_uninterrupted_one_draws(tmp_path):
 
 # ---- pruning -------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # long and rarely broken: moved out of the fast suite (issue 28)
 def test_median_pruner_stops_a_trial_worse_than_the_median(tmp_path):
     # val/loss of trial n at step s is offsets[n] + 1/s. Trial 2 (1.5 + 1/s) stays below the median of
     # trials 0 and 1 (2 + 1/s) and runs on; trial 3 (10.0 at step 1, median 2.5) is pruned at its first report
@@ -258,6 +260,7 @@ def test_median_pruner_stops_a_trial_worse_than_the_median(tmp_path):
     assert (sweep / "sweep_val_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # long and rarely broken: moved out of the fast suite (issue 28)
 def test_failed_and_nan_trials_are_failed_and_the_search_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
     r = app(tmp_path, "hydra.sweeper.n_trials=5", "fail=1", "nan=2", "offsets=[5,0,-9,1,2]",

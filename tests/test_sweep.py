@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from gptlit.core.errors import UserError
-from gptlit.run.report import build_report, label, main as report_main, read_jobs
+from gptlit.commands.report import main as report_main
+from gptlit.run.report import build_report, label, read_jobs
 from gptlit.run.build import build
 from gptlit.run.runner import run
 
@@ -160,6 +161,7 @@ def test_job_result_and_hparams(make_cfg, corpus, tmp_path):
     assert scalars["hparams/final_val_loss"] == [pytest.approx(losses[-1])]
 
 
+@pytest.mark.slow  # long and rarely broken: moved out of the fast suite (issue 28)
 def test_resumed_job_keeps_its_val_curve(corpus, tmp_path):
     from conftest import TINY, compose_cfg
 
@@ -217,6 +219,7 @@ def test_ctrl_c_is_interrupted_not_failed(make_cfg, corpus, tmp_path, monkeypatc
 
 # ---- loggers ------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # long and rarely broken: moved out of the fast suite (issue 28)
 def test_several_loggers_at_once(make_cfg, corpus, tmp_path):
     cfg = make_cfg("data=text", f"data.path={corpus}", "logger=[tensorboard,csv]", "trainer.max_steps=4",
                    "trainer.val_check_interval=2", "trainer.log_every_n_steps=1")
@@ -243,6 +246,7 @@ def test_missing_tracker_package_is_one_line(make_cfg, monkeypatch):
             build(make_cfg(f"logger={choice}"))
 
 
+@pytest.mark.slow  # long and rarely broken: moved out of the fast suite (issue 28)
 @pytest.mark.skipif(not has_module("wandb"),
                     reason="wandb is not installed (pip install -e '.[trackers]')")
 def test_wandb_offline(make_cfg, corpus, tmp_path, monkeypatch):

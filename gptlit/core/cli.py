@@ -7,8 +7,9 @@ a list or a dict) that holds a non-ASCII character. ASCII arguments, flags
 (-m, --cfg job, --config-name x), `+`/`~`/`++` prefixes and values already in quotes pass unchanged,
 so the rewrite is idempotent: a command printed from Hydra's recorded overrides runs again as is.
 
-train.py, sample.py and eval.py (every Hydra command line) call hydra_argv, then check_group_options,
-on sys.argv before @hydra.main.
+train.py, sample.py and eval.py (every Hydra command line: gptlit.commands) call hydra_argv, then
+check_group_options, on sys.argv before @hydra.main. export.py and report.py, which have no config,
+read their key=value arguments with parse_key_values.
 """
 
 from __future__ import annotations
@@ -161,8 +162,10 @@ def shell_quote(arg: str) -> str:
 
 
 def command_line(script: str, overrides: list[str]) -> str:
-    """`python <script> <overrides>`, each override as typed and quoted for a POSIX shell."""
-    return " ".join(["python", script, *(shell_quote(typed(o)) for o in overrides)])
+    """`python <script> <overrides>` (an installed entry point, `gptlit-train`, without `python`), each
+    override as typed and quoted for a POSIX shell."""
+    head = ["python", script] if script.endswith(".py") else [script]
+    return " ".join([*head, *(shell_quote(typed(o)) for o in overrides)])
 
 
 _OPTION_NAME = re.compile(r"[\w.\-]+")
@@ -212,3 +215,53 @@ def check_group_options(args: list[str], conf_dir) -> None:
             print(f"error: {group}={bad[0]} is not a {group} option: use one of {', '.join(sorted(options))}",
                   file=sys.stderr, flush=True)
             sys.exit(2)
+
+
+# ---- the command lines that are no Hydra app (export.py, report.py): one small parser ----------------
+
+_KEY = re.compile(r"-{0,2}[A-Za-z_][\w.]*")
+
+
+def parse_key_values(argv: list[str], keys: dict[str, str], usage: str, doc: str = "",
+                     positional: str | None = None) -> dict:
+    """`key=value` arguments (also `--key=value` and `--key value`), as the Hydra command lines take them,
+    for a command line without a config (export.py, report.py). `keys` maps each key to its default (""
+    = required; "false" = a flag taking true or false, returned as a bool). `positional` names the key a
+    bare argument fills (report.py's sweep directory). -h/--help prints `doc` and exits 0; a bad argument
+    is a UserError naming it with `usage`."""
+    from gptlit.core.errors import UserError
+
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print((doc or usage).strip())
+        sys.exit(0)
+    args: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        named = "=" in a and (a.lstrip("-").split("=", 1)[0] in keys or _KEY.fullmatch(a.split("=", 1)[0]))
+        if named:  # not a path that holds "=" (a sweep job's folder, 0_model=nano,...): that is positional
+            key, value = a.lstrip("-").split("=", 1)
+        elif a.startswith("--") and i + 1 < len(argv):
+            key, value = a[2:], argv[i + 1]
+            i += 1
+        elif positional and not a.startswith("-") and positional not in args:
+            key, value = positional, a
+        else:
+            raise UserError(f"cannot read argument {a!r}; {usage}")
+        if key not in keys:
+            raise UserError(f"unknown argument {key}; {usage}")
+        args[key] = value
+        i += 1
+    out: dict = {}
+    for key, default in keys.items():
+        value = args.get(key, default)
+        if default in ("false", "true"):
+            if value.lower() not in ("true", "false"):
+                raise UserError(f"{key}={value} must be true or false")
+            out[key] = value.lower() == "true"
+        elif not value:
+            what = f"the {key.replace('_', ' ')}" if key == positional else f"{key}="
+            raise UserError(f"{what} is missing; {usage}")
+        else:
+            out[key] = value
+    return out

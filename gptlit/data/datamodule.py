@@ -36,6 +36,7 @@ class GPTDataModule(L.LightningDataModule):
                       seconds if that one never started (gptlit.run.build passes dist_timeout_s;
                       see prepare_tokens); None = wait as long as it takes
       set_plan(...)   the micro-batch size and the training data order, once they are known
+      use_tokenizer   the run's tokenizer (a gptlit.model.tokenizer.Tokenizer); until set, GPT-2's
     `base` is positional-only: data.config (a Hugging Face dataset's configuration) is a keyword.
     """
 
@@ -49,7 +50,22 @@ class GPTDataModule(L.LightningDataModule):
         self.tokens: TokenFile | None = None
         self.train_set = self.val_set = None
         self.loader_batch_size = self.config.batch_size  # what a DataLoader batch holds (see set_plan)
-        self.order = TrainOrder()  # shuffle seed and resume position of the train loader (see set_plan)
+        self.order = TrainOrder(mode=self.config.order)  # shuffle seed and resume position of the train loader (see set_plan)
+        self._tokenizer = None  # the run's Tokenizer (use_tokenizer); None: GPT-2's
+
+    def use_tokenizer(self, tokenizer) -> None:
+        """The tokenizer of this corpus' tokens (a gptlit.model.tokenizer.Tokenizer; gptlit.data.tokenizer_cache.resolve
+        makes the one a `tokenizer` group node names). Refused once the tokens are read with another one."""
+        if self.cached is not None and tokenizer.fingerprint != self.tokenizer.fingerprint:
+            raise ValueError(f"the tokens are already read with {self.tokenizer.describe()}, not {tokenizer.describe()}")
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self):
+        """The run's tokenizer: the one use_tokenizer gave, else GPT-2's."""
+        from gptlit.model.tokenizer import gpt2
+
+        return self._tokenizer or gpt2()
 
     def set_plan(self, *, micro_batch_size: int | None = None, order: TrainOrder | None = None) -> None:
         """What a training run decides once the datamodule is built; call it before the loaders are made.
@@ -88,14 +104,17 @@ class GPTDataModule(L.LightningDataModule):
         from gptlit.core.launch_env import prepares_data
 
         if self.cached is None or not os.path.isfile(self.cached.path):
+            tokenizer = self.tokenizer
             self.cached = ensure(self.corpus(), self.token_cache_dir(), self.config.num_proc,
-                                 preparer=prepares_data(bool(self.config.prepare_per_node)), wait_s=self.prepare_wait_s)
+                                 preparer=prepares_data(bool(self.config.prepare_per_node)), wait_s=self.prepare_wait_s,
+                                 tokenizer=tokenizer)
         return self.cached
 
     def setup(self, stage: str | None = None):
         if self.tokens is not None:
             return
-        tokens = TokenFile(self.prepare_tokens().path)
+        cached = self.prepare_tokens()
+        tokens = TokenFile(cached.path, dtype=cached.dtype)
         n = len(tokens)
         cut = split_point(n, self.config.val_fraction)
         train, val = tokens.span(0, cut), tokens.span(cut, n)
@@ -157,8 +176,8 @@ class GPTDataModule(L.LightningDataModule):
         )
 
     def train_sampler(self, trainer=None):
-        """The training order: shuffled per epoch with the seed, each rank its shard, resumable mid-epoch
-        (gptlit/data/sampler.py)."""
+        """The training order: shuffled per epoch with the seed, each rank its shard, resumable mid-epoch;
+        or, with data.order=global, DataLoader(shuffle=True)'s (gptlit/data/sampler.py)."""
         # batches of data.batch_size (an incomplete last one dropped), read in micro-batches: the same
         # samples in the same order whatever the micro-batch size
         return self.order.sampler(self.train_set, self.loader_batch_size, len(self.train_set) >= self.config.batch_size,

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -66,6 +67,20 @@ def download(url: str, sha256: str | None, dest: Path, timeout: float = 30.0) ->
     return dest
 
 
+def not_a_regular_file(path: str, p: Path) -> str | None:
+    """Why data.path cannot be read as a corpus although it exists (a named pipe, a device), else None."""
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    what = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    # a corpus is read more than once (its hash keys the token cache; the tokenizing processes read pieces of it)
+    return (f"data.path={path}: {p} is {what}, not a regular file; gptlit reads a corpus more than once, so write "
+            f"the text to a file first (e.g. cat {path} > corpus.txt) and give that file")
+
+
 def find_text_files(path: str) -> list[Path]:
     """A file, every file under a folder that a reader takes (gptlit.data.readers), or the matches of a glob, sorted."""
     p = user_path(path)
@@ -85,6 +100,8 @@ def find_text_files(path: str) -> list[Path]:
         if files:
             return files
         raise UserError(f"data.path={path}: the glob {p} matches no files; check the pattern")
+    if why := not_a_regular_file(path, p):
+        raise UserError(why)
     raise UserError(
         f"data.path={path}: no such file or folder ({p}); give a text file, a folder of .txt files or a glob"
     )
@@ -154,8 +171,14 @@ class Url(Source):
         if not cfg.url and not cfg.path:
             raise UserError("data.source=url needs data.url=<address>")
         if cfg.path:
-            if not user_path(cfg.path).is_file():
-                raise UserError(f"data.path={cfg.path}: no such file ({user_path(cfg.path)})")
+            p = user_path(cfg.path)
+            if not p.is_file():
+                if why := not_a_regular_file(cfg.path, p):
+                    raise UserError(why)
+                name = Path(cfg.url.split("?")[0]).name if cfg.url else "the file"
+                fix = (f"give the path of your copy of {name}, or leave data.path out to download it once from {cfg.url}"
+                       if cfg.url else "give the path of a local copy, or data.url=<address> to download it")
+                raise UserError(f"data.path={cfg.path}: no such file ({p}); {fix}")
             check_readers([user_path(cfg.path)])
 
     def corpus(self, cfg):

@@ -1,8 +1,9 @@
 """A corpus tokenized once into a flat token file on disk, and read back through a memory map.
 
 `ensure(corpus)` returns the token file of a corpus, tokenizing it first if the cache holds no
-complete file for it. The file is the corpus' GPT-2 ids, documents joined with <|endoftext|>,
-as little-endian uint16, with a small JSON file beside it (dtype, token and document counts,
+complete file for it. The file is the corpus' ids under the run's tokenizer (GPT-2's by default;
+gptlit.model.tokenizer), documents joined with its end-of-text token, as little-endian uint16 (uint32
+for a vocabulary over 65,536), with a small JSON file beside it (dtype, token and document counts,
 the cache key, the format version). Its name carries a hash of everything that decides the
 tokens: the files' resolved paths, sizes and modification times (pydocs: the text itself),
 the tokenizer's fingerprint, the separator, the settings the corpus' readers declare (e.g.
@@ -38,13 +39,19 @@ from gptlit.core.files import atomic_file, atomic_write, remove_stale_partials
 from gptlit.core.file_lock import ProcessLock
 from gptlit.data.config import DataConfig
 from gptlit.data.readers import DOCUMENTS, Corpus, Piece, reader_for
-from gptlit.model.tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, encode, fingerprint, get_tokenizer
+from gptlit.model.tokenizer import VOCAB_SIZE, Tokenizer, gpt2
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DTYPE = np.dtype("<u2")  # GPT-2's 50,257 ids fit in 16 bits
 assert VOCAB_SIZE <= 1 << 16
+_TOKENIZER: Tokenizer | None = None  # the tokenizer of the preparation under way, inherited by the forked processes
+
+
+def dtype_for(tokenizer: Tokenizer) -> np.dtype:
+    """uint16 while the ids fit (GPT-2's and most trained BPEs), else uint32."""
+    return DTYPE if tokenizer.vocab_size <= 1 << 16 else np.dtype("<u4")
 PIECE_BYTES = 4 << 20  # bytes of text per piece sent to a tokenizing process
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
@@ -62,6 +69,7 @@ class CachedTokens:
     n_documents: int
     built: bool  # True if this call tokenized the corpus, False if it found it in the cache
     seconds: float
+    dtype: np.dtype = DTYPE
 
 
 def default_num_proc() -> int:
@@ -71,9 +79,12 @@ def default_num_proc() -> int:
 # ---- the cache key and the files -----------------------------------------------------------------
 
 
-def cache_key(corpus: Corpus) -> str:
+def cache_key(corpus: Corpus, tokenizer: Tokenizer | None = None) -> str:
+    """The hash of what decides the tokens; GPT-2's (tokenizer=None) is the key of every cache made before the
+    tokenizer group, so those files stay valid."""
+    tok = tokenizer or gpt2()
     h = hashlib.sha256()
-    head = dict(format=FORMAT_VERSION, tokenizer=fingerprint(), separator=EOT_TOKEN, newlines="universal")
+    head = dict(format=FORMAT_VERSION, tokenizer=tok.fingerprint, separator=tok.eot_token, newlines="universal")
     head.update(reader_options(corpus))  # e.g. text_key, when a file is JSON Lines
     h.update(json.dumps(head, sort_keys=True).encode())
     for f in corpus.files:
@@ -98,9 +109,12 @@ def writable_dir(d: Path) -> Path:
     return d
 
 
-def file_paths(corpus: Corpus, cache_dir: Path) -> tuple[Path, Path]:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus.name).strip("._") or "corpus"
-    stem = f"{slug[:60]}-{cache_key(corpus)}"
+def corpus_slug(corpus: Corpus) -> str:
+    return (re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus.name).strip("._") or "corpus")[:60]
+
+
+def file_paths(corpus: Corpus, cache_dir: Path, tokenizer: Tokenizer | None = None) -> tuple[Path, Path]:
+    stem = f"{corpus_slug(corpus)}-{cache_key(corpus, tokenizer)}"
     return cache_dir / f"{stem}.bin", cache_dir / f"{stem}.json"
 
 
@@ -112,9 +126,9 @@ def read_meta(bin_path: Path, meta_path: Path) -> tuple[dict | None, str | None]
         return None, None
     except (OSError, ValueError) as e:
         return None, f"its metadata {meta_path.name} is unreadable ({e})"
-    if meta.get("format") != FORMAT_VERSION or meta.get("dtype") != DTYPE.str:
+    if meta.get("format") != FORMAT_VERSION or meta.get("dtype") not in (DTYPE.str, "<u4"):
         return None, f"its metadata {meta_path.name} has another format"
-    want = meta["n_tokens"] * DTYPE.itemsize
+    want = meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize
     size = bin_path.stat().st_size if bin_path.exists() else None
     if size != want:
         got = "is missing" if size is None else f"has {size:,} bytes"
@@ -123,7 +137,8 @@ def read_meta(bin_path: Path, meta_path: Path) -> tuple[dict | None, str | None]
 
 
 def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_bytes: int = PIECE_BYTES,
-           preparer: bool = True, poll_s: float = 1.0, wait_s: float | None = None) -> CachedTokens:
+           preparer: bool = True, poll_s: float = 1.0, wait_s: float | None = None,
+           tokenizer: Tokenizer | None = None) -> CachedTokens:
     """The token file of `corpus` under cache_dir, tokenizing it first unless a complete one is there.
 
     While another process tokenizes it (it holds the lock file `<token file>.lock`), wait for it.
@@ -131,10 +146,12 @@ def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_b
     wait until the preparer's complete file appears.
     wait_s bounds every wait: if after wait_s seconds the preparer has not even started (no lock
     file and no partial file in cache_dir: the folder is not the one it writes to), or once started
-    its partial token file has not grown for wait_s seconds (it died or hangs), stop with a UserError."""
+    its partial token file has not grown for wait_s seconds (it died or hangs), stop with a UserError.
+    tokenizer: the run's (gptlit.model.tokenizer); None = GPT-2's."""
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
-    bin_path, meta_path = file_paths(corpus, cache_dir)
+    tokenizer = tokenizer or gpt2()
+    bin_path, meta_path = file_paths(corpus, cache_dir, tokenizer)
     meta, _ = read_meta(bin_path, meta_path)  # a complete file is used even from a read-only folder
     if meta is None and not preparer:
         log.info(f"token cache: waiting for the preparing process to write {bin_path}")
@@ -153,12 +170,14 @@ def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_b
                     log.warning(f"token cache: {bin_path} is damaged ({damaged}); rebuilding it")
                 meta_path.unlink(missing_ok=True)
                 remove_stale_partials(bin_path)  # left by a killed preparation
-                meta = build(corpus, bin_path, meta_path, num_proc or default_num_proc(), piece_bytes)
-                return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], True, time.perf_counter() - t0)
+                meta = build(corpus, bin_path, meta_path, num_proc or default_num_proc(), piece_bytes, tokenizer)
+                return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], True, time.perf_counter() - t0,
+                                    np.dtype(meta["dtype"]))
         finally:
             lock.release()
     log.info(f"token cache: {bin_path} ({meta['n_tokens']:,} tokens)")
-    return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], False, time.perf_counter() - t0)
+    return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], False, time.perf_counter() - t0,
+                        np.dtype(meta["dtype"]))
 
 
 class _Progress:
@@ -248,31 +267,47 @@ def tasks(corpus: Corpus, piece_bytes: int) -> Iterator[Piece]:
 # ---- tokenizing (in the pool's processes) ------------------------------------------------------
 
 
-def tokenize_task(task: Piece, options: dict) -> tuple[np.ndarray, int]:
-    """(ids as DTYPE, documents started) of one piece: its texts joined with <|endoftext|>."""
+def tokenize_task(task: Piece, options: dict, tokenizer: Tokenizer | None = None) -> tuple[np.ndarray, int]:
+    """(ids, documents started) of one piece: its texts joined with the end-of-text token. In a pool's
+    process the tokenizer is the one the parent set before forking (_TOKENIZER)."""
+    tok = tokenizer or _TOKENIZER or gpt2()
     texts = task.reader.texts(task, options)
     ids: list[int] = []
     for i, text in enumerate(texts):
         if i:
-            ids.append(EOT_ID)
-        ids.extend(encode(text))
-    return np.array(ids, dtype=DTYPE), len(texts) - (0 if task.starts_document or not texts else 1)
+            ids.append(tok.eot_id)
+        ids.extend(tok.encode(text))
+    return np.array(ids, dtype=dtype_for(tok)), len(texts) - (0 if task.starts_document or not texts else 1)
 
 
-def _ordered(corpus: Corpus, num_proc: int, piece_bytes: int) -> Iterator[tuple[Piece, np.ndarray, int]]:
+def _ordered(corpus: Corpus, num_proc: int, piece_bytes: int,
+             tokenizer: Tokenizer | None = None) -> Iterator[tuple[Piece, np.ndarray, int]]:
     """(task, ids, documents) in corpus order, tokenized by num_proc processes.
 
     Hand-written rather than Pool.imap: imap reads its whole input ahead, which would hold the
     corpus in memory; here at most 2 tasks per process are in flight.
     """
+    global _TOKENIZER
     it, options = tasks(corpus, piece_bytes), reader_options(corpus)
+    _TOKENIZER = tokenizer or gpt2()  # what tokenize_task uses, here and in the forked processes
     if num_proc <= 1:
         for t in it:
             yield (t, *tokenize_task(t, options))
         return
-    get_tokenizer()  # loaded once here, shared with the forked processes
-    # fork: the workers need only the tokenizer and numpy, and fork neither re-imports torch nor this program
-    with multiprocessing.get_context("fork").Pool(num_proc) as pool:
+    _TOKENIZER.encode("")  # loaded once here, shared with the forked processes
+    # fork: the workers need only the tokenizer and numpy, and fork neither re-imports torch nor this program.
+    # Hugging Face tokenizers: each process encodes with one thread (the pool is the parallelism), which
+    # also keeps the library from warning that it was forked after using its threads.
+    was = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool_ctx = multiprocessing.get_context("fork").Pool(num_proc)
+    finally:
+        if was is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = was
+    with pool_ctx as pool:
         pending: collections.deque = collections.deque()
         for t in it:
             pending.append((t, pool.apply_async(tokenize_task, (t, options))))
@@ -291,10 +326,13 @@ def _disk_error(e: OSError, path: Path) -> UserError:
     return UserError(f"could not write the token cache {path} ({e.strerror or e}); {fix}")
 
 
-def build(corpus: Corpus, bin_path: Path, meta_path: Path, num_proc: int, piece_bytes: int = PIECE_BYTES) -> dict:
+def build(corpus: Corpus, bin_path: Path, meta_path: Path, num_proc: int, piece_bytes: int = PIECE_BYTES,
+          tokenizer: Tokenizer | None = None) -> dict:
     """Tokenize corpus into bin_path (+ meta_path), atomically. Call with the file lock held."""
     from tqdm import tqdm
 
+    tokenizer = tokenizer or gpt2()
+    dtype = dtype_for(tokenizer)
     total = sum(f.stat().st_size for f in corpus.files) + sum(len(d) for d in corpus.documents or ())
     use = max(1, min(num_proc, total // piece_bytes + 1))
     tag = f"{socket.gethostname()}-{os.getpid()}"
@@ -305,17 +343,18 @@ def build(corpus: Corpus, bin_path: Path, meta_path: Path, num_proc: int, piece_
             with open(tmp_bin, "wb") as out, tqdm(
                 total=total, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}", disable=None, leave=False
             ) as bar:
-                for task, ids, docs in _ordered(corpus, use, piece_bytes):
+                for task, ids, docs in _ordered(corpus, use, piece_bytes, tokenizer):
                     if task.starts_document and n_docs and docs:
-                        ids = np.concatenate([np.array([EOT_ID], DTYPE), ids])
+                        ids = np.concatenate([np.array([tokenizer.eot_id], dtype), ids])
                     out.write(ids.tobytes())
                     n_tokens, n_docs = n_tokens + len(ids), n_docs + docs
                     bar.update(task.progress)
         seconds = time.perf_counter() - t0
         meta = dict(
-            format=FORMAT_VERSION, dtype=DTYPE.str, n_tokens=n_tokens, n_documents=n_docs, key=cache_key(corpus),
+            format=FORMAT_VERSION, dtype=dtype.str, n_tokens=n_tokens, n_documents=n_docs, key=cache_key(corpus, tokenizer),
             corpus=corpus.name, files=[str(f.resolve()) for f in corpus.files], **reader_options(corpus),
-            separator=EOT_TOKEN, tokenizer=fingerprint(), input_bytes=total, seconds=round(seconds, 3), processes=use,
+            separator=tokenizer.eot_token, tokenizer=tokenizer.fingerprint, tokenizer_name=tokenizer.describe(),
+            input_bytes=total, seconds=round(seconds, 3), processes=use,
         )
         atomic_write(meta_path, meta)  # the tokens first, the metadata that vouches for them last
     except OSError as e:

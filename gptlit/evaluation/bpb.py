@@ -14,7 +14,6 @@ Bits per byte does not depend on the tokenizer: models with other vocabularies c
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -23,27 +22,23 @@ import torch
 import torch.nn.functional as F
 
 from gptlit.model.gpt import GPT
-from gptlit.model.tokenizer import EOT_ID, VOCAB_SIZE, get_tokenizer
+from gptlit.model.tokenizer import EOT_ID, Tokenizer, gpt2, tokenizer_of
 
 LN2 = math.log(2)
 
 
-@functools.lru_cache(maxsize=1)
-def token_bytes() -> np.ndarray:
-    """UTF-8 bytes of each token id's text; 0 for <|endoftext|> (not text)."""
-    enc = get_tokenizer()
-    out = np.zeros(VOCAB_SIZE, np.int64)
-    for i in range(VOCAB_SIZE):
-        if i != EOT_ID:
-            out[i] = len(enc.decode_single_token_bytes(i))
-    return out
+def token_bytes(tokenizer: Tokenizer | None = None) -> np.ndarray:
+    """UTF-8 bytes of each token id's text under the tokenizer (None: GPT-2's); 0 for special tokens such as
+    <|endoftext|> (not text). The bytes, not the tokens, are what bits per byte divides by, so models with
+    different tokenizers compare on it."""
+    return (tokenizer or gpt2()).token_bytes()
 
 
-def document_starts(tokens, chunk: int = 1 << 24) -> np.ndarray:
-    """Positions of the <|endoftext|> separators in a token file (read a chunk at a time)."""
+def document_starts(tokens, chunk: int = 1 << 24, eot_id: int = EOT_ID) -> np.ndarray:
+    """Positions of the end-of-text separators in a token file (read a chunk at a time)."""
     out = []
     for s in range(0, len(tokens), chunk):
-        out.append(np.flatnonzero(np.asarray(tokens[s : s + chunk]) == EOT_ID) + s)
+        out.append(np.flatnonzero(np.asarray(tokens[s : s + chunk]) == eot_id) + s)
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
@@ -87,15 +82,21 @@ class CorpusScores:
 @torch.no_grad()
 def score_corpus(model: GPT, dm: "gptlit.data.datamodule.GPTDataModule", batch_size: int | None = None) -> CorpusScores:
     """Per-token losses of `model` on dm's validation windows (dm built with val_all=True), `batch_size`
-    windows per forward pass (None: 4)."""
+    windows per forward pass (None: 4). The text is tokenized with the model's tokenizer (tokenizer_of): a dm
+    prepared with another one is rebuilt with the same data settings and the model's tokenizer."""
     batch_size = batch_size or 4
+    tok = tokenizer_of(model)
+    if dm.cached is not None and dm.tokenizer.fingerprint != tok.fingerprint:
+        dm = type(dm)(dm.config, val_all=dm.val_all, prepare_wait_s=dm.prepare_wait_s)
+    if dm.cached is None:
+        dm.use_tokenizer(tok)
     dm.setup("validate")
     ds = dm.val_set
     idx = dm.val_indices()
     idx = list(range(len(ds))) if idx is None else idx
-    eot = document_starts(ds.tokens)
+    eot = document_starts(ds.tokens, eot_id=tok.eot_id)
     n_docs = len(eot) + 1
-    tb = torch.from_numpy(token_bytes())
+    tb = torch.from_numpy(token_bytes(tok))
     was_training = model.training
     model.eval()
     device = model.pos_emb.weight.device

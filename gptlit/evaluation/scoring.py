@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from gptlit.core.errors import UserError
 from gptlit.model.gpt import GPT
-from gptlit.model.tokenizer import encode
+from gptlit.model.tokenizer import tokenizer_of
 from gptlit.evaluation.benchmarks import Choice, LastWord
 
 SEQUENCES_PER_PASS = 8  # sequences scored per forward pass when the caller does not say (eval.py's batch_size)
@@ -102,6 +102,7 @@ class ChoiceResult:
 def score_choices(model: GPT, items: list[Choice], batch_size: int | None = None, key: str = "bench.path") -> list[ChoiceResult]:
     """Each ending is scored as " " + ending after the context (GPT-2's tokens carry the space before a word)."""
     requests, where = [], []
+    encode = tokenizer_of(model).encode  # the model's tokenizer (GPT-2's unless its checkpoint names another)
     for it in items:
         ctx = encode(it.context)
         for e in it.endings:
@@ -128,8 +129,8 @@ class WordResult:
 
 
 def score_last_words(model: GPT, items: list[LastWord], batch_size: int | None = None, key: str = "bench.path") -> list[WordResult]:
-    from gptlit.model.tokenizer import decode
-
+    tok = tokenizer_of(model)
+    encode, decode = tok.encode, tok.decode
     requests = [(encode(it.context), encode(it.target)) for it in items]
     scored = score_requests(model, requests, batch_size, [f"{key} line {it.line}" for it in items])
     return [WordResult(it, s.total, s.greedy, decode(s.greedy_ids), s.cut) for it, s in zip(items, scored)]

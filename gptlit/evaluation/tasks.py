@@ -27,6 +27,7 @@ from gptlit.evaluation import stats
 from gptlit.evaluation.benchmarks import (LAMBADA_TEXT_KEY, Benchmark, Choice, _json_line, _lines, bench_path,
                                           read_hellaswag, read_lambada)
 from gptlit.evaluation.bpb import LN2, score_corpus
+from gptlit.model.tokenizer import tokenizer_of
 from gptlit.evaluation.scoring import score_choices, score_last_words
 
 
@@ -234,6 +235,7 @@ class Bpb(Task):
             raise UserError(f"data.max_length={args['max_length']} exceeds the model's context of {context_length}; "
                             f"lower it or leave it null (the model's context)")
         dm = GPTDataModule(val_all=True, **args)  # DataConfig checks the values; stride None = max_length
+        dm.use_tokenizer(tokenizer_of(models[0]))  # the first model's (score_corpus retokenizes for another)
         dm.prepare_data()
         dm.setup("validate")
         echo(dm.summary())

@@ -2,7 +2,8 @@
 
   find_checkpoint   a .ckpt file, or a run directory's best or last checkpoint (one rule, `prefer`)
   load_checkpoint   read a checkpoint safely (torch.load with weights_only=True, memory-mapped)
-  model_from_checkpoint   the GPT rebuilt from a checkpoint's stored config and weights
+  model_from_checkpoint   the GPT rebuilt from a checkpoint's stored config and weights, carrying its tokenizer
+  checkpoint_tokenizer    the tokenizer a checkpoint stored (GPT-2's for one written before the tokenizer group)
   check_resumable   a checkpoint's model config against a run's
 
 Reading other formats (Hugging Face folders, the book's .pth files) is gptlit.interop.hf's job; which
@@ -20,6 +21,7 @@ from gptlit.model.config import GPTConfig
 from gptlit.core.errors import UserError
 from gptlit.core.files import user_path
 from gptlit.model.gpt import GPT
+from gptlit.model.tokenizer import Tokenizer, from_spec
 
 
 # finding -------------------------------------------------------------------------------------
@@ -80,9 +82,16 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def checkpoint_tokenizer(ckpt: dict, path: str | Path) -> Tokenizer:
+    """The tokenizer stored in a loaded checkpoint (`checkpoint["tokenizer"]`); none stored: GPT-2's."""
+    return from_spec(ckpt.get("tokenizer"), where=str(path))
+
+
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
-    """Rebuild the GPT from the config stored in the checkpoint and load its weights."""
+    """Rebuild the GPT from the config stored in the checkpoint and load its weights; model.tokenizer is the
+    checkpoint's tokenizer (sampling, evaluation and export use it)."""
     ckpt = load_checkpoint(path)
+    tokenizer = checkpoint_tokenizer(ckpt, path)
     cfg = GPTConfig.from_dict(ckpt["hyper_parameters"]["model"])
     model = GPT(cfg)
     state = {}
@@ -94,6 +103,7 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
         model.load_state_dict(state)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not fit the stored model config ({str(e).splitlines()[0]})") from None
+    model.tokenizer = tokenizer
     return model.to(device).eval(), ckpt
 
 

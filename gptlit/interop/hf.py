@@ -29,6 +29,7 @@ from gptlit.model.config import GPTConfig
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file, atomic_write
 from gptlit.model.gpt import GPT, tensor_shapes
+from gptlit.model.tokenizer import pretrained_tokenizer, tokenizer_of
 
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads in OpenAI's four sizes
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh GELU gptlit uses
@@ -137,6 +138,7 @@ def load_pretrained(
 
     n_heads: needed only for a .pth whose emb_dim is not one of GPT-2's sizes.
     context_length: use fewer positions than the weights have (pos_emb is sliced).
+    model.tokenizer: the folder's tokenizer.json when it is not GPT-2's (an export of a tokenizer=bpe run).
     """
     cfg, state = read_pretrained(path, n_heads=n_heads)
     if context_length is not None:
@@ -145,6 +147,7 @@ def load_pretrained(
         cfg = dataclasses.replace(cfg, context_length=context_length)
     model = GPT(dataclasses.replace(cfg, drop_rate=drop_rate))
     load_weights(model, state)
+    model.tokenizer = pretrained_tokenizer(path)
     return model.eval()
 
 
@@ -374,10 +377,14 @@ def _torch_load(f: str | Path) -> dict:
 
 
 # writing a Hugging Face folder ---------------------------------------------------------------------------------------
-def write_hf_folder(model: GPT, out_dir: str | Path) -> list[Path]:
+def write_hf_folder(model: GPT, out_dir: str | Path, tokenizer: bool = False) -> list[Path]:
     """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads. Returns the files.
 
-    Raises UserError, before writing anything, when the model has a field GPT-2 cannot express."""
+    tokenizer=True: also the model's tokenizer (gptlit.model.tokenizer.tokenizer_of: the checkpoint's, else
+    GPT-2's) as tokenizer.json, tokenizer_config.json and special_tokens_map.json, which transformers'
+    AutoTokenizer.from_pretrained(out_dir) loads offline (export.py writes them; GPT-2's tokenizer.json is
+    built from the ranks gptlit ships). Raises UserError, before writing anything, when the model has a
+    field GPT-2 cannot express."""
     from safetensors.torch import save_file
 
     cfg, sd = model.cfg, model.state_dict()
@@ -404,8 +411,9 @@ def write_hf_folder(model: GPT, out_dir: str | Path) -> list[Path]:
         # gptlit writes, the weights follow the umask (0644 under the usual 022)
         os.chmod(tmp, 0o666 & ~current_umask())
     config = out / "config.json"
-    atomic_write(config, json.dumps(hf_config_dict(cfg), indent=2) + "\n")
-    return [config, weights]
+    eot = tokenizer_of(model).eot_id
+    atomic_write(config, json.dumps({**hf_config_dict(cfg), "bos_token_id": eot, "eos_token_id": eot}, indent=2) + "\n")
+    return [config, weights, *(tokenizer_of(model).save(out) if tokenizer else ())]
 
 
 def current_umask() -> int:

@@ -5,6 +5,7 @@ One implementation for the training callback and for sample.py.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -23,7 +24,8 @@ class SamplingConfig:
     top_k: int | None = 50  # keep the k most likely tokens; None = all
     top_p: float | None = None  # keep the smallest set whose probability reaches p; None = all
     max_new_tokens: int = 50
-    eos_id: int | None = EOT_ID  # stop a row when it emits this id; None = never stop early
+    eos_id: int | None = EOT_ID  # stop a row when it emits this id; None = never stop early. GPT-2's
+    # <|endoftext|> (50256), which generate_text reads as the end-of-text id of the model's tokenizer
 
     def validate(self) -> "SamplingConfig":
         if not _is_number(self.temperature) or self.temperature < 0:
@@ -161,18 +163,25 @@ def generate_text(
     use_cache: bool = True,
     on_text: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    on_token: Callable[[int], None] | None = None,
 ) -> str:
-    """Continue `prompt` and return the new text (without the prompt), streaming pieces to on_text.
+    """Continue `prompt` and return the new text (without the prompt), streaming pieces to on_text;
+    on_token(n) is called after each new token with the number generated so far (progress reports).
 
     An empty prompt starts from <|endoftext|>; a prompt longer than the context keeps its
-    last context_length tokens. Both are reported through `warn`.
+    last context_length tokens. Both are reported through `warn`. The tokenizer is the model's
+    (model.tokenizer, set by the loaders; GPT-2's when none).
     """
-    from gptlit.model.tokenizer import decode, encode
+    from gptlit.model.tokenizer import tokenizer_of
 
+    tok = tokenizer_of(model)
+    encode, decode = tok.encode, tok.decode
+    if cfg.eos_id == EOT_ID and tok.eot_id != EOT_ID:  # the default: this tokenizer's end of text
+        cfg = dataclasses.replace(cfg, eos_id=tok.eot_id)
     ids = encode(prompt)
     L = model.cfg.context_length
     if not ids:
-        ids = [EOT_ID]
+        ids = [tok.eot_id]
         if warn:
             warn("empty prompt: starting from <|endoftext|>")
     elif len(ids) > L:
@@ -195,6 +204,8 @@ def generate_text(
             if cfg.eos_id is not None and t == cfg.eos_id:
                 break
             out.append(t)
+            if on_token:
+                on_token(len(out))
             text = decode(out)
             if on_text and not text.endswith("\ufffd"):  # wait for multi-byte characters to complete
                 on_text(text[len(shown) :])

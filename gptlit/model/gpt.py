@@ -176,6 +176,8 @@ class FusedHeadLoss(torch.autograd.Function):
 
 
 class GPT(nn.Module):
+    tokenizer = None  # the tokenizer whose ids it reads, where a loader knows it (gptlit.model.tokenizer.tokenizer_of)
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg.validate()

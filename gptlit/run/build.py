@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -24,18 +25,21 @@ from omegaconf import DictConfig, OmegaConf
 from gptlit.training import memory
 from gptlit.training.callbacks import ProgressLog, SampleText
 from gptlit.training.checkpointing import AtomicCheckpointIO
-from gptlit.core.files import user_path
-from gptlit.interop.checkpoints import check_resumable, find_checkpoint, load_checkpoint, saved_model_config
+from gptlit.core.files import atomic_write, user_path
+from gptlit.interop.checkpoints import (check_resumable, checkpoint_tokenizer, find_checkpoint, load_checkpoint,
+                                        saved_model_config)
+from gptlit.model.tokenizer import Tokenizer, from_settings, pretrained_tokenizer
 from gptlit.model.config import PRESETS, GPTConfig
 from gptlit.training.optim import validate_optim
 from gptlit.data.datamodule import GPTDataModule
+from gptlit.data.tokenizer_cache import compression_line, resolve as resolve_tokenizer
 from gptlit.core.errors import UserError
 from gptlit.core.settings import plain as _plain  # build() has a local `plain`
 from gptlit.interop.hf import load_weights, read_pretrained
 from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.lit_module import GPTLitModule
 from gptlit.training.resume import setup_exact_resume
-from gptlit.run.trainer_args import check_trainer_args
+from gptlit.run.trainer_args import check_trainer_args, cpu_processes_warning
 from gptlit.run.search import trial_pruning_callback
 from gptlit.run.trackers import prepare_loggers
 
@@ -162,6 +166,8 @@ def build(cfg: DictConfig):
     check_trainer_args(tcfg)  # accelerator, precision, types: before the corpus is read or the model built
     tcfg["max_epochs"] = resolve_max_epochs(tcfg.get("max_epochs"), tcfg.get("max_steps"))  # max_steps alone: no epoch limit
     compiled = resolve_compile(cfg.get("compile", "auto"), str(tcfg.get("accelerator", "auto")))
+    if task != "prepare" and (line := cpu_processes_warning(tcfg, memory.device_type_for(str(tcfg.get("accelerator", "auto"))))):
+        rank_zero_info(line)
     keep = cfg.get("keep_freed_memory", True)
     if not isinstance(keep, bool):
         raise UserError(f"keep_freed_memory={keep} is not a choice: use keep_freed_memory=true or keep_freed_memory=false")
@@ -199,8 +205,15 @@ def build(cfg: DictConfig):
 
     # validate: the whole corpus; a rank waiting for another's token file gives up after dist_timeout_s
     dm: GPTDataModule = make(cfg.data, val_all=task == "validate", prepare_wait_s=cfg.get("dist_timeout_s"))
+    tokenizer = run_tokenizer(run_model.tokenizer, dm)  # tokenizer=bpe: trained on the training text here (once; cached)
     dm.prepare_data()
     dm.setup("fit")  # tokenize now: a corpus too short fails before the model is built
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise UserError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size:,} "
+                        f"ids ({tokenizer.describe()}); drop the model.vocab_size override (it follows the tokenizer)")
+    if "vocab_size" in cfg.model and cfg.model.vocab_size != model_cfg.vocab_size:
+        cfg.model.vocab_size = model_cfg.vocab_size  # logged hyperparameters show the vocabulary the model has
+    rank_zero_info(compression_line(tokenizer, dm.corpus(), dm.config.val_fraction))
     rank_zero_info(dm.summary())
 
     if task == "train":  # data.batch_size per optimizer step, in micro-batches that fit (checked before the model exists)
@@ -209,7 +222,7 @@ def build(cfg: DictConfig):
         dm.set_plan(micro_batch_size=plan.micro_batch_size)
         tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * plan.accumulate
 
-    module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=compiled)
+    module = GPTLitModule(model=model_cfg.to_dict(), optim=optim, compile=compiled, tokenizer=tokenizer)
     if compiled:
         how = "compile=auto on CUDA" if cfg.get("compile", "auto") in (None, "auto") else "compile=true"
         rank_zero_info(f"compile: on ({how}); the first steps compile the model and are "
@@ -243,6 +256,10 @@ def build(cfg: DictConfig):
     if task == "train":  # the data order and RNG states that make a resume exact (gptlit/training/resume.py)
         ckpt = load_checkpoint(ckpt_path) if ckpt_path else None  # memory-mapped: reads no weights
         setup_exact_resume(dm, trainer, cfg.get("seed"), ckpt_path, bool(cfg.get("resume_inexact", False)), ckpt)
+    if task == "train" and trainer.is_global_zero and tokenizer.kind != "gpt2":
+        # a copy for the user and other tools: every checkpoint holds the tokenizer itself
+        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(cfg.paths.output_dir) / "tokenizer.json", tokenizer.hf_json())
     rank_zero_info(f"precision: {tcfg['precision']}, output: {cfg.paths.output_dir}")
     return dm, module, trainer, ckpt_path
 
@@ -250,11 +267,21 @@ def build(cfg: DictConfig):
 def prepare(cfg: DictConfig) -> dict:
     """task=prepare: tokenize the corpus into the token cache (or find it there) and say where it is."""
     dm: GPTDataModule = make(cfg.data)
+    run_tokenizer(tokenizer_settings(cfg), dm)
     got = dm.prepare_tokens()
     how = "tokenized in" if got.built else "already in the cache; checked in"
     docs = f"{got.n_documents:,} document{'s' if got.n_documents != 1 else ''}"
     print(f"token file: {got.path}\ntokens: {got.n_tokens:,} ({docs})\n{how} {got.seconds:.1f} s")
     return {}
+
+
+def run_tokenizer(tokenizer: Tokenizer | dict, dm: GPTDataModule) -> Tokenizer:
+    """The run's tokenizer, given to the datamodule: a Tokenizer as it is, or a `tokenizer` group node made into
+    one (tokenizer=bpe: trained on dm's corpus, or found in the cache beside its token file)."""
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = resolve_tokenizer(tokenizer, dm.corpus, dm.config.val_fraction, dm.token_cache_dir())
+    dm.use_tokenizer(tokenizer)
+    return tokenizer
 
 
 # the model config of a run ----------------------------------------------------------------------
@@ -266,6 +293,9 @@ class RunModel:
     ckpt_path: str | None = None  # the checkpoint Lightning resumes from (train) or validates (task=validate)
     init_state: dict[str, torch.Tensor] | None = None  # pretrained weights to load before training (model.init_from)
     source: str | None = None  # where the architecture came from, when not from the config alone
+    # the run's tokenizer: a Tokenizer (gpt2, file, a checkpoint's), or the `tokenizer` group's settings of a
+    # tokenizer=bpe still to be trained on the corpus (GPTDataModule.use_tokenizer)
+    tokenizer: Tokenizer | dict | None = None
 
 
 def model_for_run(cfg) -> RunModel:
@@ -276,14 +306,33 @@ def model_for_run(cfg) -> RunModel:
       model.init_from=X           architecture from the pretrained weights (gptlit.interop.hf reads them)
       ckpt_path=X (task=train)    resume from X (last of a run directory); its model config must match
     Model fields the user chose explicitly must agree with the weights (see reconcile).
+    The tokenizer: a checkpoint's own (a different one chosen on purpose is refused, see tokenizer_for_run);
+    model.init_from: the weights' (GPT-2's, or an export's tokenizer.json; another chosen on purpose is
+    refused); else the `tokenizer` group's, and model.vocab_size follows it.
     """
     user = {k: cfg["model"][k] for k in cfg["model"]}
     task, ckpt = cfg.get("task", "train"), cfg.get("ckpt_path")
+    settings = tokenizer_settings(cfg)
     model_cfg = GPTConfig.from_dict(user)  # the config's own values must be valid even where files replace them
     if task == "validate" and ckpt:
         path = find_checkpoint(ckpt, prefer="best", key="ckpt_path")
         merged = reconcile(user, saved_model_config(path), str(path), explicit_model_fields(user), checkpoint=True)
-        return RunModel(merged, ckpt_path=str(path), source=str(path))
+        return RunModel(merged, ckpt_path=str(path), source=str(path), tokenizer=tokenizer_for_run(cfg, settings, path))
+    init_tok = None
+    if user.get("init_from"):  # the weights read the ids of their own tokenizer (GPT-2's, or an export's)
+        init_tok = pretrained_tokenizer(user_path(user["init_from"]))
+        run_tok = from_settings(settings) if settings.get("kind", "gpt2") != "bpe" else None
+        if tokenizer_chosen(settings) and (run_tok is None or run_tok.fingerprint != init_tok.fingerprint):
+            raise UserError(
+                f"model.init_from={user['init_from']} holds weights that read the ids of the tokenizer "
+                f"{init_tok.describe()}, but this run has tokenizer={settings.get('kind', 'gpt2')}; drop the tokenizer "
+                f"override (the weights' tokenizer is used), or drop model.init_from to train a model from scratch "
+                f"with tokenizer={settings.get('kind', 'gpt2')}"
+            )
+    tokenizer = None if ckpt else init_tok or from_settings(settings)
+    if ckpt is None and init_tok is None and settings.get("kind", "gpt2") != "gpt2":  # the vocabulary follows the tokenizer
+        user["vocab_size"] = tokenizer.vocab_size if tokenizer is not None else settings["vocab_size"]
+        model_cfg = GPTConfig.from_dict(user)
     init_state, source = None, None
     if user.get("init_from"):
         explicit = explicit_model_fields(user)
@@ -296,8 +345,55 @@ def model_for_run(cfg) -> RunModel:
     path = None
     if ckpt:
         path = str(find_checkpoint(ckpt, prefer="last", key="ckpt_path"))
+        tokenizer = tokenizer_for_run(cfg, settings, path)
+        if tokenizer.kind != "gpt2":  # the vocabulary is the checkpoint's tokenizer's, as when it was trained
+            model_cfg = dataclasses.replace(model_cfg, vocab_size=saved_model_config(path).vocab_size)
         check_resumable(path, model_cfg, ckpt)
-    return RunModel(model_cfg, ckpt_path=path, init_state=init_state, source=source)
+    return RunModel(model_cfg, ckpt_path=path, init_state=init_state, source=source,
+                    tokenizer=tokenizer if tokenizer is not None else settings)
+
+
+def tokenizer_settings(cfg) -> dict:
+    """The `tokenizer` group node as a dict (a config composed without the group: gpt2)."""
+    node = cfg.get("tokenizer") if hasattr(cfg, "get") else None
+    return dict(_plain(node) or {"kind": "gpt2"})
+
+
+def tokenizer_chosen(settings: dict) -> bool:
+    """Whether the run chose its tokenizer (tokenizer=... on the command line, or a tokenizer other than the
+    default gpt2 in its config) rather than leaving it to a checkpoint."""
+    if settings.get("kind", "gpt2") != "gpt2":
+        return True
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return any(o.split("=", 1)[0].lstrip("+~").split(".")[0] == "tokenizer" for o in HydraConfig.get().overrides.task)
+    except Exception:  # pragma: no cover - no Hydra run
+        pass
+    return False
+
+
+def tokenizer_for_run(cfg, settings: dict, path) -> Tokenizer:
+    """A run from a checkpoint reads its ids with the checkpoint's tokenizer; a tokenizer the run chose that is not
+    that one is refused, naming both."""
+    ckpt_tok = checkpoint_tokenizer(load_checkpoint(path), path)
+    if not tokenizer_chosen(settings):
+        return ckpt_tok
+    kind = settings.get("kind", "gpt2")
+    if kind == "bpe":
+        same = ckpt_tok.kind == "bpe" and settings.get("vocab_size") == saved_model_config(path).vocab_size
+        mine = f"tokenizer=bpe tokenizer.vocab_size={settings.get('vocab_size')}"
+    else:
+        run_tok = from_settings(settings)
+        same, mine = run_tok.fingerprint == ckpt_tok.fingerprint, f"tokenizer={kind} ({run_tok.describe()})"
+    if not same:
+        raise UserError(
+            f"ckpt_path={cfg.get('ckpt_path')} was trained with the tokenizer {ckpt_tok.describe()}, but this run has "
+            f"{mine}; drop the tokenizer override (a run from a checkpoint uses the checkpoint's tokenizer) "
+            f"or train a new model without ckpt_path"
+        )
+    return ckpt_tok
 
 
 def preset_label(cfg: GPTConfig, source: str) -> str:

@@ -6,8 +6,8 @@
   data/base        gptlit.data.config.DataConfig, to instantiate GPTDataModule (conf/data/*.yaml extend it)
 
 Each default is written once, in those dataclasses; conf/ only selects and overrides them, so
-`python train.py --cfg job` shows the values Python callers get too. train.py, sample.py and
-tests/conftest.py call register_configs() before Hydra composes a config.
+`python train.py --cfg job` shows the values Python callers get too. The command lines
+(gptlit.commands) and tests/conftest.py call register_configs() before Hydra composes a config.
 """
 
 from __future__ import annotations

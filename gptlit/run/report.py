@@ -12,7 +12,6 @@ same report when the sweep ends (gptlit.run.sweep.SweepSummary, a Hydra callback
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -22,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptlit.core.errors import EXIT_USER_ERROR
+from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file, atomic_write
 from gptlit.core.job_record import RESULT_FILE, JobRecord, override_values
 from gptlit.run.search import BEST_FILE, study_summary  # an Optuna search's study (optuna.journal), if any
@@ -254,24 +253,18 @@ def build_report(sweep_dir: Path, echo: bool = True) -> Report:
     return report
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="python report.py",
-        description="Summarize a sweep (finished, interrupted or running): writes sweep_summary.csv, "
-                    "sweep_summary.md and sweep_val_loss.png into the sweep directory and prints the table.")
-    ap.add_argument("sweep_dir", help="a multirun directory, e.g. outputs/multirun/2026-11-27/14-02-11")
-    args = ap.parse_args(argv)
-    d = Path(args.sweep_dir)
+def summarize(sweep_dir: str) -> Report:
+    """report.py's work: the report of `sweep_dir` (as typed) written and printed; a UserError where it is
+    no sweep directory."""
+    d = Path(sweep_dir)
     if not d.is_dir():
-        print(f"error: {args.sweep_dir}: no such directory; give a sweep directory "
-              f"(outputs/multirun/<date>/<time>)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        raise UserError(f"{sweep_dir}: no such directory; give a sweep directory (outputs/multirun/<date>/<time>)")
+    if not find_jobs(d) and ((d / RESULT_FILE).is_file() or (d / ".hydra").is_dir()):
+        sweep = f"; it is a job of the sweep {d.parent}: python report.py {d.parent}" if find_jobs(d.parent) else ""
+        raise UserError(f"{sweep_dir} is a single run, not a sweep: its results are its {RESULT_FILE}, loss_plot.png "
+                        f"and tb/ (tensorboard --logdir {sweep_dir}); report.py summarizes the jobs of a sweep "
+                        f"(python train.py -m ..., outputs/multirun/<date>/<time>){sweep}")
     if not find_jobs(d):
-        print(f"error: {args.sweep_dir} holds no sweep jobs (no subdirectory with {RESULT_FILE} or .hydra/); "
-              f"give a sweep directory (outputs/multirun/<date>/<time>)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    build_report(d, echo=True)
-
-
-if __name__ == "__main__":
-    main()
+        raise UserError(f"{sweep_dir} holds no sweep jobs (no subdirectory with {RESULT_FILE} or .hydra/); "
+                        f"give a sweep directory (outputs/multirun/<date>/<time>)")
+    return build_report(d, echo=True)

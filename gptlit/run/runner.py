@@ -203,6 +203,8 @@ def resume_command(output_dir) -> str:
         overrides = [*job.get("hydra_overrides", []), *overrides]
     argv0 = sys.argv[0] if sys.argv else ""
     script = argv0 if argv0.endswith(".py") and Path(argv0).name != "__main__.py" else "train.py"  # as it was typed
+    if Path(argv0).name.startswith("gptlit-"):  # the installed entry point (pyproject's [project.scripts])
+        script = Path(argv0).name
     return command_line(script, [*overrides, f"ckpt_path={ckpt}"])
 
 

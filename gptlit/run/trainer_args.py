@@ -126,6 +126,31 @@ def check_trainer_args(tcfg: dict) -> None:
             )
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_processes_warning(tcfg: dict, device_type: str, cores: int | None = None) -> str | None:
+    """The warning for trainer.devices=N on the CPU with more processes than cores, else None.
+
+    On the CPU, Lightning starts one DDP process per trainer.devices whatever the cores (devices are
+    processes there, not chips), and each process computes with every core: N processes on fewer cores
+    take turns, so the run is slower than trainer.devices=1, each holding its own copy of the model.
+    """
+    devices = tcfg.get("devices", 1)
+    if device_type != "cpu" or isinstance(devices, bool) or not isinstance(devices, int):
+        return None
+    cores = cpu_cores() if cores is None else cores
+    if devices <= cores:
+        return None
+    return (f"warning: trainer.devices={devices} on the CPU starts {devices} training processes on this machine's "
+            f"{cores} cores: they take turns, so it is slower than trainer.devices=1 (one process uses every core); "
+            f"more CPU processes help only on more machines (trainer.num_nodes)")
+
+
 def _literals(ann) -> list:
     if typing.get_origin(ann) is typing.Literal:
         return list(typing.get_args(ann))

@@ -7,6 +7,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 
 import lightning as L
 import torch
@@ -19,6 +20,8 @@ from gptlit.training.resume import rng_state
 
 
 COMPILE_STEPS = 2  # see GPTLitModule.compile_steps
+# Lightning's advice for epoch-level metrics logged without sync_dist under DDP, for the ones gptlit reduces itself
+SYNC_DIST_ADVICE = r"It is recommended to use `self\.log\('(val/loss|val/ppl|train/eval_loss|train/eval_ppl)', \.\.\., sync_dist=True\)`"
 # clipping with a norm already computed (torch >= 2.6); older torch computes it again in clip_grad_norm_
 _clip_with_norm = getattr(torch.nn.utils, "clip_grads_with_norm_", None)
 _total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: one fused norm of every gradient
@@ -37,12 +40,16 @@ def lr_factor(step: int, warmup: int, total: int, scheduler: str, min_ratio: flo
 class GPTLitModule(L.LightningModule):
     """Wraps a GPT. Hyperparameters are plain dicts, so checkpoints load with weights_only=True."""
 
-    def __init__(self, model: dict, optim: dict | None = None, compile: bool = False):
+    def __init__(self, model: dict, optim: dict | None = None, compile: bool = False, tokenizer=None):
+        """tokenizer: the run's (gptlit.model.tokenizer.Tokenizer; None = GPT-2's). Every checkpoint stores it
+        (`checkpoint["tokenizer"]`, Tokenizer.spec: its tokenizer.json, or the name gpt2), and the model
+        carries it (model.tokenizer) for the texts sampled while training."""
         super().__init__()
         model = dict(model)
         optim = validate_optim(dict(optim or {}))
         self.save_hyperparameters({"model": GPTConfig.from_dict(model).to_dict(), "optim": optim, "compile": compile})
         self.model = GPT(GPTConfig.from_dict(self.hparams.model))
+        self.model.tokenizer = tokenizer
         self.tokens_seen = 0  # training tokens over all ranks, kept in checkpoints
         self._val_sum = self._val_count = None
         self._t_last, self._window = None, 0  # tokens/s: start of the current window, tokens in it
@@ -58,6 +65,10 @@ class GPTLitModule(L.LightningModule):
         self.step_loss = None  # their mean: the batch's loss once the step's last micro-batch ran
 
     def setup(self, stage):
+        # val/* and train/eval_* are summed over the ranks in on_validation_epoch_end (strategy.reduce) before
+        # they are logged, so Lightning's advice to log them with sync_dist=True (a second reduction) does
+        # not apply; only its message for these four names is silenced, in every process of the run
+        warnings.filterwarnings("ignore", message=SYNC_DIST_ADVICE)
         if self.trainer.strategy.root_device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls; bf16/fp16 autocast is unaffected
 
@@ -103,7 +114,8 @@ class GPTLitModule(L.LightningModule):
         # (callbacks.LogStepProgressBar) shows them, read on the steps that log. train/loss is the mean over the micro-batches of
         # this optimizer step (Lightning writes the value of the step's last one): the loss of the whole batch.
         step, n = self.global_step + 1, self.trainer.log_every_n_steps
-        self._log_extras = bool(n and step % n == 0) or step == self.trainer.max_steps
+        # the run's last step logs too (max_steps or the last batch of max_epochs): the end lines read these values
+        self._log_extras = bool(n and step % n == 0) or step == self.trainer.max_steps or step >= self.trainer.estimated_stepping_batches
         if self._log_extras:
             self.log("train/loss", self.step_loss)
             self.log("train/ppl", torch.exp(self.step_loss.float()))
@@ -239,13 +251,14 @@ class GPTLitModule(L.LightningModule):
     # optimizer ----------------------------------------------------------------------------------
     def configure_optimizers(self):
         o = self.hparams.optim
-        # Decay matrices (linear and embedding weights); never biases or LayerNorm parameters.
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": o["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if o.get("decay_all"):  # every parameter decays, as the book's AdamW(model.parameters()) does
+            groups = [{"params": params, "weight_decay": o["weight_decay"]}]
+        else:  # matrices (linear and embedding weights) decay; biases and LayerNorm parameters never
+            groups = [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ]
         fused = o["fused"] if o["fused"] is not None else self.device.type in ("cuda", "cpu")
         opt = torch.optim.AdamW(
             groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], **({"fused": True} if fused else {})
@@ -261,9 +274,28 @@ class GPTLitModule(L.LightningModule):
     # checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
         checkpoint["gptlit"] = {"tokens_seen": int(self.tokens_seen), "format": 1}
+        checkpoint["tokenizer"] = self.tokenizer_spec
+
+    @property
+    def tokenizer_spec(self) -> dict:
+        from gptlit.model.tokenizer import tokenizer_of
+
+        return _spec(tokenizer_of(self.model))
 
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = int(checkpoint.get("gptlit", {}).get("tokens_seen", 0))
+
+
+_SPECS: dict = {}
+
+
+def _spec(tokenizer) -> dict:
+    """tokenizer.spec(), computed once per tokenizer (a trained BPE's is its whole tokenizer.json)."""
+    key = id(tokenizer)
+    if key not in _SPECS:
+        _SPECS.clear()
+        _SPECS[key] = (tokenizer, tokenizer.spec())
+    return _SPECS[key][1]
 
 
 @contextlib.contextmanager
