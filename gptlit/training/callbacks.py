@@ -8,7 +8,6 @@ None of them reads a device tensor back to the host after an optimizer step that
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -24,7 +23,7 @@ from gptlit.core.errors import UserError, check_keys
 from gptlit.model.generate import SampleTextConfig, generate_text
 from gptlit.core.files import atomic_file
 from gptlit.core.job_record import JobRecord, hydra_job, one_line, override_values
-from gptlit.training.guard import gave_up_message
+from gptlit.training.contracts import TrainingModule, run_outcome
 
 
 def say(trainer: L.Trainer, msg: str) -> None:
@@ -64,13 +63,12 @@ class SampleText(L.Callback):
         self.samples: list[tuple[int, str]] = []
         self._last_step = -1
 
-    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule, at_end: bool = False):
+    def _sample(self, trainer: L.Trainer, pl_module: TrainingModule, at_end: bool = False):
         step = trainer.global_step
         if step == self._last_step or not trainer.is_global_zero:
             return
         self._last_step = step
-        paused = getattr(pl_module, "clock_paused", contextlib.nullcontext)  # not counted as training time
-        with paused():
+        with pl_module.clock_paused():  # not counted as training time
             text = generate_text(pl_module.model, self.prompt, self.cfg, seed=self.seed)
         self.samples.append((step, text))
         say(trainer, f"[step {step}] {self.prompt}{text}".replace("\n", " "))
@@ -116,7 +114,7 @@ class StepTime(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._start = trainer.global_step  # a resumed run counts from where it resumes
-        self._skip = max(self.skip_steps, getattr(pl_module, "compile_steps", 0))
+        self._skip = max(self.skip_steps, pl_module.compile_steps)
         self._cuda = pl_module.device.type == "cuda"
 
     def _timed(self, trainer) -> bool:
@@ -190,13 +188,13 @@ class ProgressLog(L.Callback):
 
         return self.when == "always" or (self.when == "auto" and not sys.stdout.isatty())
 
-    def _not_training(self, pl_module) -> float:
+    def _not_training(self, pl_module: TrainingModule) -> float:
         """Seconds of validation and of the module's paused clock (text samples) so far."""
-        return self._val_seconds + float(getattr(pl_module, "paused_seconds", 0.0))
+        return self._val_seconds + float(pl_module.paused_seconds)
 
     def on_train_start(self, trainer, pl_module):
         self._started = time.monotonic()
-        self._mark = (self._started, int(getattr(pl_module, "tokens_seen", 0)), self._not_training(pl_module))
+        self._mark = (self._started, int(pl_module.tokens_seen), self._not_training(pl_module))
         self._step_seen = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -207,10 +205,10 @@ class ProgressLog(L.Callback):
         n = self.every_n_steps or trainer.log_every_n_steps or 1
         if step % n and step != trainer.max_steps:
             return
-        now, tokens, idle = time.monotonic(), int(getattr(pl_module, "tokens_seen", 0)), self._not_training(pl_module)
+        now, tokens, idle = time.monotonic(), int(pl_module.tokens_seen), self._not_training(pl_module)
         rate = (tokens - self._mark[1]) / max(now - self._mark[0] - (idle - self._mark[2]), 1e-9)
         self._mark = (now, tokens, idle)
-        loss = getattr(pl_module, "step_loss", None)
+        loss = pl_module.step_loss
         loss = f" loss {float(loss):.4f}" if loss is not None else ""
         lr = f" lr {trainer.optimizers[0].param_groups[0]['lr']:.2e}" if trainer.optimizers else ""
         total = int(trainer.estimated_stepping_batches)
@@ -256,7 +254,7 @@ class LogStepProgressBar(TQDMProgressBar):
         return self._shown
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._hold = not getattr(pl_module, "logging_step", True)
+        self._hold = not pl_module.logging_step
         try:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         finally:
@@ -289,12 +287,12 @@ class LossPlot(L.Callback):
         # `outputs` hold the last micro-batch's loss divided by the accumulation); kept on the device
         # and read in one go on the steps that log
         done = trainer.global_step > getattr(self, "_step_before", -1)
-        loss = getattr(pl_module, "step_loss", None)
+        loss = pl_module.step_loss
         if loss is None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and done and trainer.is_global_zero:
             self._pending.append((trainer.global_step, int(pl_module.tokens_seen), torch.as_tensor(loss).detach()))
-            if getattr(pl_module, "logging_step", True) or len(self._pending) >= 1000:
+            if pl_module.logging_step or len(self._pending) >= 1000:
                 self._read_pending()
 
     def _read_pending(self):
@@ -422,8 +420,8 @@ class JobResult(L.Callback):
         self.rec.wall_time_s = round(time.time() - self.started, 2)
         self.rec.write(self.dirpath)
 
-    def _progress(self, trainer, pl_module):
-        self.rec.steps, self.rec.tokens = int(trainer.global_step), int(getattr(pl_module, "tokens_seen", 0))
+    def _progress(self, trainer, pl_module: TrainingModule):
+        self.rec.steps, self.rec.tokens = int(trainer.global_step), int(pl_module.tokens_seen)
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -441,20 +439,12 @@ class JobResult(L.Callback):
         if not trainer.is_global_zero:
             return
         self._progress(trainer, pl_module)
-        self.status = "ok"
-        for cb in trainer.callbacks:
-            reason = getattr(cb, "stopping_reason", None)
-            if reason is not None and getattr(reason, "name", "NOT_STOPPED") != "NOT_STOPPED":
-                self.status = "stopped early"
-                if reason.name == "NON_FINITE_METRIC":
-                    self.status = "failed: " + one_line(cb.stopping_reason_message or "val/loss is not finite")
-        gave_up = gave_up_message(trainer)
-        if gave_up:  # the loss guard ended a diverging run (gptlit.training.guard): the job failed
-            self.status = "failed: " + one_line(gave_up)
-        pruned = next((cb.pruned for cb in trainer.callbacks if getattr(cb, "pruned", None)), None)
-        if pruned is not None:  # a search stopped this trial (gptlit.training.pruning): not a failure
-            self.status = "pruned"
-            self.rec.extra["pruned"] = dict(pruned)
+        # why the run ended, if a callback ended it: early stopping, the loss guard gave up (failed), a search
+        # pruned the trial (not a failure); the one reading is gptlit.training.contracts.run_outcome
+        outcome = run_outcome(trainer)
+        self.status = one_line(outcome.status) if outcome is not None else "ok"
+        if outcome is not None:
+            self.rec.extra.update(outcome.extra)
         if self.curve and not math.isfinite(self.curve[-1][2]) and not self.status.startswith("failed"):
             self.status = f"failed: val/loss = {self.curve[-1][2]} at step {self.curve[-1][0]}"
         self.write()

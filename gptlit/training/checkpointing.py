@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file, remove_stale_partials, write_error, write_failure
+from gptlit.training.contracts import LastState
 from gptlit.training.guard import GuardRollback, gave_up_message
 from gptlit.training.resume import ExactResume
 
@@ -77,8 +78,9 @@ def link_or_copy(src: Path, dst: Path) -> None:
             shutil.copyfile(src, tmp)
 
 
-class LastCheckpoint(Checkpoint):
-    """`<dirpath>/last.ckpt`: the latest training state, always at an optimizer-step boundary.
+class LastCheckpoint(Checkpoint, LastState):
+    """`<dirpath>/last.ckpt`: the latest training state, always at an optimizer-step boundary (the `LastState`
+    the loss guard goes back to).
 
     every_n_train_steps: also every N optimizer steps (null or 0: off).
     train_time_interval: also every M minutes of training (null or 0: off).

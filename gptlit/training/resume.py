@@ -91,10 +91,10 @@ class ExactResume(L.Callback):
         self._step_seen = trainer.global_step
         if self._pending_rng is None:
             self.rng = [rng_state()]
-        if self._pending_tokens is not None and hasattr(pl_module, "tokens_seen"):
+        if self._pending_tokens is not None:
             pl_module.tokens_seen = self._pending_tokens
         self._pending_tokens = None
-        self._tokens_at_step = getattr(pl_module, "tokens_seen", None)
+        self._tokens_at_step = pl_module.tokens_seen
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._fix_log_step:
@@ -122,7 +122,7 @@ class ExactResume(L.Callback):
         if trainer.global_step != self._step_seen:  # an optimizer step finished with this batch
             self._step_seen, self.stepped = trainer.global_step, batch_idx + 1
             self.rng = [rng_state()]
-            self._tokens_at_step = getattr(pl_module, "tokens_seen", None)
+            self._tokens_at_step = pl_module.tokens_seen
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint[KEY] = {
