@@ -17,15 +17,10 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptlit.core.errors import one_line  # noqa: F401 - also read from here (a job's failure line)
 from gptlit.core.files import atomic_write
 
 RESULT_FILE = "job_result.json"
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    """text with its whitespace folded into one line, cut to `limit` characters."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @dataclass

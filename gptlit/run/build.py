@@ -40,7 +40,7 @@ from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.lit_module import GPTLitModule
 from gptlit.training.resume import setup_exact_resume
 from gptlit.run.trainer_args import check_trainer_args, cpu_processes_warning
-from gptlit.run.search import trial_pruning_callback
+from gptlit.run.search.trial import trial_pruning_callback
 from gptlit.run.trackers import prepare_loggers
 
 
