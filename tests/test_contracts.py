@@ -133,3 +133,22 @@ def test_run_outcome_is_the_one_reading_of_why_a_run_ended():
 def test_gave_up_message_reads_only_the_loss_guard():
     other = SimpleNamespace(gave_up_message="not a guard")
     assert gave_up_message(_trainer(other)) is None
+
+
+def test_book_eval_draws_at_step_end():
+    from gptlit.training.callbacks.book import BookEval
+    from gptlit.training.contracts import DrawsAtStepEnd
+
+    assert isinstance(BookEval(), DrawsAtStepEnd)
+
+
+def test_the_guard_makes_no_collective_while_last_ckpt_is_written_alone(tmp_path, monkeypatch):
+    last, guard, checked = LastCheckpoint(str(tmp_path)), LossGuard(), []
+    monkeypatch.setattr(guard, "check", lambda *a, **k: checked.append(k))
+    trainer = SimpleNamespace(callbacks=[guard, last], state=SimpleNamespace(fn="fit"))
+    last.writing_alone = True  # as LastCheckpoint.save_alone sets it after a failure
+    guard.on_save_checkpoint(trainer, None, {})
+    assert checked == []
+    last.writing_alone = False
+    guard.on_save_checkpoint(trainer, None, {})
+    assert checked == [{"final": True}]

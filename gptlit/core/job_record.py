@@ -1,7 +1,7 @@
 """A job's record, `job_result.json` in its run directory, and which Hydra job this process runs.
 
 One schema (JobRecord) for every writer and reader: the training callback keeps it up to date
-(gptlit.training.callbacks.JobResult), a job that fails outside training marks it failed
+(gptlit.training.callbacks.job_result.JobResult), a job that fails outside training marks it failed
 (gptlit.run.runner), and the sweep summary reads it (gptlit.run.report).
 
 status is one of: running, ok, stopped early, interrupted, pruned, failed: <reason>.

@@ -211,6 +211,7 @@ class LastCheckpoint(Checkpoint, LastState):
         if tracker is not None and not tracker.at_step_boundary:
             return False
         try:
+            self.writing_alone = True  # the hooks that run in the dump make no collective (the guard's read)
             if tracker is not None:
                 tracker.local_only = True  # its RNG gather is a collective
             # what trainer.save_checkpoint writes, without its barrier (Lightning's own dump)
@@ -220,6 +221,7 @@ class LastCheckpoint(Checkpoint, LastState):
             rank_zero_info(f"warning: last.ckpt could not be written after the failure ({type(e).__name__}: {e})")
             return False
         finally:
+            self.writing_alone = False
             if tracker is not None:
                 tracker.local_only = False
         self.saved_step = trainer.global_step

@@ -4,6 +4,8 @@
   tests/test_contracts.py checks that, and that the callbacks read no other name of the module).
 - `LastState`: the callback that writes last.ckpt (gptlit.training.checkpointing.LastCheckpoint), as the
   loss guard (gptlit.training.guard) finds it, without importing the module that imports the guard.
+- `DrawsAtStepEnd`: a callback whose random draws at a step's end belong to the step (ExactResume snapshots
+  the RNGs after it: gptlit.training.resume).
 - `Outcome` / `EndsRuns`: a callback that ends a run says why; `run_outcome` is the one place that
   turns those (and Lightning's early stopping) into a job's status and the `stopped: ...` line.
 """
@@ -52,15 +54,22 @@ MODULE_NAMES = frozenset({"model", "tokens_seen", "step_loss", "paused_seconds",
 class LastState:
     """Base of the callback that writes `<run dir>/last.ckpt`: the loss guard keeps the last good one open
     and puts it back. `path` is where it goes (written yet or not), `saved_step` the global step of the
-    state on disk (None before the first write in this process)."""
+    state on disk (None before the first write in this process), `writing_alone` True while global rank 0
+    writes it by itself after a failure (the checkpoint hooks that run then must make no collective)."""
 
     path: Path
     saved_step: int | None = None
+    writing_alone: bool = False  # while rank 0 writes it by itself after a failure: callbacks make no collective
 
 
 def last_state(trainer) -> LastState | None:
     """The run's last.ckpt writer, None when last.ckpt is off."""
     return next((c for c in trainer.callbacks if isinstance(c, LastState)), None)
+
+
+class DrawsAtStepEnd:
+    """Base of a callback that draws from the global RNGs at an optimizer step's end as part of the step
+    (gptlit.training.callbacks.book.BookEval): exact resume's RNG snapshot is taken after it."""
 
 
 @dataclasses.dataclass(frozen=True)

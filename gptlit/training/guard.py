@@ -36,7 +36,6 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file
 from gptlit.training.contracts import Outcome, TrainingModule, last_state
-from gptlit.training.resume import ExactResume
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +291,8 @@ class LossGuard(L.Callback):
 
     # checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        # a rank writing alone (ExactResume.local_only, after a failure): no collective
-        alone = any(isinstance(c, ExactResume) and c.local_only for c in trainer.callbacks)
+        last = last_state(trainer)
+        alone = last is not None and last.writing_alone  # rank 0 writing alone after a failure: no collective
         if not alone and trainer.state.fn == "fit":
             self.check(trainer, pl_module, final=True)  # read what is pending: is this state good?
         self._save_good = not self._spikes  # skipped steps left the weights as they were

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from gptlit.core.errors import UserError
 from gptlit.data.sampler import BATCH_LAYOUT_KEYS, FINGERPRINT_KEYS, describe_setting, setting_fix
+from gptlit.training.contracts import DrawsAtStepEnd
 
 KEY = "gptlit_resume"
 FORMAT = 1
@@ -264,7 +265,7 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
     if mode == "global":
         tracker.order, order.before_draw = order, tracker.restore_rng_now
     # first, so the checkpoint callbacks see this step's state; after any callback that draws from the RNGs at
-    # a step's end as part of the step (gptlit.training.callbacks.BookEval), so the snapshot includes its draws
-    after = [i + 1 for i, c in enumerate(trainer.callbacks) if getattr(c, "draws_at_step_end", False)]
+    # a step's end as part of the step (a DrawsAtStepEnd: gptlit.training.callbacks.book.BookEval), so the snapshot includes its draws
+    after = [i + 1 for i, c in enumerate(trainer.callbacks) if isinstance(c, DrawsAtStepEnd)]
     trainer.callbacks.insert(max(after, default=0), tracker)
     return tracker
