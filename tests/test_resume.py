@@ -399,7 +399,7 @@ def test_global_order_kill_and_resume_is_the_same_run(tmp_path, corpus):
     epoch's end (last.ckpt of step 14's validation: the next epoch's order is drawn from its RNG states)
     and mid-epoch (step 21's: the drawn seed is the checkpoint's), every step is the uninterrupted run's."""
     glob = ["trainer.val_check_interval=7", "callbacks.last_checkpoint.every_n_train_steps=0", "data.order=global",
-            "+callbacks.book_eval._target_=gptlit.training.callbacks.BookEval", "+callbacks.book_eval.eval_iter=2"]
+            "+callbacks.book_eval._target_=gptlit.training.callbacks.book.BookEval", "+callbacks.book_eval.eval_iter=2"]
     r, _ = train(tmp_path, corpus, "ref", *glob, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     r, last = train(tmp_path, corpus, "a", *glob, "+callbacks.steps.kill_at_step=15", timeout=600)

@@ -23,7 +23,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from gptlit.training import memory
-from gptlit.training.callbacks import ProgressLog, SampleText
+from gptlit.training.callbacks.progress import ProgressLog
+from gptlit.training.callbacks.sampling import SampleText
 from gptlit.training.checkpointing import AtomicCheckpointIO
 from gptlit.core.files import atomic_write, user_path
 from gptlit.interop.checkpoints import (check_resumable, checkpoint_tokenizer, find_checkpoint, load_checkpoint,
@@ -40,7 +41,7 @@ from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.lit_module import GPTLitModule
 from gptlit.training.resume import setup_exact_resume
 from gptlit.run.trainer_args import check_trainer_args, cpu_processes_warning
-from gptlit.run.search import trial_pruning_callback
+from gptlit.run.search.trial import trial_pruning_callback
 from gptlit.run.trackers import prepare_loggers
 
 

@@ -82,7 +82,7 @@ class GPTLitModule(L.LightningModule):
     def compile_steps(self) -> int:
         """Optimizer steps at the start of training that torch.compile may spend compiling (the first builds
         the graphs; the second may build them again, e.g. when a guard sees a changed value), left out of
-        train/tokens_per_sec and of the step-time estimate (gptlit.training.callbacks.StepTime)."""
+        train/tokens_per_sec and of the step-time estimate (gptlit.training.callbacks.progress.StepTime)."""
         return COMPILE_STEPS if self.hparams.compile else 0
 
     def configure_model(self):

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from gptlit.core.errors import UserError
 from gptlit.data.sampler import BATCH_LAYOUT_KEYS, FINGERPRINT_KEYS, describe_setting, setting_fix
+from gptlit.training.contracts import DrawsAtStepEnd
 
 KEY = "gptlit_resume"
 FORMAT = 1
@@ -105,10 +106,10 @@ class ExactResume(L.Callback):
         self._step_seen = trainer.global_step
         if self._pending_rng is None:
             self.rng = [rng_state()]
-        if self._pending_tokens is not None and hasattr(pl_module, "tokens_seen"):
+        if self._pending_tokens is not None:
             pl_module.tokens_seen = self._pending_tokens
         self._pending_tokens = None
-        self._tokens_at_step = getattr(pl_module, "tokens_seen", None)
+        self._tokens_at_step = pl_module.tokens_seen
         part, self._pending_partial = self._pending_partial, None
         if part is not None:  # the micro-batches of this step done before the interrupt: their gradient back
             self._tokens_at_step = part["tokens_at_step"]
@@ -156,7 +157,7 @@ class ExactResume(L.Callback):
         if trainer.global_step != self._step_seen:  # an optimizer step finished with this batch
             self._step_seen, self.stepped = trainer.global_step, batch_idx + 1
             self.rng = [rng_state()]
-            self._tokens_at_step = getattr(pl_module, "tokens_seen", None)
+            self._tokens_at_step = pl_module.tokens_seen
 
     def partial_step(self, trainer, pl_module) -> int:
         """How many micro-batches of the unfinished optimizer step a checkpoint written now keeps (their
@@ -398,7 +399,7 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
     if mode == "global":
         tracker.order, order.before_draw = order, tracker.restore_rng_now
     # first, so the checkpoint callbacks see this step's state; after any callback that draws from the RNGs at
-    # a step's end as part of the step (gptlit.training.callbacks.BookEval), so the snapshot includes its draws
-    after = [i + 1 for i, c in enumerate(trainer.callbacks) if getattr(c, "draws_at_step_end", False)]
+    # a step's end as part of the step (a DrawsAtStepEnd: gptlit.training.callbacks.book.BookEval), so the snapshot includes its draws
+    after = [i + 1 for i, c in enumerate(trainer.callbacks) if isinstance(c, DrawsAtStepEnd)]
     trainer.callbacks.insert(max(after, default=0), tracker)
     return tracker
