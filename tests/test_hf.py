@@ -514,6 +514,10 @@ def folder_bytes(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
 
 
+# what export.py writes: the weights and their config, and the checkpoint's tokenizer (AutoTokenizer's files)
+EXPORTED = ["config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+
+
 def test_export_over_an_existing_export_needs_overwrite_and_replaces_it_whole(tmp_path, capsys, monkeypatch):
     from gptlit.run import export as export_module
 
@@ -521,7 +525,7 @@ def test_export_over_an_existing_export_needs_overwrite_and_replaces_it_whole(tm
     out = tmp_path / "exported"
     export_cli().main([f"ckpt={a}", f"out={out}"])
     first = folder_bytes(out)
-    assert sorted(first) == ["config.json", "model.safetensors"]
+    assert sorted(first) == EXPORTED
     capsys.readouterr()
 
     # before: the second export replaced the first silently
@@ -533,7 +537,7 @@ def test_export_over_an_existing_export_needs_overwrite_and_replaces_it_whole(tm
     assert folder_bytes(out) == first
 
     # a failure while the new export is written leaves the old one whole, and no temporary folder
-    def half_then_fail(model, folder):
+    def half_then_fail(model, folder, **kwargs):
         (Path(folder) / "config.json").write_text("{}")
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "model.safetensors"))
 
@@ -570,7 +574,7 @@ def test_export_never_replaces_a_folder_of_other_files(tmp_path, capsys):
     export_cli().main([f"ckpt={ckpt}", f"out={tmp_path / 'empty'}"])  # a new folder, parents made
     (tmp_path / "empty2").mkdir()
     export_cli().main([f"ckpt={ckpt}", f"out={tmp_path / 'empty2'}"])  # an empty folder is no export
-    assert sorted(p.name for p in (tmp_path / "empty2").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "empty2").iterdir()) == EXPORTED
 
 
 def test_export_into_a_read_only_folder_is_one_line(tmp_path, capsys):
