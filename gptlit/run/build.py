@@ -5,8 +5,8 @@ before any training. The order: the task, the `trainer.*` values, the model conf
 `data.max_length` are checked while the plan is resolved, before the corpus is read; the corpus is then tokenized
 (or found in the token cache: a corpus too short fails there), and the memory plan is made, before the model is
 built; the callbacks and loggers are built last, so a bad `callbacks.*` or `logger.*` value (or logger=wandb
-without wandb) fails after tokenizing. gptlit.run.runner resolves the plan (gptlit.run.plan.resolve) and runs what build returns;
-build_run does both steps for tests and benchmarks.
+without wandb) fails after tokenizing. gptlit.run.runner resolves the plan (gptlit.run.plan.resolve) and runs
+what build returns; gptlit.run.runner.build_run does both steps for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -149,7 +149,9 @@ def build(plan):
         rank_zero_info(mem.line())
         dm.set_plan(micro_batch_size=mem.micro_batch_size)
         tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * mem.accumulate
+    batches_per_epoch = len(dm.train_dataloader())  # loader batches (micro-batches) of one epoch, for val_interval
 
+    sampler = SampleText(**plan.sampling)  # checked in the plan already
     module = GPTLitModule(model=model_cfg, optim=plan.optim, compile=plan.compile, tokenizer=tokenizer)
     if plan.compile_line():
         rank_zero_info(plan.compile_line())
@@ -158,16 +160,15 @@ def build(plan):
     rank_zero_info(plan.model_line(module.model.num_params()))
 
     callbacks = instantiate_dict(plan.callbacks, "callbacks")
-    sampler = SampleText(**plan.sampling)
+    prepare_loggers(plan.loggers)  # logger=wandb without wandb: one line saying what to install
+    loggers = instantiate_dict(plan.loggers, "logger")
+    tcfg["val_check_interval"] = val_interval(tcfg, batches_per_epoch)
     if sampler.every_n_steps:
         callbacks.append(sampler)
     pruning = trial_pruning_callback()  # a trial of hparams_search=optuna: report val/loss, stop when hopeless
     if pruning is not None:
         callbacks.append(pruning)
-    prepare_loggers(plan.loggers)  # logger=wandb without wandb: one line saying what to install
-    loggers = instantiate_dict(plan.loggers, "logger")
 
-    tcfg["val_check_interval"] = val_interval(tcfg, len(dm.train_dataloader()))
     plain = next((c for c in callbacks if isinstance(c, ProgressLog)), None)
     if plain is not None and plain.active:  # output to a file or pipe: plain lines instead of the bar
         tcfg["enable_progress_bar"] = False
