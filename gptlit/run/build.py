@@ -133,11 +133,12 @@ def build(plan):
     if plan.seed is not None:
         L.seed_everything(plan.seed, workers=True, verbose=False)
 
-    # validate: the whole corpus; a rank waiting for another's token file gives up after dist_timeout_s
-    dm: GPTDataModule = make(plan.data, val_all=task == "validate", prepare_wait_s=plan.dist_timeout_s)
-    tokenizer = run_tokenizer(plan.tokenizer, dm)  # tokenizer=bpe: trained on the training text here (once; cached)
+    dm = data_for(plan)
+    tokenizer = dm.tokenizer
+    sampler = SampleText(**plan.sampling)  # checked in the plan already
     dm.prepare_data()
     dm.setup("fit")  # tokenize now: a corpus too short fails before the model is built
+    resume_from = load_checkpoint(plan.ckpt_path) if task == "train" and plan.ckpt_path else None  # memory-mapped
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size:,} "
                         f"ids ({tokenizer.describe()}); drop the model.vocab_size override (it follows the tokenizer)")
@@ -151,7 +152,6 @@ def build(plan):
         tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * mem.accumulate
     batches_per_epoch = len(dm.train_dataloader())  # loader batches (micro-batches) of one epoch, for val_interval
 
-    sampler = SampleText(**plan.sampling)  # checked in the plan already
     module = GPTLitModule(model=model_cfg, optim=plan.optim, compile=plan.compile, tokenizer=tokenizer)
     if plan.compile_line():
         rank_zero_info(plan.compile_line())
@@ -182,8 +182,7 @@ def build(plan):
     tcfg["enable_checkpointing"] = any(isinstance(c, Checkpoint) for c in callbacks)
     trainer: L.Trainer = make_trainer(tcfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     if task == "train":  # the data order and RNG states that make a resume exact (gptlit/training/resume.py)
-        ckpt = load_checkpoint(plan.ckpt_path) if plan.ckpt_path else None  # memory-mapped: reads no weights
-        setup_exact_resume(dm, trainer, plan.seed, plan.ckpt_path, plan.resume_inexact, ckpt)
+        setup_exact_resume(dm, trainer, plan.seed, plan.ckpt_path, plan.resume_inexact, resume_from)
     if task == "train" and trainer.is_global_zero and tokenizer.kind != "gpt2":
         # a copy for the user and other tools: every checkpoint holds the tokenizer itself
         Path(plan.output_dir).mkdir(parents=True, exist_ok=True)
@@ -194,13 +193,21 @@ def build(plan):
 
 def prepare(plan) -> dict:
     """task=prepare: tokenize the corpus into the token cache (or find it there) and say where it is."""
-    dm: GPTDataModule = make(plan.data)
-    run_tokenizer(plan.tokenizer, dm)
+    dm = data_for(plan)
     got = dm.prepare_tokens()
     how = "tokenized in" if got.built else "already in the cache; checked in"
     docs = f"{got.n_documents:,} document{'s' if got.n_documents != 1 else ''}"
     print(f"token file: {got.path}\ntokens: {got.n_tokens:,} ({docs})\n{how} {got.seconds:.1f} s")
     return {}
+
+
+def data_for(plan) -> GPTDataModule:
+    """The run's datamodule, given the run's tokenizer (dm.tokenizer); nothing read yet but what tokenizer=bpe
+    trains on (once; cached).
+    task=validate reads the whole corpus; a rank waiting for another's token file gives up after dist_timeout_s."""
+    dm: GPTDataModule = make(plan.data, val_all=plan.task == "validate", prepare_wait_s=plan.dist_timeout_s)
+    run_tokenizer(plan.tokenizer, dm)
+    return dm
 
 
 def run_tokenizer(tokenizer: Tokenizer | dict, dm: GPTDataModule) -> Tokenizer:
