@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["train", "sample", "eval", "export", "report"]
+COMMANDS = ["train", "sample", "eval", "export", "report", "compress"]
 
 
 def test_every_command_line_is_an_installed_entry_point():

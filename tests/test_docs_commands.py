@@ -23,6 +23,8 @@ runs the README's bits-per-byte command alone in the fast suite.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 import shlex
@@ -225,6 +227,15 @@ class Workspace:
             shutil.copy(corpus, web / f"part-{i}.txt")
         shutil.copytree(web, r / "corpus")
         shutil.copy(FIXTURES / "chinese.txt", r / "chinese.txt")  # docs/data.md's own-language commands
+        # docs/data.md's data=hf folders: ./my_dataset (rows with a `body`) and shards/*.jsonl.gz
+        text = corpus.read_text().splitlines()
+        lines = [json.dumps({"body": "\n".join(text[i:i + 10])}) for i in range(0, len(text), 10)]
+        (r / "my_dataset").mkdir()
+        (r / "my_dataset" / "part-0.jsonl").write_text("\n".join(lines) + "\n")
+        (r / "shards").mkdir()
+        for i in range(2):
+            with gzip.open(r / "shards" / f"part-{i}.jsonl.gz", "wt") as f:
+                f.write("\n".join(line.replace('"body"', '"text"') for line in lines) + "\n")
         shutil.copy(corpus, r / "english.txt")
         self.table |= {"/data/web-text/": f"{web}/", "task.path=...": "task.path=hellaswag_val.jsonl",
                        "bench.path=...": "bench.path=hellaswag_val.jsonl"}

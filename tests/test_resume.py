@@ -56,6 +56,51 @@ def test_loader_iterated_before_set_epoch_resumes_right(workers):
     assert torch.cat(list(it)).tolist() == want
 
 
+def test_global_order_is_shuffled_dataloaders_and_draws_what_it_draws():
+    """data.order=global: the order of DataLoader(shuffle=True) seeded through torch.manual_seed, and the
+    global generator left exactly where such a loader leaves it, epoch after epoch; a resume mid-epoch
+    takes the drawn seed and draws nothing."""
+    from gptlit.data.sampler import TrainOrder
+
+    ds = torch.arange(19)
+    torch.manual_seed(7)
+    book = DataLoader(ds, batch_size=2, shuffle=True, drop_last=True)
+    want = [torch.cat(list(book)).tolist() for _ in range(3)]
+    after = torch.rand(4)
+
+    torch.manual_seed(7)
+    order = TrainOrder(mode="global")
+    sampler = order.sampler(ds, 2, True)
+    loader = DataLoader(ds, batch_size=2, sampler=sampler, drop_last=True, generator=torch.Generator())
+    got = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        got.append(torch.cat(list(loader)).tolist())
+        if epoch == 1:
+            seed_1 = order.seed
+    assert got == want and len(got[0]) == 18
+    assert torch.equal(torch.rand(4), after)
+
+    resumed_order = TrainOrder(seed_1, epoch=1, start_batch=3, mode="global")
+    resumed = resumed_order.sampler(ds, 2, True)
+    state = torch.get_rng_state()
+    assert list(resumed) == want[1][6:] and torch.equal(torch.get_rng_state(), state)
+    resumed.set_epoch(2)
+    drawn = []
+    resumed_order.before_draw = lambda: drawn.append(True)
+    assert len(list(resumed)) == 18 and drawn == [True]  # the next epoch draws, after before_draw
+
+
+def test_global_order_is_one_process_only():
+    from gptlit.data.sampler import TrainOrder
+
+    class Trainer:
+        world_size, global_rank = 2, 0
+
+    with pytest.raises(UserError, match="data.order=global runs on one process, this run has 2"):
+        TrainOrder(mode="global").sampler(list(range(10)), 2, True, Trainer())
+
+
 # ---- in-process: refusals, old checkpoints, cadence, checkpoint files ---------------------------------
 
 
@@ -241,6 +286,26 @@ def test_kill_anywhere_and_resume_is_the_same_run(tmp_path, corpus, workers, ref
     assert r.returncode == 0, r.stderr[-3000:]
     pieces = [row for name in "abc" for row in _rows(tmp_path / "log" / name)]
     assert_same_run(reference, pieces, 2 * STEPS_PER_EPOCH, f"killed at {k1} and {k2}:")
+
+
+@pytest.mark.slow
+def test_global_order_kill_and_resume_is_the_same_run(tmp_path, corpus):
+    """data.order=global with the book's evaluation (both draw from torch's global generator): resumed at an
+    epoch's end (last.ckpt of step 14's validation: the next epoch's order is drawn from its RNG states)
+    and mid-epoch (step 21's: the drawn seed is the checkpoint's), every step is the uninterrupted run's."""
+    glob = ["trainer.val_check_interval=7", "callbacks.last_checkpoint.every_n_train_steps=0", "data.order=global",
+            "+callbacks.book_eval._target_=gptlit.training.callbacks.BookEval", "+callbacks.book_eval.eval_iter=2"]
+    r, _ = train(tmp_path, corpus, "ref", *glob, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r, last = train(tmp_path, corpus, "a", *glob, "+callbacks.steps.kill_at_step=15", timeout=600)
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert torch.load(last, weights_only=True)["global_step"] == 14
+    r, last = train(tmp_path, corpus, "b", *glob, "+callbacks.steps.kill_at_step=23", ckpt=last, timeout=600)
+    assert r.returncode == -9, r.stderr[-3000:]
+    r, _ = train(tmp_path, corpus, "c", *glob, ckpt=last, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pieces = [row for name in "abc" for row in _rows(tmp_path / "log" / name)]
+    assert_same_run(_rows(tmp_path / "log" / "ref"), pieces, 2 * STEPS_PER_EPOCH, "global order:")
 
 
 def _rows(d: Path, rank: int = 0):

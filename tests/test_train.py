@@ -249,6 +249,25 @@ def test_weight_decay_groups(make_cfg):
     assert n == sum(p.numel() for p in module.model.parameters())
 
 
+def test_decay_all_decays_every_parameter(make_cfg):
+    _, module, _, _ = build(make_cfg("optim.decay_all=true"))
+    opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    (group,) = opt.param_groups  # the book's AdamW(model.parameters(), weight_decay=0.1)
+    assert group["weight_decay"] == 0.1
+    assert [id(p) for p in group["params"]] == [id(p) for p in module.model.parameters()]
+
+
+def test_book_eval_logs_the_books_evaluation_every_eval_freq_steps(make_cfg, corpus, tmp_path):
+    cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=7", "data.order=global",
+                   "+callbacks.book_eval._target_=gptlit.training.callbacks.BookEval", "+callbacks.book_eval.eval_iter=2")
+    run(cfg)
+    s = scalars(tmp_path / "run")
+    # after optimizer steps 1 and 6 (the book's global_step 0 and 5), once each
+    assert [step for step, _ in s["book/train_loss"]] == [step for step, _ in s["book/val_loss"]] == [1, 6]
+    assert all(0 < v < 20 for _, v in s["book/train_loss"] + s["book/val_loss"])
+
+
 def test_gradient_clipping_with_fused_adamw(make_cfg, corpus, tmp_path):
     # fused AdamW runs on CPU in recent torch; clipping must work with it
     cfg = make_cfg("data=text", f"data.path={corpus}", "optim.fused=true", "optim.grad_clip=0.5",

@@ -38,6 +38,10 @@ class DataConfig:
     # at each validation, also the loss (dropout off) on this many batches of fixed train windows
     # (train/eval_loss); 0 = off
     eval_train_batches: int = 5
+    # the training order: sampler = gptlit's own shuffle of (seed, epoch), resumable on any number of
+    # processes; global = DataLoader(shuffle=True)'s, drawn from torch's global generator at each
+    # epoch's start (the book's; one process only; gptlit.data.sampler.GlobalOrderSampler)
+    order: str = "sampler"
     num_workers: int = 0  # DataLoader worker processes
     max_val_windows: int | None = 1000  # validate on at most this many val windows, spread evenly; None = all
     text_key: str = "text"  # record formats (.jsonl, .parquet, source=hf): the key or column holding each document's text
@@ -73,6 +77,8 @@ class DataConfig:
             raise UserError(f"data.micro_batch_size={m} must be auto or a positive integer")
         if not isinstance(self.eval_train_batches, int) or self.eval_train_batches < 0:
             raise UserError(f"data.eval_train_batches={self.eval_train_batches} must be >= 0 (0 turns it off)")
+        if self.order not in ("sampler", "global"):
+            raise UserError(f"data.order={self.order} is unknown: use sampler or global")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise UserError(f"data.num_workers={self.num_workers} must be >= 0")
         for name in ("num_proc", "max_val_windows"):

@@ -50,7 +50,7 @@ class GPTDataModule(L.LightningDataModule):
         self.tokens: TokenFile | None = None
         self.train_set = self.val_set = None
         self.loader_batch_size = self.config.batch_size  # what a DataLoader batch holds (see set_plan)
-        self.order = TrainOrder()  # shuffle seed and resume position of the train loader (see set_plan)
+        self.order = TrainOrder(mode=self.config.order)  # shuffle seed and resume position of the train loader (see set_plan)
         self._tokenizer = None  # the run's Tokenizer (use_tokenizer); None: GPT-2's
 
     def use_tokenizer(self, tokenizer) -> None:
@@ -176,8 +176,8 @@ class GPTDataModule(L.LightningDataModule):
         )
 
     def train_sampler(self, trainer=None):
-        """The training order: shuffled per epoch with the seed, each rank its shard, resumable mid-epoch
-        (gptlit/data/sampler.py)."""
+        """The training order: shuffled per epoch with the seed, each rank its shard, resumable mid-epoch;
+        or, with data.order=global, DataLoader(shuffle=True)'s (gptlit/data/sampler.py)."""
         # batches of data.batch_size (an incomplete last one dropped), read in micro-batches: the same
         # samples in the same order whatever the micro-batch size
         return self.order.sampler(self.train_set, self.loader_batch_size, len(self.train_set) >= self.config.batch_size,

@@ -22,10 +22,13 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Sampler
+
+from gptlit.core.errors import UserError
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -72,19 +75,79 @@ class ResumableDistributedSampler(DistributedSampler):
             yield from chunk.tolist()
 
 
+def draw_from_global_generator() -> int:
+    """One int64 from torch's global generator, drawn as DataLoader and RandomSampler draw theirs."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
+class GlobalOrderSampler(Sampler):
+    """The order of `DataLoader(dataset, shuffle=True)` with no generator given (the book's loader),
+    resumable mid-epoch.
+
+    At each epoch's first batch it draws from torch's global generator what such a loader draws there:
+    one int64 that DataLoader's iter() takes as its base seed, then one that RandomSampler seeds its
+    permutation with (`randperm` of a generator seeded with it). The loader itself is given its own
+    generator, so nothing else draws: the global generator (which dropout shares) ends up where the
+    book's script leaves it, and with the book's seed the permutation is the book's. The drawn seed is
+    kept in `order.seed` (written into checkpoints): a run resumed mid-epoch takes it instead of drawing
+    and skips the batches already trained; one resumed at an epoch's start draws, after `order.before_draw`
+    has put back the checkpoint's RNG states (set by gptlit.training.resume.setup_exact_resume)."""
+
+    def __init__(self, dataset, batch_size: int, drop_last: bool, order: "TrainOrder", step_size: int | None = None):
+        self.dataset, self.batch_size, self.batch_drop_last = dataset, batch_size, drop_last
+        self.step_size = step_size or batch_size
+        self.order = order
+        self.epoch, self.start_batch = order.epoch, order.start_batch
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.step_size * self.step_size if self.batch_drop_last else n
+
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.start_batch = epoch, 0
+
+    def __iter__(self):
+        order = self.order
+        if not (self.start_batch and order.seed is not None and order.epoch == self.epoch):
+            if order.before_draw is not None:
+                order.before_draw()
+            draw_from_global_generator()  # what DataLoader's iter() draws for its base seed
+            order.seed, order.epoch = draw_from_global_generator(), self.epoch  # RandomSampler's seed
+            self.start_batch = 0
+        g = torch.Generator()
+        g.manual_seed(order.seed)
+        perm = torch.randperm(len(self.dataset), generator=g)[: len(self)]
+        start, self.start_batch = self.start_batch, 0  # a second iter() in this epoch draws afresh, as a DataLoader does
+        yield from perm[start * self.batch_size :].tolist()
+
+
 @dataclass
 class TrainOrder:
     """What the train loader's sampler is made with: the shuffle seed and, when resuming, the epoch
     and the batches of it already trained. The datamodule holds one; gptlit.training.resume.setup_exact_resume
-    gives it the run's (GPTDataModule.set_plan)."""
+    gives it the run's (GPTDataModule.set_plan).
+
+    mode (data.order): "sampler", gptlit's shuffle of (seed, epoch); "global", GlobalOrderSampler's, where
+    `seed` is the current epoch's drawn seed (None until drawn)."""
 
     seed: int | None = None  # None: the run's seed is not set yet (a random one, as a plain shuffle would)
     epoch: int = 0
     start_batch: int = 0
+    mode: str = "sampler"
+    before_draw: Callable[[], None] | None = None  # global: called before an epoch's seed is drawn
 
     def sampler(self, dataset, batch_size: int, drop_last: bool, trainer=None,
-                step_size: int | None = None) -> ResumableDistributedSampler:
+                step_size: int | None = None) -> ResumableDistributedSampler | GlobalOrderSampler:
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self.mode == "global":
+            if world > 1:
+                raise UserError(f"data.order=global runs on one process, this run has {world}: "
+                                f"use data.order=sampler (each process its shard of one shuffle)")
+            return GlobalOrderSampler(dataset, batch_size, drop_last, self, step_size=step_size)
         return ResumableDistributedSampler(dataset, batch_size, drop_last, num_replicas=world, rank=rank,
                                            seed=default_seed(self.seed), epoch=self.epoch, start_batch=self.start_batch,
                                            step_size=step_size)
@@ -122,11 +185,13 @@ def corpus_digest(tokens, pieces: int = 64, width: int = 64) -> str:
     return h.hexdigest()[:16]
 
 
-def order_fingerprint(dataset, batch_size: int, world_size: int, micro_batch_size: int | None = None) -> dict:
+def order_fingerprint(dataset, batch_size: int, world_size: int, micro_batch_size: int | None = None,
+                      order: str | None = None) -> dict:
     """Everything the data order depends on besides the seed: a resume is exact only where all match.
-    The position is counted in DataLoader batches, so the micro-batch size must match too."""
+    The position is counted in DataLoader batches, so the micro-batch size must match too. data.order
+    is an entry only when it is global (checkpoints of the sampler order never had one)."""
     tokens = getattr(dataset, "tokens", None)
-    return {
+    return {**({"order": order} if order == "global" else {}),
         "batch_size": int(batch_size),
         "micro_batch_size": int(micro_batch_size or batch_size),
         "world_size": int(world_size),
@@ -140,6 +205,7 @@ def order_fingerprint(dataset, batch_size: int, world_size: int, micro_batch_siz
 # How each fingerprint entry is set, for the error that names a difference: the setting (a config key
 # to set back, or None where the value is not one setting) and its description.
 FINGERPRINT_KEYS = {
+    "order": "data.order",
     "batch_size": "data.batch_size",
     "micro_batch_size": "data.micro_batch_size",
     "world_size": "processes (trainer.devices x trainer.num_nodes)",
@@ -155,6 +221,8 @@ BATCH_LAYOUT_KEYS = ("batch_size", "micro_batch_size", "world_size")
 def describe_setting(key: str, value) -> str:
     """A fingerprint entry and its value as a message says it: `data.batch_size=4`, `2 processes (...)`."""
     what = FINGERPRINT_KEYS[key]
+    if key == "order":
+        value = value or "sampler"
     if what.startswith("data."):
         return f"{what}={value}"
     if key == "corpus":
@@ -165,6 +233,8 @@ def describe_setting(key: str, value) -> str:
 def setting_fix(key: str, value) -> str:
     """What to do to continue the checkpoint's order exactly."""
     what = FINGERPRINT_KEYS[key]
+    if key == "order":
+        value = value or "sampler"
     if what.startswith("data."):
         return f"set {what}={value} as the checkpoint has"
     if key == "world_size":

@@ -226,13 +226,14 @@ class GPTLitModule(L.LightningModule):
     # optimizer ----------------------------------------------------------------------------------
     def configure_optimizers(self):
         o = self.hparams.optim
-        # Decay matrices (linear and embedding weights); never biases or LayerNorm parameters.
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": o["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if o.get("decay_all"):  # every parameter decays, as the book's AdamW(model.parameters()) does
+            groups = [{"params": params, "weight_decay": o["weight_decay"]}]
+        else:  # matrices (linear and embedding weights) decay; biases and LayerNorm parameters never
+            groups = [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ]
         fused = o["fused"] if o["fused"] is not None else self.device.type in ("cuda", "cpu")
         opt = torch.optim.AdamW(
             groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], **({"fused": True} if fused else {})

@@ -14,10 +14,13 @@ from gptlit.core.errors import UserError, check_keys
 @dataclass
 class OptimConfig:
     """AdamW with an lr schedule (the `optim` group). Weight decay applies to matrices (linear and
-    embedding weights), never to biases or LayerNorm parameters."""
+    embedding weights), never to biases or LayerNorm parameters, unless decay_all is set."""
 
     lr: float = 1e-3
     weight_decay: float = 0.1
+    # true: weight decay on every parameter, biases and LayerNorm weights too, in one group (the book's
+    # AdamW(model.parameters(), weight_decay=0.1)); false: matrices only
+    decay_all: bool = False
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float | None = 1.0  # max global gradient norm before each optimizer step (works with fused AdamW); None = off
@@ -45,6 +48,8 @@ def validate_optim(o: dict) -> dict:
         raise UserError(f"optim.lr={o['lr']} must be > 0 (e.g. optim.lr=4e-4)")
     if o["weight_decay"] < 0:
         raise UserError(f"optim.weight_decay={o['weight_decay']} must be >= 0")
+    if not isinstance(o["decay_all"], bool):
+        raise UserError(f"optim.decay_all={o['decay_all']} must be true or false")
     if o["grad_clip"] is not None and o["grad_clip"] <= 0:
         raise UserError(f"optim.grad_clip={o['grad_clip']} must be > 0, or null to turn clipping off")
     if o["scheduler"] not in ("cosine", "constant"):

@@ -78,6 +78,7 @@ class ExactResume(L.Callback):
         self.local_only = False  # a checkpoint written by one rank alone (after a failure): no gather
         self._tokens_at_step: int | None = None  # the module's tokens_seen at the last finished step
         self._pending_tokens: int | None = None  # to restore at train start after a resume
+        self.order = None  # the datamodule's TrainOrder, whose seed a checkpoint records (set by setup_exact_resume)
 
     @property
     def at_step_boundary(self) -> bool:
@@ -113,6 +114,14 @@ class ExactResume(L.Callback):
         if trainer.current_epoch != self.epoch:
             self.epoch, self.stepped, self.ended = trainer.current_epoch, 0, 0
 
+    def restore_rng_now(self) -> None:
+        """Put back a resumed checkpoint's RNG states now rather than before the first batch (data.order=global
+        draws the epoch's order from them before that batch is fetched); nothing without a pending one."""
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+            self.rng = [rng_state()]
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         self._in_optimizer_step = True
 
@@ -129,7 +138,7 @@ class ExactResume(L.Callback):
             "format": FORMAT,
             "epoch": self.epoch,
             "batches": self.stepped,
-            "seed": self.seed,
+            "seed": self.order.seed if self.order is not None else self.seed,  # data.order=global: the epoch's
             "data": dict(self.fingerprint),
             "rng": [self.rng[0]] if self.local_only else gather(self.rng[0], trainer),
             "exact": self.at_step_boundary,
@@ -202,7 +211,8 @@ def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch
             f"the data order of epoch {epoch} starts over from its first batch"
         )
         return None
-    seed, epoch, batches = int(state["seed"]), int(state["epoch"]), int(state["batches"])
+    seed, epoch, batches = state["seed"], int(state["epoch"]), int(state["batches"])
+    seed = None if seed is None else int(seed)  # data.order=global before its first draw
     saved = state.get("data") or {}
     # At the first batch of an epoch (a checkpoint written before the first step finished, say) no
     # batch of the order was consumed: batch size, micro-batch size and process count only cut the
@@ -234,10 +244,14 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
     from gptlit.data.sampler import TrainOrder, default_seed, order_fingerprint
 
     sampler = dm.train_sampler(trainer)  # its length does not depend on the order's seed or position
-    fingerprint = order_fingerprint(dm.train_set, dm.config.batch_size, trainer.world_size, dm.loader_batch_size)
+    mode = dm.order.mode
+    fingerprint = order_fingerprint(dm.train_set, dm.config.batch_size, trainer.world_size, dm.loader_batch_size, mode)
     per_epoch = sampler.batches_per_epoch()
     plan = plan_resume(ckpt, ckpt_path, fingerprint, per_epoch, allow_inexact) if ckpt_path else None
-    if plan is None:
+    if mode == "global":  # the seed is drawn at each epoch's start; a resume mid-epoch takes the drawn one
+        order = TrainOrder(None, mode=mode) if plan is None else TrainOrder(
+            plan["seed"] if plan["start_batch"] else None, plan["epoch"], plan["start_batch"], mode=mode)
+    elif plan is None:
         order = TrainOrder(default_seed(seed, run=str(trainer.default_root_dir)))  # one random seed per run
     else:
         order = TrainOrder(plan["seed"], plan["epoch"], plan["start_batch"])
@@ -247,5 +261,10 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
         warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable", category=PossibleUserWarning)
     dm.set_plan(order=order)
     tracker = ExactResume(fingerprint, order.seed, per_epoch)
-    trainer.callbacks.insert(0, tracker)
+    if mode == "global":
+        tracker.order, order.before_draw = order, tracker.restore_rng_now
+    # first, so the checkpoint callbacks see this step's state; after any callback that draws from the RNGs at
+    # a step's end as part of the step (gptlit.training.callbacks.BookEval), so the snapshot includes its draws
+    after = [i + 1 for i, c in enumerate(trainer.callbacks) if getattr(c, "draws_at_step_end", False)]
+    trainer.callbacks.insert(max(after, default=0), tracker)
     return tracker
