@@ -250,7 +250,7 @@ def test_weight_decay_groups(make_cfg):
 
 
 def test_decay_all_decays_every_parameter(make_cfg):
-    _, module, _, _ = build(make_cfg("optim.decay_all=true"))
+    _, module, _, _ = build_run(make_cfg("optim.decay_all=true"))
     opt = module.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     (group,) = opt.param_groups  # the book's AdamW(model.parameters(), weight_decay=0.1)
