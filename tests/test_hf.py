@@ -317,7 +317,11 @@ def test_validate_pretrained_equals_transformers_loss(hf_model, hf_dirs, text_fi
     cfg = compose(["task=validate", f"model.init_from={hf_dirs['safetensors']}", "data.max_length=32", "~logger",
                    *common(tmp_path, text_file)])
     metrics = run(cfg)
-    assert cfg.model.emb_dim == 64 and cfg.model.context_length == 64  # taken from the weights, not preset mini
+    from gptlit.run.model_source import model_for_run
+    from gptlit.run.plan import resolve
+
+    plan = resolve(cfg, model_for_run)  # the run's model: taken from the weights, not preset mini
+    assert plan.model.emb_dim == 64 and plan.model.context_length == 64 and plan.data["max_length"] == 32
     # every window of the whole text: 32 inputs + 1 target token each, non-overlapping
     tokens = torch.tensor(encode(text_file.read_text(encoding="utf-8")))
     n = num_windows(len(tokens), 32, 32)
