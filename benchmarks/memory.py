@@ -73,7 +73,7 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
          f"data.micro_batch_size={batch}", f"model.drop_rate={drop}", "trainer.max_steps=2", *extra]
     )
     dm, module, trainer, _ = build_run(cfg)
-    from gptlit.training.callbacks import StepTime
+    from gptlit.training.callbacks.progress import StepTime
 
     timer = StepTime(skip_steps=1, timed_steps=1)  # the second step's time
     trainer.callbacks.append(timer)

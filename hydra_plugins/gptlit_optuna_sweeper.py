@@ -45,10 +45,10 @@ ConfigStore.instance().store(group="hydra/sweeper", name="gptlit_optuna", node=G
 
 
 class GptlitOptunaSweeper(Sweeper):
-    """Hydra's Sweeper interface around gptlit.run.search.OptunaSearch."""
+    """Hydra's Sweeper interface around gptlit.run.search.sweeper.OptunaSearch."""
 
     def __init__(self, **conf: Any) -> None:
-        from gptlit.run.search import OptunaSearch
+        from gptlit.run.search.sweeper import OptunaSearch
 
         self.search = OptunaSearch(**conf)
 

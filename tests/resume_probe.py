@@ -73,3 +73,25 @@ class CtrlCAtMicroBatch(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx == self.batch:
             raise KeyboardInterrupt
+
+
+class SigintInBackward(L.Callback):
+    """A real Ctrl-C (SIGINT to this process) in the middle of micro-batch `batch`'s backward: sent by a
+    gradient hook on a parameter of the first block, once the gradients of the later layers are in."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx != self.batch:
+            return
+        p = next(p for n, p in pl_module.named_parameters() if ".0." in n and p.dim() == 2)
+        handle = None
+
+        def hook(grad):
+            handle.remove()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the signal is in: any Python code from here on may raise it
+            return grad
+
+        handle = p.register_hook(hook)

@@ -1,6 +1,6 @@
 """A stand-in for train.py in the search tests: a Hydra app on gptlit's Optuna sweeper whose trials
 train nothing. Trial n's "val/loss" at step s (1..steps) is offsets[n] + 1/s (offsets[n] = 0 past the
-list), reported to its trial at every step through gptlit.run.search.connect_trial, as the Pruning
+list), reported to its trial at every step through gptlit.run.search.trial.connect_trial, as the Pruning
 callback does; it stops when pruned. Each trial writes job_result.json (what the sweep summary reads)
 and a file ran-<trial>-<pid> in `out`, so a test sees which process ran which trial.
 
@@ -25,7 +25,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 
 from gptlit.core.job_record import JobRecord
-from gptlit.run.search import connect_trial
+from gptlit.run.search.trial import connect_trial
 
 
 @dataclass

@@ -173,7 +173,7 @@ def test_command_line_and_python_get_the_same_data_settings(make_cfg, corpus, op
 def test_command_line_and_python_get_the_same_optimizer_and_sampling(make_cfg):
     from omegaconf import OmegaConf
 
-    from gptlit.training.callbacks import SampleText
+    from gptlit.training.callbacks.sampling import SampleText
     from gptlit.training.lit_module import GPTLitModule
 
     cfg = make_cfg(tiny=False)

@@ -40,8 +40,9 @@ def test_ctrl_c_says_where_last_ckpt_is_and_the_command_that_resumes(make_cfg, c
                     f"python train.py 'hydra.run.dir=/data/run 1' model=nano 'sampling.prompt=每一次 café' ckpt_path={last}"]
 
 
-def test_ctrl_c_inside_an_accumulation_says_what_is_lost(corpus, tmp_path, caplog):
-    # 2 micro-batches a step; Ctrl-C after the first micro-batch of step 4: last.ckpt of step 3 is written
+def test_ctrl_c_inside_an_accumulation_says_what_is_kept(corpus, tmp_path, caplog):
+    # 2 micro-batches a step; Ctrl-C after the first micro-batch of step 4: last.ckpt of step 3 is written,
+    # with that micro-batch (its gradient)
     cfg = compose_cfg([*TINY, "data=text", f"data.path={corpus}", "data.micro_batch_size=2", "trainer.max_steps=10",
                        "trainer.val_check_interval=2", "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch",
                        "+callbacks.ctrl_c.batch=6"], tmp_path / "run")
@@ -54,8 +55,8 @@ def test_ctrl_c_inside_an_accumulation_says_what_is_lost(corpus, tmp_path, caplo
     assert stopped.value.code == 130
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("interrupted")]
     assert len(said) == 1 and said[0].startswith(
-        "interrupted at step 3, 1 of 2 micro-batches into step 4 (lost: a checkpoint holds whole optimizer steps). "
-        "last.ckpt (step 3) is "), said
+        "interrupted at step 3, 1 of 2 micro-batches into step 4 (kept: their gradient so far; a resume goes on "
+        "with micro-batch 2). last.ckpt (step 3, and 1 micro-batch of step 4) is "), said
 
 
 def with_bar(corpus, tmp_path, *more):
@@ -76,7 +77,7 @@ def test_the_sample_at_the_end_is_printed_with_the_progress_bar_on(corpus, tmp_p
 
 @pytest.mark.parametrize("terminal", [True, False])
 def test_plain_progress_lines_instead_of_the_bar_when_stdout_is_no_terminal(corpus, tmp_path, monkeypatch, terminal):
-    from gptlit.training.callbacks import ProgressLog
+    from gptlit.training.callbacks.progress import ProgressLog
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
     _, _, trainer, _ = build_run(with_bar(corpus, tmp_path, "trainer.max_steps=2"))
@@ -86,7 +87,7 @@ def test_plain_progress_lines_instead_of_the_bar_when_stdout_is_no_terminal(corp
 
 def test_first_time_estimate_after_the_first_micro_batch(make_cfg, corpus, capsys):
     # before: the first estimate came after two whole optimizer steps (minutes each for model=small on a CPU)
-    from gptlit.training.callbacks import StepTime
+    from gptlit.training.callbacks.progress import StepTime
 
     class Mark(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -117,11 +118,11 @@ def test_progress_lines_leave_validation_and_samples_out_of_tokens_per_sec(monke
     # before: the line after a validation counted its seconds, 1,690 tokens/s against 2,586 logged
     from types import SimpleNamespace
 
-    from gptlit.training import callbacks
+    from gptlit.training.callbacks import progress
 
     clock = [100.0]
-    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
-    log = callbacks.ProgressLog(when="always", every_n_steps=10)
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    log = progress.ProgressLog(when="always", every_n_steps=10)
     module = SimpleNamespace(tokens_seen=0, paused_seconds=0.0, step_loss=None)
     trainer = SimpleNamespace(global_step=0, is_global_zero=True, log_every_n_steps=10, max_steps=100,
                               estimated_stepping_batches=100, max_epochs=None, current_epoch=0, optimizers=[],

@@ -207,7 +207,7 @@ def test_build_runs_the_batch_as_micro_batches(make_cfg, monkeypatch):
 
 @pytest.mark.slow  # two trainings
 def test_same_losses_with_and_without_micro_batches(make_cfg, capsys):
-    from gptlit.training.callbacks import LossPlot
+    from gptlit.training.callbacks.loss_plot import LossPlot
     from gptlit.run.runner import build_run
 
     runs = {}

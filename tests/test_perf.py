@@ -87,7 +87,7 @@ def test_mfu_logged_only_with_a_known_peak(make_cfg, corpus, monkeypatch):
     fpt = model_flops_per_token(module.model, 32)
     assert float(m["train/mfu"]) == pytest.approx(float(m["train/tokens_per_sec"]) * fpt / 1e12, rel=1e-5)
     # not prog_bar metrics (Lightning would read them after every batch): gptlit's bar shows them as last logged
-    from gptlit.training.callbacks import LogStepProgressBar
+    from gptlit.training.callbacks.progress import LogStepProgressBar
 
     assert {"train/mfu", "train/tokens_per_sec"} <= set(LogStepProgressBar.SHOWN) & set(m)
 
@@ -98,7 +98,7 @@ def test_sampling_time_is_not_counted_as_training(make_cfg, corpus, monkeypatch)
     clock advances it by 1 ms, and each text sample takes 1000 s of it."""
     import types
 
-    import gptlit.training.callbacks
+    import gptlit.training.callbacks.sampling
     import gptlit.training.lit_module
 
     clock = {"t": 0.0}
@@ -112,7 +112,7 @@ def test_sampling_time_is_not_counted_as_training(make_cfg, corpus, monkeypatch)
         return " sample"
 
     monkeypatch.setattr(gptlit.training.lit_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
-    monkeypatch.setattr(gptlit.training.callbacks, "generate_text", slow_sample)
+    monkeypatch.setattr(gptlit.training.callbacks.sampling, "generate_text", slow_sample)
     dm, module, trainer, _ = build_run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=4",
                                             "trainer.log_every_n_steps=1", "sampling.every_n_steps=1"))
     trainer.fit(module, datamodule=dm)
@@ -216,7 +216,7 @@ def test_a_step_that_does_not_log_reads_no_more_values_than_a_plain_loop(make_cf
     and clipping share one gradient-norm pass, as the plain loop's clipping makes."""
     cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=6", "trainer.log_every_n_steps=2",
                    "trainer.precision=32-true", "trainer.enable_progress_bar=true",
-                   "callbacks.progress_bar={_target_:gptlit.training.callbacks.LogStepProgressBar}",
+                   "callbacks.progress_bar={_target_:gptlit.training.callbacks.progress.LogStepProgressBar}",
                    "logger=[tensorboard,csv]")
     dm, module, trainer, _ = build_run(cfg)
     probe = _ProfileStep(at)
@@ -275,7 +275,7 @@ def test_compile_auto_is_on_for_cuda_only():
 def test_step_time_leaves_out_the_compile_steps():
     from types import SimpleNamespace
 
-    from gptlit.training.callbacks import StepTime
+    from gptlit.training.callbacks.progress import StepTime
 
     def measured_after(compile_steps: int) -> int:
         st = StepTime(skip_steps=1, timed_steps=1, first_batch=False)

@@ -197,32 +197,137 @@ def test_bad_cadence(make_cfg, key, value, match):
         build_run(make_cfg(f"callbacks.last_checkpoint.{key}={value}"))
 
 
-def test_ctrl_c_inside_an_accumulation_resumes_as_the_uninterrupted_run(corpus, tmp_path):
-    """Ctrl-C after the first of 2 micro-batches of step 4 writes last.ckpt as of step 3 (before: none, as
-    between optimizer steps it could not resume exactly); resumed, it trains the uninterrupted run's
-    micro-batches with the same losses to the last bit (dropout on: the RNG states are step 3's)."""
+def _ctrl_c_run(cfg):
+    """run(cfg), stopped by a Ctrl-C inside it: the SystemExit of the interrupt line."""
     import signal
 
-    from conftest import compose_cfg
-
-    args = tiny(corpus, "data.micro_batch_size=2", "model.drop_rate=0.1", "trainer.max_steps=6",
-                "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
-    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
     handler = signal.getsignal(signal.SIGINT)
     try:
-        with pytest.raises(SystemExit):
-            run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
-                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=6"],
-                            tmp_path / "cut"))
+        with pytest.raises(SystemExit) as stopped:
+            run(cfg)
     finally:
         signal.signal(signal.SIGINT, handler)
+    assert stopped.value.code == 130
+
+
+def _weights(ckpt: Path) -> dict:
+    c = torch.load(ckpt, weights_only=True)
+    return {**c["state_dict"], **{f"opt.{i}.{k}": v for i, s in c["optimizer_states"][0]["state"].items()
+                                  for k, v in s.items()}}
+
+
+@pytest.mark.parametrize("micro,ctrl_c,steps,probe", [
+    ("2", 6, 6, "CtrlCAtMicroBatch"),  # 2 micro-batches a step: after the first of step 4
+    ("1", 1, 4, "CtrlCAtMicroBatch"),  # 4 a step: after 2 of step 0 (the first: before, nothing was left to resume)
+    ("1", 9, 4, "CtrlCAtMicroBatch"),  # 4 a step: after 2 of step 2
+    ("1", 9, 4, "SigintInBackward"),  # a real SIGINT in the middle of micro-batch 9's backward: it completes first
+])
+def test_ctrl_c_inside_an_accumulation_resumes_as_the_uninterrupted_run(corpus, tmp_path, micro, ctrl_c, steps, probe):
+    """Ctrl-C after micro-batch `ctrl_c` (inside an optimizer step) writes last.ckpt with the step's
+    micro-batches done so far (their gradient, losses, tokens, RNG states and position); resumed, it goes
+    on with the next micro-batch: the uninterrupted run's losses and final weights and AdamW moments, to
+    the last bit (fp32, dropout on). Before, the micro-batches of the unfinished step were trained again
+    (and a Ctrl-C in step 0 left nothing to resume)."""
+    from conftest import compose_cfg
+
+    args = tiny(corpus, f"data.micro_batch_size={micro}", "model.drop_rate=0.1", f"trainer.max_steps={steps}",
+                "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
+    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
+    _ctrl_c_run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
+                             f"+callbacks.ctrl_c._target_=resume_probe.{probe}",
+                             f"+callbacks.ctrl_c.batch={ctrl_c}"], tmp_path / "cut"))
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 3
+    saved = torch.load(last, weights_only=True)
+    every = 4 // int(micro)
+    done = (ctrl_c + 1) % every
+    assert saved["global_step"] == ctrl_c // every
+    assert saved["gptlit_resume"]["partial"]["micro_batches"] == done
     run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}", f"ckpt_path={last}"],
                     tmp_path / "resumed"))
     whole, cut, resumed = (_rows(tmp_path / "log" / n) for n in ("whole", "cut", "resumed"))
-    assert len(whole) == 12 and len(cut) == 7  # micro-batch 6 (the first of step 4) was lost
-    assert cut[:6] + resumed == whole
+    # a SIGINT inside the backward: micro-batch ctrl_c is in the gradient kept, its on_train_batch_end never ran
+    logged = ctrl_c + 1 if probe == "CtrlCAtMicroBatch" else ctrl_c
+    assert len(whole) == steps * every and len(cut) == logged and cut == whole[:logged]
+    assert resumed == whole[ctrl_c + 1:]  # no micro-batch trained twice, none skipped, every loss to the last bit
+    a, b = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"), _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_partial_step_with_another_micro_batch_plan_restarts_that_step(corpus, tmp_path, caplog):
+    """A partial step kept at a Ctrl-C, resumed with another micro-batch size (4 micro-batches of 1 -> 2 of
+    2): its gradient is not used; one line says so and step 1 starts again from its first micro-batch, as
+    a run with micro-batches of 2 trains it (the same losses and weights to the last bit)."""
+    from conftest import compose_cfg
+
+    args = tiny(corpus, "model.drop_rate=0.1", "trainer.max_steps=3", "trainer.val_check_interval=5",
+                "+callbacks.steps._target_=resume_probe.StepLog")
+    run(compose_cfg([*args, "data.micro_batch_size=2", f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"],
+                    tmp_path / "whole"))
+    _ctrl_c_run(compose_cfg([*args, "data.micro_batch_size=1", f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
+                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=1"],
+                            tmp_path / "cut"))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    with caplog.at_level("INFO"):
+        run(compose_cfg([*args, "data.micro_batch_size=2", f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}",
+                         f"ckpt_path={last}"], tmp_path / "resumed"))
+    said = [r.getMessage() for r in caplog.records if "micro-batches of step" in r.getMessage()]
+    assert said == ["warning: the checkpoint holds 2 of 4 micro-batches of step 1 (their gradient so far), but this "
+                    "run has data.micro_batch_size=2 where it had data.micro_batch_size=1: step 1 starts again from "
+                    "its first micro-batch"]
+    assert _rows(tmp_path / "log" / "resumed") == _rows(tmp_path / "log" / "whole")
+    a, b = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"), _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_partial_gradient_that_does_not_fit_restarts_that_step(corpus, tmp_path, caplog):
+    """A kept gradient whose shape is not its parameter's is never put into p.grad: one line, and the step
+    starts again from its first micro-batch (the uninterrupted run's losses from there)."""
+    from conftest import compose_cfg
+
+    args = tiny(corpus, "data.micro_batch_size=1", "model.drop_rate=0.1", "trainer.max_steps=3",
+                "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
+    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
+    _ctrl_c_run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
+                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=5"],
+                            tmp_path / "cut"))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    grads = ckpt["gptlit_resume"]["partial"]["grads"]
+    name = next(k for k, g in grads.items() if g is not None and g.dim() == 2)
+    grads[name] = grads[name][:, :-1].clone()
+    torch.save(ckpt, last)
+    with caplog.at_level("INFO"):
+        run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}", f"ckpt_path={last}"],
+                        tmp_path / "resumed"))
+    said = [r.getMessage() for r in caplog.records if "micro-batches of step" in r.getMessage()]
+    assert said == [f"warning: the checkpoint holds 2 of 4 micro-batches of step 2 (their gradient so far), but its "
+                    f"gradient does not fit the model (parameter {name}): step 2 starts again from its first micro-batch"]
+    whole, cut, resumed = (_rows(tmp_path / "log" / n) for n in ("whole", "cut", "resumed"))
+    assert cut[:4] + resumed == whole  # micro-batches 4 and 5 trained again, from step 1's state
+
+
+def test_ctrl_c_partial_step_is_not_carried_over_a_guard_rollback(corpus, tmp_path, caplog):
+    """A resume that is the loss guard's rollback to a checkpoint with a partial step (its rollback count past
+    the checkpoint's) drops the partial gradient: one line, and the step starts again from its first
+    micro-batch (the same weights, so the uninterrupted run's losses for that step)."""
+    from conftest import compose_cfg
+
+    args = tiny(corpus, "data.micro_batch_size=1", "model.drop_rate=0.1", "trainer.max_steps=3",
+                "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
+    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
+    _ctrl_c_run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
+                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=6"],
+                            tmp_path / "cut"))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    with caplog.at_level("INFO"):
+        run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}", f"ckpt_path={last}",
+                         "+callbacks.guard.rollbacks=1"], tmp_path / "resumed"))
+    said = [r.getMessage() for r in caplog.records if "micro-batches of step" in r.getMessage()]
+    assert said == ["warning: the checkpoint holds 3 of 4 micro-batches of step 2 (their gradient so far), but the "
+                    "loss guard rolls back to it (no partial gradient is carried over a rollback): step 2 starts "
+                    "again from its first micro-batch"]
+    whole, resumed = _rows(tmp_path / "log" / "whole"), _rows(tmp_path / "log" / "resumed")
+    assert resumed[:4] == whole[4:8]  # step 1's 4 micro-batches again, from its start
 
 
 # ---- kill -9 and resume, as a user would: train.py in a subprocess -----------------------------------
@@ -294,7 +399,7 @@ def test_global_order_kill_and_resume_is_the_same_run(tmp_path, corpus):
     epoch's end (last.ckpt of step 14's validation: the next epoch's order is drawn from its RNG states)
     and mid-epoch (step 21's: the drawn seed is the checkpoint's), every step is the uninterrupted run's."""
     glob = ["trainer.val_check_interval=7", "callbacks.last_checkpoint.every_n_train_steps=0", "data.order=global",
-            "+callbacks.book_eval._target_=gptlit.training.callbacks.BookEval", "+callbacks.book_eval.eval_iter=2"]
+            "+callbacks.book_eval._target_=gptlit.training.callbacks.book.BookEval", "+callbacks.book_eval.eval_iter=2"]
     r, _ = train(tmp_path, corpus, "ref", *glob, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     r, last = train(tmp_path, corpus, "a", *glob, "+callbacks.steps.kill_at_step=15", timeout=600)

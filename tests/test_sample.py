@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     from gptlit.run.runner import build_run
-    from gptlit.training.callbacks import SampleText
+    from gptlit.training.callbacks.sampling import SampleText
 
     root = tmp_path_factory.mktemp("trained")
     overrides = [

@@ -1,4 +1,4 @@
-"""hparams_search=optuna: gptlit's Optuna sweeper (gptlit/run/search.py). The search space and its
+"""hparams_search=optuna: gptlit's Optuna sweeper (gptlit/run/search/). The search space and its
 errors; a study that a SIGKILL does not lose; pruning (a real trial through build and the journal,
 and Optuna's median pruner in a search); failed and NaN trials; the study in the summary.
 
@@ -21,7 +21,8 @@ import yaml
 optuna = pytest.importorskip("optuna", minversion="4", reason="optuna>=4 is not installed (pip install -e '.[sweep]')")
 
 from gptlit.core.errors import UserError  # noqa: E402
-from gptlit.run.search import STUDY_ENV, TRIAL_ENV, open_storage, override_value, parse_space  # noqa: E402
+from gptlit.run.search.space import override_value, parse_space  # noqa: E402
+from gptlit.run.search.study import STUDY_ENV, TRIAL_ENV, open_storage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "tests" / "search_app.py"
@@ -108,7 +109,8 @@ def test_sampled_values_read_back_as_themselves():
 
 
 def test_bad_command_line_is_a_user_error():
-    from gptlit.run.search import check_command_line, make_pruner, make_sampler
+    from gptlit.run.search.samplers import make_pruner, make_sampler
+    from gptlit.run.search.space import check_command_line
 
     for arg, message in [("optim.lr=choice()", "optim.lr=choice(): ValueError while evaluating 'choice()': empty "
                                                 "choice is not legal; list at least one value"),
@@ -279,7 +281,7 @@ def test_failed_and_nan_trials_are_failed_and_the_search_goes_on(tmp_path):
 
 
 def test_importances_with_enough_trials(tmp_path):
-    from gptlit.run.search import study_summary
+    from gptlit.run.search.summary import study_summary
 
     storage = open_storage(tmp_path / "optuna.journal")
     study = optuna.create_study(storage=storage, study_name="s", sampler=optuna.samplers.RandomSampler(seed=0))

@@ -113,8 +113,10 @@ def test_report_command_rebuilds_from_the_sweep_directory(tmp_path, capsys):
     assert "sweep summary (4 jobs, sorted by best val/loss)" in out
     assert sorted(p.name for p in sweep.glob("sweep_*")) == ["sweep_summary.csv", "sweep_summary.md",
                                                              "sweep_val_loss.png"]
+    (tmp_path / "empty").mkdir()
     for bad, match in [(tmp_path / "nope", "no such directory"), (tmp_path / "sweep" / "0_model=nano,optim.lr=0.001,"
-                                                                  "model.drop_rate=0.0", "holds no sweep jobs")]:
+                                                                  "model.drop_rate=0.0", "is a single run, not a sweep: "),
+                       (tmp_path / "empty", "holds no sweep jobs")]:
         with pytest.raises(SystemExit) as e:
             report_main([str(bad)])
         assert e.value.code == 2

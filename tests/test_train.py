@@ -260,7 +260,7 @@ def test_decay_all_decays_every_parameter(make_cfg):
 
 def test_book_eval_logs_the_books_evaluation_every_eval_freq_steps(make_cfg, corpus, tmp_path):
     cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=7", "data.order=global",
-                   "+callbacks.book_eval._target_=gptlit.training.callbacks.BookEval", "+callbacks.book_eval.eval_iter=2")
+                   "+callbacks.book_eval._target_=gptlit.training.callbacks.book.BookEval", "+callbacks.book_eval.eval_iter=2")
     run(cfg)
     s = scalars(tmp_path / "run")
     # after optimizer steps 1 and 6 (the book's global_step 0 and 5), once each

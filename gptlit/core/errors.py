@@ -38,3 +38,9 @@ def check_keys(given, known, prefix: str, what: str, sort: bool = True) -> None:
     if unknown:
         names = sorted(known) if sort else known
         raise UserError(f"{prefix}.{unknown[0]} is not {what}: use one of {', '.join(names) or 'none'}")
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """text with its whitespace folded into one line, cut to `limit` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -1,7 +1,7 @@
 """A job's record, `job_result.json` in its run directory, and which Hydra job this process runs.
 
 One schema (JobRecord) for every writer and reader: the training callback keeps it up to date
-(gptlit.training.callbacks.JobResult), a job that fails outside training marks it failed
+(gptlit.training.callbacks.job_result.JobResult), a job that fails outside training marks it failed
 (gptlit.run.runner), and the sweep summary reads it (gptlit.run.report).
 
 status is one of: running, ok, stopped early, interrupted, pruned, failed: <reason>.
@@ -17,15 +17,10 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptlit.core.errors import one_line  # noqa: F401 - also read from here (a job's failure line)
 from gptlit.core.files import atomic_write
 
 RESULT_FILE = "job_result.json"
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    """text with its whitespace folded into one line, cut to `limit` characters."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @dataclass

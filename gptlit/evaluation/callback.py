@@ -16,7 +16,6 @@ rank holds the whole model, leave it off and run eval.py on the checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 
 import lightning as L
 import torch
@@ -25,6 +24,7 @@ from gptlit.core.errors import UserError
 from gptlit.evaluation import stats
 from gptlit.evaluation.benchmarks import spread
 from gptlit.evaluation.tasks import get_task
+from gptlit.training.contracts import TrainingModule
 
 
 class EvalTask(L.Callback):
@@ -54,13 +54,13 @@ class EvalTask(L.Callback):
         est = {m: stats.accuracy(right) for m, right in self.bench.correct(res).items()}
         return est, sum(r.cut > 0 for r in res)
 
-    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule):
+    def _run(self, trainer: L.Trainer, pl_module: TrainingModule):
         step = trainer.global_step
         if step == self._last_step or not trainer.is_global_zero:
             return
         self._last_step = step
-        paused = getattr(pl_module, "clock_paused", contextlib.nullcontext)  # not counted as training time
-        with paused(), torch.autocast(pl_module.device.type, enabled=False):  # fp32, whatever the training precision
+        # fp32, whatever the training precision; not counted as training time
+        with pl_module.clock_paused(), torch.autocast(pl_module.device.type, enabled=False):
             est, cut = self.evaluate(pl_module.model)
         metrics = {f"eval/{self.task}/{m}": e.score for m, e in est.items()}
         self.history.append((step, metrics))

@@ -50,7 +50,7 @@ class SamplingConfig:
 class SampleTextConfig:
     """The `sampling` config group: decoding (SamplingConfig's fields and defaults) plus what to
     continue and with which seed. Training prints a sample every `every_n_steps` steps
-    (gptlit.training.callbacks.SampleText); sample.py takes its prompt, seed and decoding from here."""
+    (gptlit.training.callbacks.sampling.SampleText); sample.py takes its prompt, seed and decoding from here."""
 
     every_n_steps: int = 100  # 0 turns samples off during training
     prompt: str = "Every effort moves you"

@@ -19,7 +19,8 @@ from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, Progres
 from lightning.pytorch.utilities import rank_zero_info
 
 from gptlit.training import memory
-from gptlit.training.callbacks import ProgressLog, SampleText
+from gptlit.training.callbacks.progress import ProgressLog
+from gptlit.training.callbacks.sampling import SampleText
 from gptlit.training.checkpointing import AtomicCheckpointIO
 from gptlit.core.files import atomic_write
 from gptlit.interop.checkpoints import load_checkpoint
@@ -30,7 +31,7 @@ from gptlit.core.errors import UserError
 from gptlit.interop.hf import load_weights
 from gptlit.training.lit_module import GPTLitModule
 from gptlit.training.resume import setup_exact_resume
-from gptlit.run.search import trial_pruning_callback
+from gptlit.run.search.trial import trial_pruning_callback
 from gptlit.run.trackers import prepare_loggers
 
 

@@ -22,7 +22,7 @@ from gptlit.core.errors import UserError
 from gptlit.model.config import GPTConfig
 from gptlit.model.tokenizer import Tokenizer
 from gptlit.training import memory
-from gptlit.training.callbacks import SampleText
+from gptlit.training.callbacks.sampling import SampleText
 from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.optim import OptimConfig
 from gptlit.data.tokenizer_cache import group_settings

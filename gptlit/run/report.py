@@ -24,7 +24,7 @@ from pathlib import Path
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file, atomic_write
 from gptlit.core.job_record import RESULT_FILE, JobRecord, override_values
-from gptlit.run.search import BEST_FILE, study_summary  # an Optuna search's study (optuna.journal), if any
+from gptlit.run.search.summary import BEST_FILE, study_summary  # an Optuna search's study (optuna.journal), if any
 
 
 CSV_FILE, MD_FILE, PLOT_FILE = "sweep_summary.csv", "sweep_summary.md", "sweep_val_loss.png"
@@ -39,7 +39,7 @@ class Report:
     varying: list[str]  # the override keys whose values differ between jobs
     files: list[Path] = field(default_factory=list)
 
-    study: str | None = None  # an Optuna search's part of the summary (gptlit.run.search.study_summary)
+    study: str | None = None  # an Optuna search's part of the summary (gptlit.run.search.summary.study_summary)
 
     @property
     def best(self) -> dict | None:

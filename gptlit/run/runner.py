@@ -219,19 +219,25 @@ def resume_command(output_dir) -> str:
 
 
 def lost_micro_batches(trainer) -> str:
-    """What a Ctrl-C inside an accumulation loses: the micro-batches of the unfinished optimizer step (a
-    checkpoint holds whole steps: their gradient so far is not kept). Empty at a step boundary."""
+    """What a Ctrl-C inside an accumulation kept of the unfinished optimizer step: on one process, the
+    micro-batches done so far (their gradient, gptlit.training.resume); under several processes nothing (a
+    checkpoint holds whole steps there: each rank's gradient differs). Empty at a step boundary."""
     from gptlit.training.resume import ExactResume
 
     tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
     every = int(trainer.accumulate_grad_batches or 1)
     if tracker is None or every < 2 or tracker.epoch != trainer.current_epoch:
         return ""
+    if tracker.saved_partial is not None:
+        done, every = tracker.saved_partial
+        return (f", {done} of {every} micro-batches into step {trainer.global_step + 1} (kept: their gradient "
+                f"so far; a resume goes on with micro-batch {done + 1})")
     done = tracker.ended - tracker.stepped
     if done <= 0:
         return ""
-    return (f", {done} of {every} micro-batches into step {trainer.global_step + 1} (lost: a checkpoint holds "
-            f"whole optimizer steps)")
+    why = ("under several processes a checkpoint holds whole optimizer steps" if trainer.world_size > 1
+           else "a checkpoint holds whole optimizer steps")
+    return f", {done} of {every} micro-batches into step {trainer.global_step + 1} (lost: {why})"
 
 
 def resume_hint(output_dir) -> str:
@@ -240,8 +246,22 @@ def resume_hint(output_dir) -> str:
     if not ckpt.is_file():
         return "No checkpoint was written: nothing to resume"
     step = _saved_step(ckpt)
-    at = f" (step {step})" if step is not None else ""
+    at = f" (step {step}{_saved_micro_batches(ckpt)})" if step is not None else ""
     return f"last.ckpt{at} is {ckpt}; resume with: {resume_command(output_dir)}"
+
+
+def _saved_micro_batches(ckpt: Path) -> str:
+    """', and 2 micro-batches of step 5' for a checkpoint that keeps part of an optimizer step, else ''."""
+    try:
+        from gptlit.interop.checkpoints import load_checkpoint
+
+        part = (load_checkpoint(ckpt).get("gptlit_resume") or {}).get("partial")
+    except Exception:
+        return ""
+    if not part:
+        return ""
+    n = int(part["micro_batches"])
+    return f", and {n} micro-batch{'es' if n != 1 else ''} of step {int(part['step']) + 1}"
 
 
 def write_failure_message(failure: tuple[str, str, int], output_dir) -> str:

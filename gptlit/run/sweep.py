@@ -79,7 +79,7 @@ SEARCH_PLUGINS = {"optuna": ("optuna", 4, 'pip install -e ".[sweep]"')}
 def check_search_plugin(args: list[str]):
     """hparams_search=optuna needs optuna >= 4: without it the search would fail in its first trial or
     with Hydra's long composition error, so say in one line what to install (exit 2). With it, a bad
-    search space on the command line is one line too (gptlit.run.search.check_command_line)."""
+    search space on the command line is one line too (gptlit.run.search.space.check_command_line)."""
     from importlib.metadata import PackageNotFoundError, version
     from importlib.util import find_spec
 
@@ -104,7 +104,7 @@ def check_search_plugin(args: list[str]):
             problem = f"{package} {have} is installed"
         else:
             from gptlit.core.errors import UserError
-            from gptlit.run.search import check_command_line
+            from gptlit.run.search.space import check_command_line
 
             try:  # a bad search space: one line before Hydra's multi-line parse error, before any trial
                 check_command_line(args)

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file, remove_stale_partials, write_error, write_failure
+from gptlit.training.contracts import LastState
 from gptlit.training.guard import GuardRollback, gave_up_message
 from gptlit.training.resume import ExactResume
 
@@ -77,8 +78,10 @@ def link_or_copy(src: Path, dst: Path) -> None:
             shutil.copyfile(src, tmp)
 
 
-class LastCheckpoint(Checkpoint):
-    """`<dirpath>/last.ckpt`: the latest training state, always at an optimizer-step boundary.
+class LastCheckpoint(Checkpoint, LastState):
+    """`<dirpath>/last.ckpt`: the latest training state, at an optimizer-step boundary (the `LastState` the
+    loss guard goes back to; after a Ctrl-C inside an accumulation: that boundary plus the micro-batches
+    done since, gptlit.training.resume).
 
     every_n_train_steps: also every N optimizer steps (null or 0: off).
     train_time_interval: also every M minutes of training (null or 0: off).
@@ -103,9 +106,10 @@ class LastCheckpoint(Checkpoint):
 
     # the write --------------------------------------------------------------------------------------
     def save(self, trainer) -> bool:
-        """Write last.ckpt now, as of the last finished optimizer step, unless an optimizer step is half
-        done; never after the loss guard gave up (it put the last good state back as last.ckpt). True if
-        it was written."""
+        """Write last.ckpt now, as of the last finished optimizer step (inside an accumulation, one process:
+        with the micro-batches of the next step done so far, their gradient included; see
+        gptlit.training.resume), unless an optimizer step is half done; never after the loss guard gave up
+        (it put the last good state back as last.ckpt). True if it was written."""
         if gave_up_message(trainer):
             return False
         tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
@@ -178,7 +182,12 @@ class LastCheckpoint(Checkpoint):
             self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception):
-        if trainer.state.fn != TrainerFn.FITTING or self.saved_step == trainer.global_step:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        tracker = next((c for c in trainer.callbacks if isinstance(c, ExactResume)), None)
+        # last.ckpt of this step is written already, unless micro-batches of the next one are kept (Ctrl-C
+        # inside an accumulation: their gradient so far, see gptlit.training.resume)
+        if self.saved_step == trainer.global_step and not (tracker and tracker.partial_step(trainer, pl_module)):
             return
         if isinstance(exception, GuardRollback):  # last.ckpt holds the good state the run goes back to
             return
@@ -209,6 +218,7 @@ class LastCheckpoint(Checkpoint):
         if tracker is not None and not tracker.at_step_boundary:
             return False
         try:
+            self.writing_alone = True  # the hooks that run in the dump make no collective (the guard's read)
             if tracker is not None:
                 tracker.local_only = True  # its RNG gather is a collective
             # what trainer.save_checkpoint writes, without its barrier (Lightning's own dump)
@@ -218,6 +228,7 @@ class LastCheckpoint(Checkpoint):
             rank_zero_info(f"warning: last.ckpt could not be written after the failure ({type(e).__name__}: {e})")
             return False
         finally:
+            self.writing_alone = False
             if tracker is not None:
                 tracker.local_only = False
         self.saved_step = trainer.global_step

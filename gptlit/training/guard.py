@@ -35,6 +35,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_file
+from gptlit.training.contracts import Outcome, TrainingModule, last_state
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,12 @@ class GuardGaveUp(Exception):
 
 def gave_up_message(trainer) -> str | None:
     """The loss guard's give-up line if it ended this fit, else None."""
-    return next((cb.gave_up_message for cb in trainer.callbacks if getattr(cb, "gave_up_message", None)), None)
+    return next((cb.gave_up_message for cb in trainer.callbacks if isinstance(cb, LossGuard) and cb.gave_up_message), None)
 
 
 class LossGuard(L.Callback):
+    """See the module's text. An `EndsRuns` (gptlit.training.contracts): when it gave up, the job failed."""
+
     def __init__(self, spike_factor: float = 3.0, window: int = 50, patience: int = 3, lr_factor: float = 0.5,
                  max_rollbacks: int = 3, check_every: int | None = None, skip_steps: list[int] | None = None,
                  rollbacks: int = 0):
@@ -91,6 +94,11 @@ class LossGuard(L.Callback):
         self._save_good: bool | None = None
         self._seen_save: int | None = None
 
+    def outcome(self) -> Outcome | None:
+        if not self.gave_up_message:
+            return None
+        return Outcome("failed: " + self.gave_up_message, rank=2, line=self.gave_up_message)
+
     # skipping a step ------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module):
         self._keep_start(trainer)
@@ -112,7 +120,7 @@ class LossGuard(L.Callback):
         self._step = trainer.global_step
         self._note_saves(trainer)
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+    def on_before_optimizer_step(self, trainer, pl_module: TrainingModule, optimizer):
         opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer  # Lightning's wrapper
         # the global norm, computed once a step (clipping reads it after this hook); the same on every rank:
         # under DDP the gradients are, and under FSDP grad_norm reduces the shards' norms (a collective every
@@ -122,7 +130,7 @@ class LossGuard(L.Callback):
         skip = self._step in self.skip_steps
         if skip:
             bad = torch.ones_like(bad)
-        loss = getattr(pl_module, "step_loss", None)
+        loss = pl_module.step_loss
         loss = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.zeros((), device=norm.device)
         self._pending.append((self._step, loss, bad, skip))
         if trainer.precision == "16-mixed":
@@ -150,7 +158,7 @@ class LossGuard(L.Callback):
         """The state this fit starts from, as the good state to go back to until a later last.ckpt is good:
         the checkpoint it resumed from, else one written now beside last.ckpt (one write at the start; rank 0
         keeps it open and unlinks it; not written when no rollback can follow). Nothing when last.ckpt is off."""
-        last = next((c for c in trainer.callbacks if type(c).__name__ == "LastCheckpoint"), None)
+        last = last_state(trainer)
         if self._good is not None or last is None:
             return
         step = trainer.global_step
@@ -265,7 +273,7 @@ class LossGuard(L.Callback):
     def _note_saves(self, trainer) -> None:
         """After LastCheckpoint wrote last.ckpt with no bad step pending, keep that file open: a later
         last.ckpt replaces the name (a rename), and the open file is still the good state."""
-        last = next((c for c in trainer.callbacks if type(c).__name__ == "LastCheckpoint"), None)
+        last = last_state(trainer)
         if last is None or last.saved_step == self._seen_save or last.saved_step is None:
             return
         self._seen_save = last.saved_step
@@ -283,7 +291,8 @@ class LossGuard(L.Callback):
 
     # checkpoints ----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        alone = any(getattr(c, "local_only", False) for c in trainer.callbacks)  # a rank writing alone: no collective
+        last = last_state(trainer)
+        alone = last is not None and last.writing_alone  # rank 0 writing alone after a failure: no collective
         if not alone and trainer.state.fn == "fit":
             self.check(trainer, pl_module, final=True)  # read what is pending: is this state good?
         self._save_good = not self._spikes  # skipped steps left the weights as they were
@@ -303,5 +312,5 @@ class LossGuard(L.Callback):
 
 def _last_checkpoint(trainer) -> Path | None:
     """Where last.ckpt goes (written yet or not), None when it is off."""
-    last = next((c for c in trainer.callbacks if type(c).__name__ == "LastCheckpoint"), None)
+    last = last_state(trainer)
     return Path(last.path) if last is not None else None

@@ -9,6 +9,8 @@ epoch when no max_steps is set and no epoch limit when one is.
 
 from __future__ import annotations
 
+from gptlit.training.contracts import run_outcome
+
 
 def resolve_max_epochs(max_epochs, max_steps) -> int:
     """trainer.max_epochs as Lightning gets it: the user's value, else -1 (no epoch limit, epochs roll
@@ -28,14 +30,9 @@ def epoch_steps(trainer) -> int | None:
 
 def stop_reason(trainer) -> str:
     """One line saying which limit ended a finished fit (early stopping, max_steps, max_epochs, max_time)."""
-    for cb in trainer.callbacks:
-        reason = getattr(cb, "stopping_reason", None)
-        if reason is not None and getattr(reason, "name", "NOT_STOPPED") != "NOT_STOPPED":
-            msg = getattr(cb, "stopping_reason_message", None) or reason.name.lower().replace("_", " ")
-            return f"stopped early at step {trainer.global_step}: {msg}"
-        msg = getattr(cb, "gave_up_message", None)  # the loss guard (gptlit.training.guard)
-        if msg:
-            return f"stopped at step {trainer.global_step}: {msg}"
+    outcome = run_outcome(trainer, with_line=True)  # a callback ended it: early stopping, the loss guard
+    if outcome is not None:
+        return f"stopped{' early' if outcome.early else ''} at step {trainer.global_step}: {outcome.line}"
     if trainer.interrupted:
         return f"stopped at step {trainer.global_step}: interrupted"
     steps, epochs, epoch = trainer.max_steps, trainer.max_epochs, trainer.current_epoch

@@ -9,6 +9,8 @@ from typing import Callable, Protocol
 
 import lightning as L
 
+from gptlit.training.contracts import Outcome
+
 
 class Reporter(Protocol):
     def report(self, step: int, value: float) -> bool: ...
@@ -17,12 +19,16 @@ class Reporter(Protocol):
 class Pruning(L.Callback):
     """At each validation, global rank 0 reports `monitor` at the optimizer step to the trial and learns
     whether to stop; every rank gets that answer (a broadcast), so all of them stop at the same step.
-    A stopped trial's `pruned` ({"step", "value"}) is what JobResult records (status `pruned`)."""
+    A stopped trial's `pruned` ({"step", "value"}) is what JobResult records (status `pruned`): its `outcome`
+    (an `EndsRuns`, gptlit.training.contracts), which outranks the other reasons a run ended."""
 
     def __init__(self, connect: Callable[[], Reporter | None], monitor: str = "val/loss"):
         self.connect, self.monitor = connect, monitor
         self.reporter: Reporter | None = None
         self.pruned: dict | None = None
+
+    def outcome(self) -> Outcome | None:
+        return None if self.pruned is None else Outcome("pruned", rank=3, extra={"pruned": dict(self.pruned)})
 
     def setup(self, trainer, pl_module, stage):
         if trainer.is_global_zero and self.reporter is None:  # one process talks to the study

@@ -4,6 +4,13 @@ Each checkpoint gets a `gptlit_resume` entry: the epoch, the batches of it train
 finished optimizer step, the shuffle seed, the fingerprint of the data order (batch size, processes,
 windows, corpus) and the RNG states of every rank (torch, CUDA, numpy, python) as they were at that
 step. Lightning 2.6 saves no RNG state, so without them dropout masks after a resume differ.
+
+A checkpoint written inside an accumulation (Ctrl-C after k of an optimizer step's n micro-batches, one
+process) also keeps those k micro-batches (`partial`): the gradient so far (every parameter's p.grad),
+their losses, the tokens seen and the RNG states after the k-th, and Lightning's batch counts at
+micro-batch k. A resume with the same micro-batch plan puts the gradient back and goes on with
+micro-batch k+1, as the uninterrupted run would; otherwise that step starts again from its first
+micro-batch (one line says so).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from gptlit.core.errors import UserError
 from gptlit.data.sampler import BATCH_LAYOUT_KEYS, FINGERPRINT_KEYS, describe_setting, setting_fix
+from gptlit.training.contracts import DrawsAtStepEnd
 
 KEY = "gptlit_resume"
 FORMAT = 1
@@ -61,7 +69,9 @@ class ExactResume(L.Callback):
     there, writes both into every checkpoint and restores them on resume.
 
     A batch counts as consumed only once its optimizer step has finished (with gradient accumulation,
-    the step after its last micro-batch), so a checkpoint written on a crash never skips one.
+    the step after its last micro-batch), so a checkpoint written on a crash never skips one; a checkpoint
+    written inside an accumulation on one process (a Ctrl-C) also keeps the micro-batches done since, with
+    their gradient (`partial_step`), and Lightning's counts at them.
     gptlit.run.build puts this callback first, so the checkpoint callbacks see this step's state.
     """
 
@@ -78,24 +88,40 @@ class ExactResume(L.Callback):
         self.local_only = False  # a checkpoint written by one rank alone (after a failure): no gather
         self._tokens_at_step: int | None = None  # the module's tokens_seen at the last finished step
         self._pending_tokens: int | None = None  # to restore at train start after a resume
+        self.keep_partial = True  # plan_resume's verdict on the checkpoint's partial step (setup_exact_resume)
+        self._pending_partial: dict | None = None  # a partial step to put back at train start
+        self.saved_partial: tuple[int, int] | None = None  # (micro-batches, of) kept by the last checkpoint written
         self.order = None  # the datamodule's TrainOrder, whose seed a checkpoint records (set by setup_exact_resume)
 
     @property
     def at_step_boundary(self) -> bool:
         """Whether a checkpoint written now resumes exactly: no optimizer step is half done (the weights and
         optimizer state are those of the last finished step). Inside an accumulation (micro-batches since
-        that step, e.g. at a Ctrl-C) the checkpoint is written as of that step: Lightning's batch count and
-        the tokens seen are set back to it (on_save_checkpoint), the micro-batches since are lost."""
+        that step, e.g. at a Ctrl-C) the checkpoint keeps those micro-batches where `partial_step` can (their
+        gradient, losses, tokens, RNG states; Lightning's counts at them), else it is written as of that step:
+        Lightning's batch count and the tokens seen set back to it, the micro-batches since trained again."""
         return not self._in_optimizer_step
 
     def on_train_start(self, trainer, pl_module):
         self._step_seen = trainer.global_step
         if self._pending_rng is None:
             self.rng = [rng_state()]
-        if self._pending_tokens is not None and hasattr(pl_module, "tokens_seen"):
+        if self._pending_tokens is not None:
             pl_module.tokens_seen = self._pending_tokens
         self._pending_tokens = None
-        self._tokens_at_step = getattr(pl_module, "tokens_seen", None)
+        self._tokens_at_step = pl_module.tokens_seen
+        part, self._pending_partial = self._pending_partial, None
+        if part is not None:  # the micro-batches of this step done before the interrupt: their gradient back
+            self._tokens_at_step = part["tokens_at_step"]
+            params = dict(pl_module.named_parameters())
+            for name, g in part["grads"].items():
+                p = params[name]
+                p.grad = None if g is None else g.to(device=p.device, dtype=p.dtype).clone()
+            pl_module.tokens_seen = int(part["tokens_seen"])
+            pl_module.restore_step_losses(list(part["losses"]))
+            pl_module.accumulated = {"step": trainer.global_step, "n": int(part["micro_batches"]),
+                                     "rng": part["rng"], "tokens_seen": int(part["tokens_seen"])}
+            self._pending_rng = part["rng"]  # the RNG states after its last micro-batch, not the step's start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._fix_log_step:
@@ -131,9 +157,27 @@ class ExactResume(L.Callback):
         if trainer.global_step != self._step_seen:  # an optimizer step finished with this batch
             self._step_seen, self.stepped = trainer.global_step, batch_idx + 1
             self.rng = [rng_state()]
-            self._tokens_at_step = getattr(pl_module, "tokens_seen", None)
+            self._tokens_at_step = pl_module.tokens_seen
+
+    def partial_step(self, trainer, pl_module) -> int:
+        """How many micro-batches of the unfinished optimizer step a checkpoint written now keeps (their
+        gradient so far, whose count pl_module.accumulated tracks): 0 at a step boundary, under several
+        processes (each rank's gradient differs: the checkpoint holds whole steps there), under a sharding
+        strategy (its p.grad are shards) and once every micro-batch of the step ran its backward (the
+        optimizer step itself is what is missing)."""
+        acc = getattr(pl_module, "accumulated", None)
+        every = int(trainer.accumulate_grad_batches or 1)
+        if (acc is None or acc["step"] != trainer.global_step or self._in_optimizer_step or every < 2
+                or trainer.current_epoch != self.epoch or trainer.world_size > 1 or self.local_only
+                or type(trainer.strategy).__name__ not in ("SingleDeviceStrategy", "DDPStrategy")):
+            return 0
+        n = int(acc["n"])
+        if not 0 < n < every or self.stepped + n >= self.batches_per_epoch:
+            return 0
+        return n
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        n = self.partial_step(trainer, pl_module)
         checkpoint[KEY] = {
             "format": FORMAT,
             "epoch": self.epoch,
@@ -143,8 +187,25 @@ class ExactResume(L.Callback):
             "rng": [self.rng[0]] if self.local_only else gather(self.rng[0], trainer),
             "exact": self.at_step_boundary,
         }
-        if trainer.current_epoch == self.epoch and rewind_batches(checkpoint, self.stepped):
+        if n:  # Lightning's counts at micro-batch n of the step, all equal (as at a validation)
+            rewind_batches(checkpoint, self.stepped + n, force=True)
+            checkpoint[KEY]["tokens_seen"] = self._tokens_at_step  # the step's start: a resume without the partial
+        elif trainer.current_epoch == self.epoch and rewind_batches(checkpoint, self.stepped):
             checkpoint[KEY]["tokens_seen"] = self._tokens_at_step  # inside an accumulation: as of the last step
+        self.saved_partial = None
+        if n:
+            acc = pl_module.accumulated
+            checkpoint[KEY]["partial"] = {
+                "step": trainer.global_step,
+                "micro_batches": n,
+                "accumulate": int(trainer.accumulate_grad_batches),
+                "grads": {name: None if p.grad is None else p.grad.detach()
+                          for name, p in pl_module.named_parameters()},
+                "losses": [v.detach().cpu() for v in pl_module.step_losses_so_far(n)],
+                "tokens_seen": acc["tokens_seen"],
+                "rng": acc["rng"],
+            }
+            self.saved_partial = (n, int(trainer.accumulate_grad_batches))
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         # Lightning restores the loops after the callbacks, from this same dict
@@ -161,14 +222,41 @@ class ExactResume(L.Callback):
         rngs = state.get("rng") or []
         if state.get("data") == self.fingerprint and len(rngs) == trainer.world_size:
             self._pending_rng = rngs[trainer.global_rank]
+        part = state.get("partial")
+        if part is None:
+            return
+        if not self.keep_partial:  # plan_resume said why; the data order starts at the step's start already
+            rewind_batches(checkpoint, self.stepped)
+            return
+        why = None
+        params = dict(pl_module.named_parameters())
+        grads = part.get("grads") or {}
+        bad = next((k for k, g in grads.items() if k not in params or (g is not None and g.shape != params[k].shape)),
+                   None) or next((k for k in params if k not in grads), None)
+        if bad is not None:
+            why = f"its gradient does not fit the model (parameter {bad})"
+        elif guard_rolled_back(trainer, checkpoint):
+            why = "the loss guard rolls back to it (no partial gradient is carried over a rollback)"
+        if why is not None:  # the step starts again: Lightning's counts and the data position at its start
+            rank_zero_info(f"warning: {partial_words(state)}, but {why}: step {part['step'] + 1} starts again "
+                           f"from its first micro-batch")
+            rewind_batches(checkpoint, self.stepped)
+            order = getattr(trainer.datamodule, "order", None)  # the loaders are made after this hook
+            if order is not None:
+                order.start_batch = self.stepped  # its seed, epoch and mode as setup_exact_resume set them
+            return
+        n = int(part["micro_batches"])
+        self.ended = self.stepped + n
+        self._pending_partial = {**part, "tokens_at_step": state.get("tokens_seen")}
 
 
-def rewind_batches(checkpoint: dict, stepped: int) -> bool:
+def rewind_batches(checkpoint: dict, stepped: int, force: bool = False) -> bool:
     """Lightning's batch counts in a checkpoint written after micro-batches past the last optimizer step
     (`stepped` batches of the epoch), set back to that step as a checkpoint written there (at a validation)
-    has them: every counter equal. True if they were past it."""
+    has them: every counter equal. True if they were past it. force: set them to `stepped` even when they
+    are not past it (a partial step kept at micro-batch `stepped`)."""
     batches = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
-    if not batches or int(batches.get("current", {}).get("ready", 0)) <= stepped:
+    if not batches or (int(batches.get("current", {}).get("ready", 0)) <= stepped and not force):
         return False
     current, total = batches.get("current", {}), batches.get("total", {})
     done = stepped
@@ -177,6 +265,42 @@ def rewind_batches(checkpoint: dict, stepped: int) -> bool:
         current[k] = done
     batches["is_last_batch"] = False
     return True
+
+
+def guard_rolled_back(trainer, checkpoint: dict) -> bool:
+    """Whether this fit is the loss guard's rollback to `checkpoint` (the guard's rollback count, set by
+    gptlit.run.plan.RunPlan.after_rollback, is past the checkpoint's own)."""
+    guard = next((c for c in trainer.callbacks if type(c).__name__ == "LossGuard"), None)
+    if guard is None:
+        return False
+    saved = (checkpoint.get("callbacks") or {}).get(guard.state_key) or {}
+    return int(getattr(guard, "rollbacks", 0)) > int(saved.get("rollbacks", 0))
+
+
+def partial_words(state: dict) -> str:
+    """'last.ckpt holds 2 of 4 micro-batches of step 5 (their gradient so far)', for a checkpoint's KEY entry."""
+    part = state["partial"]
+    return (f"the checkpoint holds {part['micro_batches']} of {part['accumulate']} micro-batches of step "
+            f"{part['step'] + 1} (their gradient so far)")
+
+
+def partial_verdict(state: dict, fingerprint: dict, accumulate: int, world_size: int) -> str | None:
+    """Why a checkpoint's partial step cannot go on in this run (None: it can): another micro-batch plan
+    (micro-batch size or micro-batches a step) or another number of processes."""
+    part = state.get("partial")
+    if part is None:
+        return None
+    saved = state.get("data") or {}
+    if world_size > 1:
+        return f"this run has {world_size} processes (a partial step is kept for one process only)"
+    for k in BATCH_LAYOUT_KEYS:
+        if saved.get(k) != fingerprint.get(k):
+            return f"this run has {describe_setting(k, fingerprint.get(k))} where it had {describe_setting(k, saved.get(k))}"
+    if int(part.get("accumulate", 0)) != int(accumulate):
+        return f"this run plans {accumulate} micro-batches a step where it had {part.get('accumulate')}"
+    if state.get("data") != fingerprint:
+        return "this run's data order differs"
+    return None
 
 
 def start_next_epoch_afresh(checkpoint: dict) -> None:
@@ -199,10 +323,12 @@ def start_next_epoch_afresh(checkpoint: dict) -> None:
     batches["is_last_batch"] = False
 
 
-def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow_inexact: bool) -> dict | None:
+def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch: int, allow_inexact: bool,
+                accumulate: int = 1, world_size: int = 1) -> dict | None:
     """Where a resumed run's data order starts: {"seed", "epoch", "start_batch"}, or None for a fresh
     order. Raises UserError, naming the difference, when the order cannot continue exactly and
-    `allow_inexact` (resume_inexact=true) is off."""
+    `allow_inexact` (resume_inexact=true) is off. With "partial": True, the checkpoint's unfinished step
+    (its micro-batches done, see partial_verdict) goes on, and start_batch is past them."""
     epoch = int(ckpt.get("epoch", 0))
     state = ckpt.get(KEY)
     if not state:
@@ -234,6 +360,13 @@ def plan_resume(ckpt: dict, ckpt_path: str, fingerprint: dict, batches_per_epoch
         return {"seed": seed, "epoch": epoch, "start_batch": 0}
     if batches >= batches_per_epoch:  # written at the end of its epoch
         epoch, batches = epoch + 1, 0
+    partial = state.get("partial")
+    if partial is not None:
+        why = partial_verdict(state, fingerprint, accumulate, world_size)
+        if why is None:
+            return {"seed": seed, "epoch": epoch, "start_batch": batches + int(partial["micro_batches"]), "partial": True}
+        rank_zero_info(f"warning: {partial_words(state)}, but {why}: step {partial['step'] + 1} starts again "
+                       f"from its first micro-batch")
     return {"seed": seed, "epoch": epoch, "start_batch": batches}
 
 
@@ -247,7 +380,8 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
     mode = dm.order.mode
     fingerprint = order_fingerprint(dm.train_set, dm.config.batch_size, trainer.world_size, dm.loader_batch_size, mode)
     per_epoch = sampler.batches_per_epoch()
-    plan = plan_resume(ckpt, ckpt_path, fingerprint, per_epoch, allow_inexact) if ckpt_path else None
+    plan = (plan_resume(ckpt, ckpt_path, fingerprint, per_epoch, allow_inexact,
+                        int(trainer.accumulate_grad_batches or 1), trainer.world_size) if ckpt_path else None)
     if mode == "global":  # the seed is drawn at each epoch's start; a resume mid-epoch takes the drawn one
         order = TrainOrder(None, mode=mode) if plan is None else TrainOrder(
             plan["seed"] if plan["start_batch"] else None, plan["epoch"], plan["start_batch"], mode=mode)
@@ -261,10 +395,11 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
         warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable", category=PossibleUserWarning)
     dm.set_plan(order=order)
     tracker = ExactResume(fingerprint, order.seed, per_epoch)
+    tracker.keep_partial = bool(plan and plan.get("partial"))
     if mode == "global":
         tracker.order, order.before_draw = order, tracker.restore_rng_now
     # first, so the checkpoint callbacks see this step's state; after any callback that draws from the RNGs at
-    # a step's end as part of the step (gptlit.training.callbacks.BookEval), so the snapshot includes its draws
-    after = [i + 1 for i, c in enumerate(trainer.callbacks) if getattr(c, "draws_at_step_end", False)]
+    # a step's end as part of the step (a DrawsAtStepEnd: gptlit.training.callbacks.book.BookEval), so the snapshot includes its draws
+    after = [i + 1 for i, c in enumerate(trainer.callbacks) if isinstance(c, DrawsAtStepEnd)]
     trainer.callbacks.insert(max(after, default=0), tracker)
     return tracker
