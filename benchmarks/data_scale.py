@@ -121,12 +121,12 @@ def training_speed(f: Path, cache: Path, steps: int, warmup: int) -> tuple[float
     from common import QUIET, compose
 
     from gptlit.data.windows import WindowDataset
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     B, T = 16, 64  # nano: context 64
     cfg = compose([*QUIET, "model=nano", "data=text", f"data.path={f}", f"data.cache_dir={cache}",
                    f"data.batch_size={B}", f"data.max_length={T}", f"trainer.max_steps={2 * steps}"])
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     disk = dm.train_set
     tokens = torch.from_numpy(disk.tokens[:].astype("int32"))  # what setup() held before the cache
     memory = WindowDataset(tokens, T, dm.config.stride)

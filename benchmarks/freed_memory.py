@@ -37,7 +37,7 @@ def measure_one(model: str, keep: bool, steps: int, warmup: int, extra: list[str
     import lightning as L
 
     from common import compose
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     class Clock(L.Callback):
         def __init__(self):
@@ -52,7 +52,7 @@ def measure_one(model: str, keep: bool, steps: int, warmup: int, extra: list[str
 
     cfg = compose([*MODELS[model], *QUIET, f"keep_freed_memory={str(keep).lower()}",
                    f"trainer.max_steps={warmup + steps + 1}", *extra])
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     clock = Clock()
     trainer.callbacks.append(clock)
     trainer.fit(module, datamodule=dm)

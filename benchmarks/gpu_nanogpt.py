@@ -5,7 +5,7 @@
   nanoGPT         nanoGPT's train.py inner loop over its model.py (from the PyPI wheel `lightning-gpt`, not
                   copied here): TF32, its fused AdamW (wd 0.1, lr 6e-4, betas 0.9/0.95), zero_grad(set_to_none)
   gptlit plain    gptlit's GPT (model=small, dropout 0) in the same plain PyTorch loop, gptlit's AdamW groups
-  gptlit fit      gptlit through train.py's machinery (gptlit.run.build.build + Trainer.fit), nothing logged
+  gptlit fit      gptlit through train.py's machinery (gptlit.run.runner.build_run + Trainer.fit), nothing logged
   train.py e2e    last row, micro-batch 32: train.py's defaults with validation and samples every 50 steps,
                   TensorBoard + CSV and checkpoints on; tokens/s as logged (train/tokens_per_sec) and over
                   the wall clock from the end of compilation to the end of fit (validation, samples included)
@@ -248,7 +248,7 @@ def main():
 
     import lightning as L  # noqa: F401 - imported before the builds below print anything
     from gptlit.model.flops import cuda_peak_flops, flops_per_token, matmul_params, mfu
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
     from gptlit.training.memory import estimate_step_memory
 
     if shape["compile"]:
@@ -278,7 +278,7 @@ def main():
     for batch in sizes:
         fresh_compile()
         with tempfile.TemporaryDirectory(prefix="gptlit-bench-") as out:
-            dm, module, trainer, _ = build(gptlit_cfg(shape, corpus, batch, total + 1, a.overrides, out=out))
+            dm, module, trainer, _ = build_run(gptlit_cfg(shape, corpus, batch, total + 1, a.overrides, out=out))
             cfg = module.model.cfg
             planned = estimate_step_memory(cfg, T, trainer.precision, dev, fused_loss=not shape["compile"],
                                            compiled=shape["compile"]).total(batch) if dev == "cuda" else None
@@ -306,7 +306,7 @@ def main():
             torch._dynamo.config.automatic_dynamic_shapes = True  # train.py's setting: samples vary the length
         batch = shape["e2e_batch"]
         with tempfile.TemporaryDirectory(prefix="gptlit-bench-e2e-") as out:
-            dm, module, trainer, _ = build(gptlit_cfg(shape, corpus, batch, e2e_steps, a.overrides, e2e=True, out=out))
+            dm, module, trainer, _ = build_run(gptlit_cfg(shape, corpus, batch, e2e_steps, a.overrides, e2e=True, out=out))
             clock = step_clock(dev)
             trainer.callbacks.append(clock)
             free_memory(dev)

@@ -54,7 +54,7 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
 
     import gptlit.run.build as run_build
     import gptlit.training.memory as memory
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     seen = {}
     real, real_plan = memory.available_memory, run_build.plan_training_memory
@@ -72,7 +72,7 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
         [*QUIET, f"model={model}", f"data.max_length={T}", f"data.batch_size={batch}",
          f"data.micro_batch_size={batch}", f"model.drop_rate={drop}", "trainer.max_steps=2", *extra]
     )
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     from gptlit.training.callbacks.progress import StepTime
 
     timer = StepTime(skip_steps=1, timed_steps=1)  # the second step's time
@@ -114,7 +114,7 @@ def main():
         print("RESULT " + json.dumps(measure_one(m, int(T), int(b), float(d), a.extra)), flush=True)
         return
 
-    from gptlit.run.build import resolve_precision
+    from gptlit.run.plan import resolve_precision
 
     precision = resolve_precision("auto", "cpu")
     rows, skipped = [], []

@@ -90,12 +90,12 @@ WITH_CALLBACKS = [o for o in QUIET if o != "~callbacks"] + [
 
 
 def measure(name: str, steps: int, warmup: int, extra: list[str], callbacks: bool = False) -> list:
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     spec = MODELS[name]
     quiet = WITH_CALLBACKS if callbacks else QUIET
     cfg = compose([*spec["overrides"], *quiet, f"trainer.max_steps={warmup + steps + 1}", *extra])
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     device = trainer.strategy.root_device
     precision = trainer.precision
     cb = Interleave(plain_loop(module, dm.train_dataloader(), precision, device), device)

@@ -5,7 +5,7 @@ Reference: llms_from_scratch.ch04.GPTModel, GPT-2 124M with context 256 (dropout
 qkv bias), AdamW(lr 4e-4, weight_decay 0.1) in fp32, stepped as ch05.train_model_simple
 does: zero_grad, calc_loss_batch (cross-entropy of the flattened logits), backward, step.
 gptlit: `experiment=book_ch05` (the same shape and optimizer) on the built-in pydocs corpus,
-run through gptlit.run.build.build and Trainer.fit with no logger, callbacks or samples.
+run through gptlit.run.runner.build_run and Trainer.fit with no logger, callbacks or samples.
 Both take batches of 2 x 256 tokens from the same loader and alternate step by step in one
 process, so both see the same machine load; tokens/s come from the median step time after
 the warm-up steps.
@@ -71,10 +71,10 @@ def reference_step(loader, seed: int = 123):
 
 
 def measure(overrides: list[str], steps: int, warmup: int) -> dict:
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     cfg = compose([*BOOK, *QUIET, "trainer.accelerator=cpu", f"trainer.max_steps={warmup + steps + 1}", *overrides])
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     cb = Interleave(reference_step(dm.train_dataloader()))
     trainer.callbacks.append(cb)
     trainer.fit(module, datamodule=dm)
@@ -87,7 +87,8 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict:
 
 def measure_one(side: str, overrides: list[str], steps: int, warmup: int) -> dict:
     """Step times of one side alone in this process ("reference" or "gptlit") and its tokens per step."""
-    from gptlit.run.build import build, make
+    from gptlit.run.build import make
+    from gptlit.run.runner import build_run
 
     cfg = compose([*BOOK, *QUIET, "trainer.accelerator=cpu", f"trainer.max_steps={warmup + steps + 1}", *overrides])
     tokens = cfg.data.batch_size * cfg.data.max_length
@@ -100,7 +101,7 @@ def measure_one(side: str, overrides: list[str], steps: int, warmup: int) -> dic
             step()
             times.append(time.perf_counter() - t)
         return dict(times=times[warmup:], tokens=tokens)
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     cb = Interleave(None)
     trainer.callbacks.append(cb)
     trainer.fit(module, datamodule=dm)

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 
 from conftest import ROOT, TINY, compose_cfg
-from gptlit.run.build import build
+from gptlit.run.runner import build_run
 from gptlit.run.runner import run
 
 
@@ -69,7 +69,7 @@ def test_the_sample_at_the_end_is_printed_with_the_progress_bar_on(corpus, tmp_p
     # before: Lightning's bar, closed when training ends, swallowed it (only TensorBoard had it)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal: the bar stays on
     cfg = with_bar(corpus, tmp_path, "trainer.max_steps=2", "sampling.every_n_steps=1000", "sampling.max_new_tokens=3")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     assert trainer.progress_bar_callback is not None
     trainer.fit(module, datamodule=dm)
     assert "[step 2] Every effort moves you" in capsys.readouterr().out
@@ -80,7 +80,7 @@ def test_plain_progress_lines_instead_of_the_bar_when_stdout_is_no_terminal(corp
     from gptlit.training.callbacks.progress import ProgressLog
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
-    _, _, trainer, _ = build(with_bar(corpus, tmp_path, "trainer.max_steps=2"))
+    _, _, trainer, _ = build_run(with_bar(corpus, tmp_path, "trainer.max_steps=2"))
     plain = [c for c in trainer.callbacks if isinstance(c, ProgressLog)]
     assert (trainer.progress_bar_callback is not None, len(plain)) == ((True, 0) if terminal else (False, 1))
 
@@ -95,7 +95,7 @@ def test_first_time_estimate_after_the_first_micro_batch(make_cfg, corpus, capsy
 
     cfg = make_cfg("data=text", f"data.path={corpus}", "data.batch_size=8", "data.micro_batch_size=2",
                    "trainer.max_steps=2", "trainer.precision=32-true")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     trainer.callbacks.append(Mark())
     trainer.fit(module, datamodule=dm)
     lines = capsys.readouterr().out.splitlines()
@@ -108,7 +108,7 @@ def test_first_time_estimate_after_the_first_micro_batch(make_cfg, corpus, capsy
 
 def test_no_first_estimate_on_request(make_cfg, corpus, capsys):
     cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=2", "+callbacks.step_time.first_batch=false")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     trainer.fit(module, datamodule=dm)
     out = capsys.readouterr().out
     assert "first estimate" not in out and out.count(" s per optimizer step; 0 more to max_steps=2") == 1

@@ -353,7 +353,7 @@ def pool():
 def trained(tmp_path_factory):
     """A tiny training run with the HellaSwag callback every 2 steps (CSV logger): the run directory."""
     from conftest import TINY, compose_cfg, write_corpus
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     root = tmp_path_factory.mktemp("eval_trained")
     corpus = write_corpus(root)
@@ -361,7 +361,7 @@ def trained(tmp_path_factory):
                        "logger=csv", "callbacks.lr_monitor=null", "+callbacks/eval_task=hellaswag",
                        f"callbacks.eval_task.path={HELLASWAG}", "callbacks.eval_task.every_n_steps=2",
                        "callbacks.eval_task.limit=4"], root / "run")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     trainer.fit(module, datamodule=dm)
     return root / "run", trainer
 
@@ -384,10 +384,10 @@ def test_callback_logs_a_fixed_subset_next_to_val_loss(trained):
 
 
 def test_callback_without_a_file_stops_before_training(make_cfg):
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     with pytest.raises(UserError, match=r"^callbacks.eval_task.path is required"):
-        build(make_cfg("+callbacks/eval_task=lambada"))
+        build_run(make_cfg("+callbacks/eval_task=lambada"))
 
 
 def test_eval_py_on_pretrained_weights_and_on_a_run(trained, pool, tmp_path_factory):

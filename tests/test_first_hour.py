@@ -18,17 +18,17 @@ from gptlit.core.errors import UserError
 
 def test_more_cpu_processes_than_cores_is_said(make_cfg, caplog, monkeypatch):
     from gptlit.run import trainer_args
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     monkeypatch.setattr(trainer_args, "cpu_cores", lambda: 2)
     with caplog.at_level(logging.INFO):
-        build(make_cfg("trainer.accelerator=cpu", "trainer.devices=4"))
+        build_run(make_cfg("trainer.accelerator=cpu", "trainer.devices=4"))
     said = [r.getMessage() for r in caplog.records if "trainer.devices=4" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("warning: trainer.devices=4 on the CPU starts 4 training processes "
                                                  "on this machine's 2 cores"), said
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        build(make_cfg("trainer.accelerator=cpu", "trainer.devices=2"))
+        build_run(make_cfg("trainer.accelerator=cpu", "trainer.devices=2"))
     assert not [r for r in caplog.records if "training processes" in r.getMessage()]
     # a GPU's devices are chips: no warning however few the cores
     assert trainer_args.cpu_processes_warning({"devices": 8}, "cuda", cores=2) is None
@@ -67,22 +67,22 @@ def test_the_filter_leaves_other_metrics_advised():
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
 @pytest.mark.parametrize("data", ["text", "verdict"])
 def test_a_named_pipe_is_named(make_cfg, tmp_path, data):
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
     with pytest.raises(UserError, match=rf"^data.path={pipe}: {pipe} is a named pipe, not a regular file; .* "
                                         rf"write the text to a file first \(e.g. cat {pipe} > corpus.txt\)"):
-        build(make_cfg(f"data={data}", f"data.path={pipe}"))
+        build_run(make_cfg(f"data={data}", f"data.path={pipe}"))
 
 
 def test_the_book_experiment_without_its_file_names_the_fix(make_cfg, tmp_path):
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     with pytest.raises(UserError, match=r"^data.path=missing.txt: no such file \(.*missing.txt\); give the path of "
                                         r"your copy of the-verdict.txt, or leave data.path out to download it once "
                                         r"from https://raw.githubusercontent.com/.*/the-verdict.txt$"):
-        build(make_cfg("experiment=book_ch05", "data.path=missing.txt"))
+        build_run(make_cfg("experiment=book_ch05", "data.path=missing.txt"))
 
 
 def test_the_end_line_and_job_result_count_the_same_tokens(make_cfg, corpus, caplog):

@@ -317,7 +317,11 @@ def test_validate_pretrained_equals_transformers_loss(hf_model, hf_dirs, text_fi
     cfg = compose(["task=validate", f"model.init_from={hf_dirs['safetensors']}", "data.max_length=32", "~logger",
                    *common(tmp_path, text_file)])
     metrics = run(cfg)
-    assert cfg.model.emb_dim == 64 and cfg.model.context_length == 64  # taken from the weights, not preset mini
+    from gptlit.run.model_source import model_for_run
+    from gptlit.run.plan import resolve
+
+    plan = resolve(cfg, model_for_run)  # the run's model: taken from the weights, not preset mini
+    assert plan.model.emb_dim == 64 and plan.model.context_length == 64 and plan.data["max_length"] == 32
     # every window of the whole text: 32 inputs + 1 target token each, non-overlapping
     tokens = torch.tensor(encode(text_file.read_text(encoding="utf-8")))
     n = num_windows(len(tokens), 32, 32)
@@ -330,36 +334,36 @@ def test_validate_pretrained_equals_transformers_loss(hf_model, hf_dirs, text_fi
 
 
 def test_init_from_contradiction_is_an_error(hf_dirs, text_file, tmp_path):
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     base = [f"model.init_from={hf_dirs['safetensors']}", "~logger", *common(tmp_path, text_file)]
     with pytest.raises(UserError, match=r"model.emb_dim=128 \((config|command line)\) contradicts the weights in .* \(64\); use model=nano"):
-        build(compose([*base, "model.emb_dim=128"]))
+        build_run(compose([*base, "model.emb_dim=128"]))
     with pytest.raises(UserError, match="model.context_length=128 .* exceeds the 64 positions"):
-        build(compose([*base, "model=nano", "model.context_length=128"]))
+        build_run(compose([*base, "model=nano", "model.context_length=128"]))
     with pytest.raises(UserError, match=r"model.init_from=.*missing: .*no such file or folder"):
-        build(compose([*base, f"model.init_from={tmp_path / 'missing'}"]))
+        build_run(compose([*base, f"model.init_from={tmp_path / 'missing'}"]))
 
 
 def test_command_line_overrides_must_agree_with_weights(hf_dirs, text_file, tmp_path):
     """As under train.py: Hydra records the command line, so an explicitly picked preset counts."""
     from hydra.core.hydra_config import HydraConfig
 
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     base = [f"model.init_from={hf_dirs['safetensors']}", "~logger", *common(tmp_path, text_file)]
     try:
         cfg = compose([*base, "model=small"], hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         with pytest.raises(UserError, match=r"model.emb_dim=768 \(preset small\) contradicts .* use model=nano"):
-            build(cfg)
+            build_run(cfg)
         cfg = compose([*base, "model=nano", "model.qkv_bias=false"], hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         with pytest.raises(UserError, match=r"model.qkv_bias=false \(command line\) contradicts .* \(true\); drop the override"):
-            build(cfg)
+            build_run(cfg)
         cfg = compose([*base, "model.context_length=16"], hydra_config=True)
         HydraConfig.instance().set_config(cfg)
-        _, module, _, _ = build(cfg)  # a shorter context: pos_emb sliced, the rest from the weights
+        _, module, _, _ = build_run(cfg)  # a shorter context: pos_emb sliced, the rest from the weights
         assert module.model.cfg.context_length == 16 and module.model.cfg.emb_dim == 64
     finally:
         HydraConfig.instance().cfg = None

@@ -205,8 +205,8 @@ def test_a_cache_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch
 
 
 def test_data_hf_without_a_name_is_one_line(make_cfg):
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     with pytest.raises(UserError) as e:
-        build(make_cfg("data=hf"))
+        build_run(make_cfg("data=hf"))
     assert str(e.value) == "data.source=hf needs data.name=<a dataset in the Hugging Face cache, or a local folder>"

@@ -13,7 +13,7 @@ from conftest import TINY, compose_cfg
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from gptlit.core.errors import UserError
-from gptlit.run.build import build
+from gptlit.run.runner import build_run
 from gptlit.run.runner import run
 from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.resume import plan_resume
@@ -43,7 +43,7 @@ def test_max_epochs_follows_max_steps():
 
 
 def test_default_config_trains_one_epoch(make_cfg):
-    _, _, trainer, _ = build(make_cfg("trainer.max_steps=-1"))
+    _, _, trainer, _ = build_run(make_cfg("trainer.max_steps=-1"))
     assert (trainer.max_epochs, trainer.max_steps) == (1, -1)
 
 
@@ -164,7 +164,7 @@ def test_seed_null_gives_each_run_of_a_process_its_own_shuffle_seed(corpus, tmp_
 
     monkeypatch.delenv("GPTLIT_SHUFFLE_SEED", raising=False)
     # two jobs of one sweep run in one process, one after the other; with seed=null they shared one seed
-    seeds = [build(compose_cfg([*TINY, "data=text", f"data.path={corpus}", "seed=null"], tmp_path / f"job{i}"))[0].order.seed
+    seeds = [build_run(compose_cfg([*TINY, "data=text", f"data.path={corpus}", "seed=null"], tmp_path / f"job{i}"))[0].order.seed
              for i in range(2)]
     assert seeds[0] != seeds[1]
     # the DDP ranks of the second job (started with a copy of its environment) read its seed

@@ -190,13 +190,13 @@ def fake_memory(monkeypatch, gb: float):
 
 
 def test_build_runs_the_batch_as_micro_batches(make_cfg, monkeypatch):
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     cfg = make_cfg("data.batch_size=8", "trainer.val_check_interval=3", "trainer.accumulate_grad_batches=2",
                    "trainer.precision=32-true")
     est = memory.estimate_step_memory(GPTConfig.from_name("nano"), 32, "32-true", "cpu")
     fake_memory(monkeypatch, est.total(2.5) / memory.MARGIN / GB)  # 2 samples fit, 4 do not
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     assert (dm.config.batch_size, dm.loader_batch_size) == (8, 2)
     assert trainer.accumulate_grad_batches == 2 * 4  # the user's 2 times 4 micro-batches
     assert trainer.val_check_interval == 3 * 8  # every 3 optimizer steps (of 2 batches of 8)
@@ -208,13 +208,13 @@ def test_build_runs_the_batch_as_micro_batches(make_cfg, monkeypatch):
 @pytest.mark.slow  # two trainings
 def test_same_losses_with_and_without_micro_batches(make_cfg, capsys):
     from gptlit.training.callbacks.loss_plot import LossPlot
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     runs = {}
     for micro in (8, 2):  # validation: the same 16 windows, in batches of 8 or 2
         cfg = make_cfg("data.batch_size=8", f"data.micro_batch_size={micro}", "trainer.precision=32-true",
                        "trainer.max_steps=3", f"trainer.limit_val_batches={16 // micro}")
-        dm, module, trainer, _ = build(cfg)
+        dm, module, trainer, _ = build_run(cfg)
         trainer.fit(module, datamodule=dm)
         plot = next(c for c in trainer.callbacks if isinstance(c, LossPlot))
         runs[micro] = (plot.train, trainer.global_step, module.tokens_seen, float(trainer.callback_metrics["val/loss"]),
@@ -346,14 +346,14 @@ def test_keep_freed_memory_false_after_true_in_one_process_says_so(make_cfg, cap
     job with false says it has no effect instead of silently measuring the kept allocator."""
     import logging
 
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     monkeypatch.setattr(memory, "_freed_memory_kept", True)  # as after an earlier job with true
     with caplog.at_level(logging.INFO):
-        build(make_cfg("keep_freed_memory=false", "trainer.max_steps=1"))
+        build_run(make_cfg("keep_freed_memory=false", "trainer.max_steps=1"))
     assert any("warning: keep_freed_memory=false has no effect in this process" in r.getMessage() for r in caplog.records)
     caplog.clear()
     monkeypatch.setattr(memory, "_freed_memory_kept", False)
     with caplog.at_level(logging.INFO):
-        build(make_cfg("keep_freed_memory=false", "trainer.max_steps=1"))
+        build_run(make_cfg("keep_freed_memory=false", "trainer.max_steps=1"))
     assert not any("has no effect in this process" in r.getMessage() for r in caplog.records)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.run.build import build
+from gptlit.run.runner import build_run
 from gptlit.run.runner import run
 from gptlit.model.config import GPTConfig
 from gptlit.model.flops import (PEAK_TFLOPS, flops_per_token, math_type, matmul_params, mfu, model_flops_per_token,
@@ -81,7 +81,7 @@ def test_mfu_logged_only_with_a_known_peak(make_cfg, corpus, monkeypatch):
 
     # pretend to be a GPU with a 1 TFLOP/s peak: MFU = tokens/s x FLOPs per token / peak
     monkeypatch.setattr(GPTLitModule, "on_fit_start", lambda self: setattr(self, "_peak", 1e12))
-    dm, module, trainer, _ = build(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=3"))
+    dm, module, trainer, _ = build_run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=3"))
     trainer.fit(module, datamodule=dm)
     m = trainer.callback_metrics
     fpt = model_flops_per_token(module.model, 32)
@@ -113,7 +113,7 @@ def test_sampling_time_is_not_counted_as_training(make_cfg, corpus, monkeypatch)
 
     monkeypatch.setattr(gptlit.training.lit_module, "time", types.SimpleNamespace(perf_counter=perf_counter))
     monkeypatch.setattr(gptlit.training.callbacks.sampling, "generate_text", slow_sample)
-    dm, module, trainer, _ = build(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=4",
+    dm, module, trainer, _ = build_run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=4",
                                             "trainer.log_every_n_steps=1", "sampling.every_n_steps=1"))
     trainer.fit(module, datamodule=dm)
     # 4 x 32 tokens a step: a 1000 s sample counted as training would give about 0.1 tokens/s
@@ -218,7 +218,7 @@ def test_a_step_that_does_not_log_reads_no_more_values_than_a_plain_loop(make_cf
                    "trainer.precision=32-true", "trainer.enable_progress_bar=true",
                    "callbacks.progress_bar={_target_:gptlit.training.callbacks.progress.LogStepProgressBar}",
                    "logger=[tensorboard,csv]")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     probe = _ProfileStep(at)
     trainer.callbacks.insert(0, probe.callback)
     trainer.fit(module, datamodule=dm)
@@ -261,7 +261,7 @@ def test_compile_auto_is_on_for_cuda_only():
     from omegaconf import OmegaConf
 
     from gptlit.core.errors import UserError
-    from gptlit.run.build import resolve_compile
+    from gptlit.run.plan import resolve_compile
 
     assert OmegaConf.load(ROOT / "conf" / "train.yaml").compile == "auto"  # a GPU user's plain train.py compiles
     assert resolve_compile("auto", "cpu") is False

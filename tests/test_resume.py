@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from gptlit.core.errors import UserError
 from gptlit.data.sampler import ResumableDistributedSampler
-from gptlit.run.build import build
+from gptlit.run.runner import build_run
 from gptlit.run.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,16 +117,16 @@ def test_inexact_resume_is_refused_or_overridden(corpus, tmp_path, caplog):
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     with pytest.raises(UserError, match=r"cannot continue its data order exactly: it was trained with "
                                           r"data.batch_size=4, this run has data.batch_size=8; set data.batch_size=4 .*resume_inexact=true"):
-        build(compose_cfg(tiny(corpus, "data.batch_size=8", f"ckpt_path={last}"), tmp_path / "second"))
+        build_run(compose_cfg(tiny(corpus, "data.batch_size=8", f"ckpt_path={last}"), tmp_path / "second"))
     with pytest.raises(UserError, match=r"data.stride=32, this run has data.stride=16"):
-        build(compose_cfg(tiny(corpus, "data.stride=16", f"ckpt_path={last}"), tmp_path / "second"))
+        build_run(compose_cfg(tiny(corpus, "data.stride=16", f"ckpt_path={last}"), tmp_path / "second"))
     other = tmp_path / "other.txt"
     other.write_text(corpus.read_text().replace("fox", "cat"))
     with pytest.raises(UserError, match=r"trained with the training corpus with token digest \w+, this run has"):
-        build(compose_cfg(tiny(f"{other}", f"ckpt_path={last}"), tmp_path / "second"))
+        build_run(compose_cfg(tiny(f"{other}", f"ckpt_path={last}"), tmp_path / "second"))
     assert not (tmp_path / "second" / "checkpoints").exists()
     with caplog.at_level("INFO"):
-        dm, _, _, _ = build(compose_cfg(tiny(corpus, "data.batch_size=8", "resume_inexact=true", f"ckpt_path={last}"),
+        dm, _, _, _ = build_run(compose_cfg(tiny(corpus, "data.batch_size=8", "resume_inexact=true", f"ckpt_path={last}"),
                                         tmp_path / "second"))
     assert (dm.order.epoch, dm.order.start_batch) == (0, 0)
     assert any("resume_inexact=true: epoch 0's data order starts afresh" in r.message for r in caplog.records)
@@ -194,7 +194,7 @@ def test_both_checkpoint_callbacks_off_means_no_checkpoints(corpus, tmp_path):
 ])
 def test_bad_cadence(make_cfg, key, value, match):
     with pytest.raises(UserError, match=match):
-        build(make_cfg(f"callbacks.last_checkpoint.{key}={value}"))
+        build_run(make_cfg(f"callbacks.last_checkpoint.{key}={value}"))
 
 
 def _ctrl_c_run(cfg):

@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
     """Train nano for 2 steps in-process; keep the run dir, a final checkpoint and SampleText's text."""
     from hydra import compose, initialize_config_dir
 
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
     from gptlit.training.callbacks.sampling import SampleText
 
     root = tmp_path_factory.mktemp("trained")
@@ -49,7 +49,7 @@ def trained(tmp_path_factory):
     ]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     trainer.fit(module, datamodule=dm)
     trainer.save_checkpoint(root / "final.ckpt")  # the weights SampleText just sampled from
     sampler = next(c for c in trainer.callbacks if isinstance(c, SampleText))

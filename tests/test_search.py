@@ -298,7 +298,7 @@ def test_a_trial_reports_each_validation_and_stops_when_pruned(make_cfg, corpus,
     """A real training as trial 1 of a study whose finished trial 0 did far better: build adds the Pruning
     callback (the sweeper's environment variables), the median pruner stops it at its first validation,
     and its job_result.json says pruned."""
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     storage = open_storage(tmp_path / "optuna.journal")
     study = optuna.create_study(storage=storage, study_name="s")
@@ -312,7 +312,7 @@ def test_a_trial_reports_each_validation_and_stops_when_pruned(make_cfg, corpus,
     monkeypatch.setenv(TRIAL_ENV, str(trial.number))
     cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=6", "trainer.val_check_interval=2",
                    "callbacks.early_stopping=null")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 2  # stopped at the first validation
     frozen = study_of(tmp_path).trials[1]
@@ -323,10 +323,10 @@ def test_a_trial_reports_each_validation_and_stops_when_pruned(make_cfg, corpus,
 
 
 def test_a_trial_without_its_study_trains_without_pruning(make_cfg, corpus, monkeypatch):
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     monkeypatch.delenv(TRIAL_ENV, raising=False)
-    _, _, trainer, _ = build(make_cfg("data=text", f"data.path={corpus}"))
+    _, _, trainer, _ = build_run(make_cfg("data=text", f"data.path={corpus}"))
     assert not [cb for cb in trainer.callbacks if type(cb).__name__ == "Pruning"]
 
 

@@ -16,7 +16,7 @@ import yaml
 from gptlit.core.errors import UserError
 from gptlit.commands.report import main as report_main
 from gptlit.run.report import build_report, label, read_jobs
-from gptlit.run.build import build
+from gptlit.run.runner import build_run
 from gptlit.run.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def job_result_callback(trainer):
 
 def test_job_result_and_hparams(make_cfg, corpus, tmp_path):
     cfg = make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=6", "trainer.val_check_interval=2")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     cb = job_result_callback(trainer)
     cb.overrides = ["model=nano", "optim.lr=0.001", "data.path=x.txt"]  # as Hydra gives them to a job
     trainer.fit(module, datamodule=dm)
@@ -226,7 +226,7 @@ def test_several_loggers_at_once(make_cfg, corpus, tmp_path):
     cfg = make_cfg("data=text", f"data.path={corpus}", "logger=[tensorboard,csv]", "trainer.max_steps=4",
                    "trainer.val_check_interval=2", "trainer.log_every_n_steps=1")
     assert sorted(cfg.logger) == ["csv", "tensorboard"]
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     job_result_callback(trainer).overrides = ["optim.lr=0.001"]
     trainer.fit(module, datamodule=dm)
     assert [type(lg).__name__ for lg in trainer.loggers] == ["TensorBoardLogger", "CSVLogger"]
@@ -245,7 +245,7 @@ def test_missing_tracker_package_is_one_line(make_cfg, monkeypatch):
     for choice, package in [("wandb", "wandb"), ("mlflow", "mlflow")]:
         with pytest.raises(UserError, match=rf"logger.{choice} \(\w+\) needs the {package} package, which is not "
                                               rf"installed: pip install {package}"):
-            build(make_cfg(f"logger={choice}"))
+            build_run(make_cfg(f"logger={choice}"))
 
 
 @pytest.mark.slow  # long and rarely broken: moved out of the fast suite (issue 28)
@@ -257,7 +257,7 @@ def test_wandb_offline(make_cfg, corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = make_cfg("data=text", f"data.path={corpus}", "logger=wandb", "trainer.max_steps=2",
                    "trainer.val_check_interval=2")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     job_result_callback(trainer).overrides = ["optim.lr=0.001"]
     trainer.fit(module, datamodule=dm)
     logger = trainer.loggers[0]
@@ -281,7 +281,7 @@ def test_mlflow_local_file_store(make_cfg, corpus, tmp_path, monkeypatch):
     store = tmp_path / "mlruns"
     cfg = make_cfg("data=text", f"data.path={corpus}", "logger=mlflow", f"logger.mlflow.save_dir={store}",
                    "trainer.max_steps=2", "trainer.val_check_interval=2")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     job_result_callback(trainer).overrides = ["optim.lr=0.001"]
     trainer.fit(module, datamodule=dm)
     from mlflow.tracking import MlflowClient

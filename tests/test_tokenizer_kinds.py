@@ -44,12 +44,12 @@ def train(tmp: Path, *overrides: str, name: str = "run"):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gptlit.run.build import build
+    from gptlit.run.runner import build_run
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*TINY, *overrides, f"paths.output_dir={tmp / name}"])
-    dm, module, trainer, ckpt = build(cfg)
+    dm, module, trainer, ckpt = build_run(cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     return SimpleNamespace(dir=tmp / name, dm=dm, module=module, trainer=trainer)
 

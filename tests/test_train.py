@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.run.build import build, resolve_precision
+from gptlit.run.runner import build_run
+from gptlit.run.plan import resolve_precision
 from gptlit.run.runner import run
 from gptlit.core.errors import UserError
 
@@ -52,7 +53,7 @@ def test_val_ppl_is_token_weighted(make_cfg, corpus, tmp_path):
     # batch 3 over a val split whose last batch is smaller: a mean of per-batch values would differ
     cfg = make_cfg("data=text", f"data.path={corpus}", "data.batch_size=3", "data.val_fraction=0.3",
                    "trainer.max_steps=1", "trainer.limit_val_batches=null", "task=validate")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     assert len(dm.val_set) % 3 != 0
     trainer.validate(module, datamodule=dm)
     module.model.eval()
@@ -73,7 +74,7 @@ def test_train_eval_loss_is_dropout_free_loss_on_fixed_train_windows(make_cfg, c
     cfg = make_cfg("data=text", f"data.path={corpus}", "model.drop_rate=0.5", "data.eval_train_batches=2",
                    "trainer.limit_val_batches=null", "trainer.max_steps=4", "trainer.val_check_interval=2",
                    "trainer.log_every_n_steps=1")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     trainer.fit(module, datamodule=dm)  # validates after steps 2 and 4: the last one sees the final weights
     windows = [dm.train_set[i] for i in dm.train_eval_indices()]  # 2 batches of 4, spread over the split
     assert len(windows) == 8
@@ -96,7 +97,7 @@ def test_train_eval_loss_is_dropout_free_loss_on_fixed_train_windows(make_cfg, c
 
 def test_train_eval_loss_off(make_cfg, corpus):
     cfg = make_cfg("data=text", f"data.path={corpus}", "data.eval_train_batches=0", "trainer.max_steps=2")
-    dm, module, trainer, _ = build(cfg)
+    dm, module, trainer, _ = build_run(cfg)
     trainer.fit(module, datamodule=dm)
     assert "val/loss" in trainer.callback_metrics and "train/eval_loss" not in trainer.callback_metrics
     assert isinstance(dm.val_dataloader(), torch.utils.data.DataLoader)
@@ -135,7 +136,7 @@ def test_checkpoint_is_plain_and_resumes(make_cfg, corpus, tmp_path):
     assert all(not k.startswith("model._orig_mod") for k in ckpt["state_dict"])
     cfg = compose_cfg([*TINY, "data=text", f"data.path={corpus}", "trainer.max_steps=5", f"ckpt_path={last}"],
                       tmp_path / "second")
-    _, module, trainer, _ = build(cfg)
+    _, module, trainer, _ = build_run(cfg)
     run(cfg)
     ckpt2 = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt2["global_step"] == 5
@@ -150,7 +151,7 @@ def test_progress_bar_off_with_one_flag(corpus, tmp_path):
     # trainer.enable_progress_bar=false alone (the configured TQDM callback would otherwise clash)
     cfg = compose_cfg(["model=nano", "data=text", f"data.path={corpus}", "data.max_length=32", "trainer.max_steps=1",
                        "sampling.every_n_steps=0", "trainer.enable_progress_bar=false"], tmp_path / "run")
-    _, _, trainer, _ = build(cfg)
+    _, _, trainer, _ = build_run(cfg)
     assert trainer.progress_bar_callback is None
     assert not any(isinstance(c, ProgressBar) for c in trainer.callbacks)
 
@@ -198,7 +199,7 @@ def test_interrupted_run_leaves_a_last_checkpoint(make_cfg, corpus, tmp_path):
             if trainer.global_step == 3:
                 raise RuntimeError("out of memory (simulated)")
 
-    dm, module, trainer, _ = build(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=8",
+    dm, module, trainer, _ = build_run(make_cfg("data=text", f"data.path={corpus}", "trainer.max_steps=8",
                                             "trainer.val_check_interval=5"))
     trainer.callbacks.append(Crash())
     with pytest.raises(RuntimeError, match="simulated"):
@@ -215,7 +216,7 @@ def test_resume_with_other_model_is_an_error(corpus, tmp_path):
     cfg = compose_cfg([*TINY, "data=text", f"data.path={corpus}", "model.emb_dim=128", f"ckpt_path={last}"],
                       tmp_path / "second")
     with pytest.raises(UserError, match="trained with model.emb_dim=64 but this run has model.emb_dim=128"):
-        build(cfg)
+        build_run(cfg)
 
 
 def test_early_stopping_stops(make_cfg, corpus, tmp_path):
@@ -238,7 +239,7 @@ def test_lr_schedule_warmup_and_cosine(make_cfg, corpus, tmp_path):
 
 
 def test_weight_decay_groups(make_cfg):
-    _, module, _, _ = build(make_cfg())
+    _, module, _, _ = build_run(make_cfg())
     opt = module.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     decay, no_decay = opt.param_groups
@@ -249,7 +250,7 @@ def test_weight_decay_groups(make_cfg):
 
 
 def test_decay_all_decays_every_parameter(make_cfg):
-    _, module, _, _ = build(make_cfg("optim.decay_all=true"))
+    _, module, _, _ = build_run(make_cfg("optim.decay_all=true"))
     opt = module.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     (group,) = opt.param_groups  # the book's AdamW(model.parameters(), weight_decay=0.1)
@@ -279,7 +280,7 @@ def test_gradient_clipping_with_fused_adamw(make_cfg, corpus, tmp_path):
 def test_precision_follows_device():
     assert resolve_precision("32-true", "cpu") == "32-true"
     p = resolve_precision("auto", "cpu")
-    from gptlit.run.build import cpu_has_fast_bf16
+    from gptlit.run.plan import cpu_has_fast_bf16
 
     assert p == ("bf16-mixed" if cpu_has_fast_bf16() else "32-true")
 
@@ -319,7 +320,7 @@ NO_CORPUS = ["data=text", "data.path=does/not/exist.txt"]
 )
 def test_bad_values_fail_before_training(make_cfg, overrides, match, tmp_path):
     with pytest.raises(UserError, match=match):
-        build(make_cfg(*overrides))
+        build_run(make_cfg(*overrides))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -331,11 +332,11 @@ def test_not_a_checkpoint(make_cfg, tmp_path):
     for _ in range(30):  # random bytes fail in many places of the unpickler: every one is a UserError
         bad.write_bytes(rng.randbytes(200))
         with pytest.raises(UserError, match="is not a readable checkpoint"):
-            build(make_cfg(f"ckpt_path={bad}"))
+            build_run(make_cfg(f"ckpt_path={bad}"))
     other = tmp_path / "other.ckpt"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(UserError, match="is not a gptlit checkpoint"):
-        build(make_cfg(f"ckpt_path={other}"))
+        build_run(make_cfg(f"ckpt_path={other}"))
 
 
 def test_book_ch05_experiment(make_cfg):

@@ -7,7 +7,7 @@
   check_resumable   a checkpoint's model config against a run's
 
 Reading other formats (Hugging Face folders, the book's .pth files) is gptlit.interop.hf's job; which
-model config a run takes from such files is gptlit.run.build's (model_for_run).
+model config a run takes from such files is gptlit.run.model_source's (model_for_run).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Format conversion for GPT-2 weights: Hugging Face folders and the book's .pth state dicts in,
 a Hugging Face folder out (write_hf_folder). Which model config a run takes from such files is
-gptlit.run.build's job (model_for_run); this module reads and writes the formats and says
+gptlit.run.model_source's job (model_for_run); this module reads and writes the formats and says
 which GPTConfig values GPT-2 can express (HF_FIELDS).
 
 Two layouts are read:

@@ -33,8 +33,7 @@ def data_node() -> dict:
         **DataConfig().to_dict(),
         # Interpolations, resolved when the config is composed, so that each follows what it depends on
         # on the command line: a window is as long as the model's context (model=small gives 1024, and a
-        # context taken from a checkpoint or pretrained weights is written back into model.context_length
-        # by gptlit.run.build), and windows do not overlap unless data.stride is given, also after
+        # context taken from a checkpoint or pretrained weights is followed too: gptlit.run.plan.data_node), and windows do not overlap unless data.stride is given, also after
         # data.max_length=... is overridden. DataConfig's 128 and None mean the same for Python callers
         # of the default model (mini); a Python caller passes max_length to match another model.
         "max_length": "${model.context_length}",

@@ -1,6 +1,7 @@
 """The one runner: train.py calls run_job for a single run and for every job of a sweep.
 
   run           train, validate or prepare, as cfg.task says; returns the final metrics
+  build_run     the config resolved (gptlit.run.plan) and built (gptlit.run.build), without training
   task_wrapper  the failure policy, in one place (see its docstring)
   run_job       task_wrapper(run) plus what a sweeper minimizes: the job's best val/loss
 """
@@ -22,7 +23,9 @@ from gptlit.core.errors import EXIT_USER_ERROR, UserError
 from gptlit.core.files import write_failure
 from gptlit.core.job_record import JobRecord, hydra_job, mark_failed, one_line
 from gptlit.run.build import build, prepare
-from gptlit.training.guard import GuardGaveUp, GuardRollback, gave_up_message, rollback_config
+from gptlit.run.model_source import model_for_run
+from gptlit.run.plan import resolve
+from gptlit.training.guard import GuardGaveUp, GuardRollback, gave_up_message
 from gptlit.training.limits import stop_reason
 from gptlit.run.sweep import ddp_in_sweep
 
@@ -30,11 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train (or validate, or only tokenize) as the config says; returns the final metrics."""
-    if cfg.get("task", "train") == "prepare":
-        return prepare(cfg)
-    dm, module, trainer, ckpt_path = build(cfg)
-    if cfg.get("task", "train") == "validate":
+    """Train (or validate, or only tokenize) as the config says; returns the final metrics.
+    The config is resolved once into a plan (gptlit.run.plan), which build turns into the run's parts."""
+    plan = resolve(cfg, model_for_run)
+    if plan.task == "prepare":
+        return prepare(plan)
+    dm, module, trainer, ckpt_path = build(plan)
+    if plan.task == "validate":
         trainer.validate(module, datamodule=dm, ckpt_path=ckpt_path)
     else:
         while True:
@@ -42,13 +47,13 @@ def run(cfg: DictConfig) -> dict:
                 trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
                 break
             except GuardRollback as rb:  # the loss guard went back to a good last.ckpt: go on from there
-                cfg = rollback_config(cfg, rb)
-                dm, module, trainer, ckpt_path = build(cfg)
+                plan = plan.after_rollback(rb.ckpt_path, rb.skip_steps, rb.rollbacks)
+                dm, module, trainer, ckpt_path = build(plan)
             except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1), after writing last.ckpt
                 if trainer.interrupted:
                     if trainer.is_global_zero:
                         log.info(f"interrupted at step {trainer.global_step}{lost_micro_batches(trainer)}. "
-                                 f"{resume_hint(cfg.paths.output_dir)}")
+                                 f"{resume_hint(plan.output_dir)}")
                     sys.exit(130)  # the shell's code for a run ended by SIGINT, not 1 (a failure)
                 raise
         ckpt = next((c for c in trainer.callbacks if getattr(c, "best_model_path", "")), None)
@@ -60,10 +65,15 @@ def run(cfg: DictConfig) -> dict:
         rank_zero_info(stop_reason(trainer))  # which limit ended the run, in the last lines
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     rank_zero_info("final: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if "/" in k))
-    gave_up = gave_up_message(trainer) if cfg.get("task", "train") == "train" else None
+    gave_up = gave_up_message(trainer) if plan.task == "train" else None
     if gave_up:  # the run diverged past the guard's rollbacks: a failure, not a finished run
         raise GuardGaveUp(gave_up)
     return metrics
+
+
+def build_run(cfg: DictConfig):
+    """The config resolved into a plan and built: (datamodule, module, trainer, ckpt_path), what run trains."""
+    return build(resolve(cfg, model_for_run))
 
 
 def quiet_logs():

@@ -16,7 +16,7 @@
   with one line instead, and puts the last good state back as last.ckpt (the diverged one is not kept).
 
 A rollback ends the current Trainer.fit with GuardRollback; gptlit.run.runner builds the run again from
-that checkpoint (rollback_config) and goes on. Under several processes a rollback would have to restart
+that checkpoint (gptlit.run.plan.RunPlan.after_rollback) and goes on. Under several processes a rollback would have to restart
 every rank: there the guard stops the run and prints the command that resumes with the same skips.
 """
 
@@ -64,7 +64,7 @@ class LossGuard(L.Callback):
     def __init__(self, spike_factor: float = 3.0, window: int = 50, patience: int = 3, lr_factor: float = 0.5,
                  max_rollbacks: int = 3, check_every: int | None = None, skip_steps: list[int] | None = None,
                  rollbacks: int = 0):
-        """skip_steps and rollbacks are set by a rollback (rollback_config), not by users."""
+        """skip_steps and rollbacks are set by a rollback (gptlit.run.plan.RunPlan.after_rollback), not by users."""
         for name, value, ok in (("spike_factor", spike_factor, isinstance(spike_factor, (int, float)) and spike_factor > 1),
                                 ("window", window, isinstance(window, int) and window >= 3),
                                 ("patience", patience, isinstance(patience, int) and patience >= 1),
@@ -314,17 +314,3 @@ def _last_checkpoint(trainer) -> Path | None:
     """Where last.ckpt goes (written yet or not), None when it is off."""
     last = last_state(trainer)
     return Path(last.path) if last is not None else None
-
-
-def rollback_config(cfg, rb: GuardRollback):
-    """The run's config for going on after a rollback: resume from the good checkpoint with the skips."""
-    import copy
-
-    from omegaconf import open_dict
-
-    cfg = copy.deepcopy(cfg)
-    with open_dict(cfg):
-        cfg.ckpt_path = rb.ckpt_path
-        cfg.callbacks.guard.skip_steps = list(rb.skip_steps)
-        cfg.callbacks.guard.rollbacks = rb.rollbacks
-    return cfg

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 
 from gptlit.model.config import GPTConfig
-from gptlit.training.optim import validate_optim
+from gptlit.training.optim import OptimConfig
 from gptlit.model.flops import cuda_peak_flops, flops_per_token, matmul_params, mfu
 from gptlit.model.gpt import GPT
 from gptlit.training.resume import rng_state
@@ -40,15 +40,21 @@ def lr_factor(step: int, warmup: int, total: int, scheduler: str, min_ratio: flo
 class GPTLitModule(L.LightningModule):
     """Wraps a GPT. Hyperparameters are plain dicts, so checkpoints load with weights_only=True."""
 
-    def __init__(self, model: dict, optim: dict | None = None, compile: bool = False, tokenizer=None):
-        """tokenizer: the run's (gptlit.model.tokenizer.Tokenizer; None = GPT-2's). Every checkpoint stores it
+    def __init__(self, model: GPTConfig | dict, optim: OptimConfig | dict | None = None, compile: bool = False,
+                 tokenizer=None):
+        """model, optim: checked configs (gptlit.run.plan resolves them once); plain dicts are checked here (what
+        Lightning's load_from_checkpoint passes: the saved hyperparameters). They are saved as plain dicts, so
+        checkpoints load with weights_only=True.
+        tokenizer: the run's (gptlit.model.tokenizer.Tokenizer; None = GPT-2's). Every checkpoint stores it
         (`checkpoint["tokenizer"]`, Tokenizer.spec: its tokenizer.json, or the name gpt2), and the model
         carries it (model.tokenizer) for the texts sampled while training."""
         super().__init__()
-        model = dict(model)
-        optim = validate_optim(dict(optim or {}))
-        self.save_hyperparameters({"model": GPTConfig.from_dict(model).to_dict(), "optim": optim, "compile": compile})
-        self.model = GPT(GPTConfig.from_dict(self.hparams.model))
+        if not isinstance(model, GPTConfig):
+            model = GPTConfig.from_dict(model)
+        if not isinstance(optim, OptimConfig):
+            optim = OptimConfig.of(dict(optim or {}))
+        self.save_hyperparameters({"model": model.to_dict(), "optim": optim.to_dict(), "compile": compile})
+        self.model = GPT(model)
         self.model.tokenizer = tokenizer
         self.tokens_seen = 0  # training tokens over all ranks, kept in checkpoints
         self._val_sum = self._val_count = None

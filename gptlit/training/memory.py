@@ -25,6 +25,8 @@ plain loss path it takes keeps the (tokens, padded vocabulary) logits.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,7 +344,7 @@ def plan_for_training(
                               "as the launching process chose")
 
     def fits_one(**change) -> bool:
-        cfg = GPTConfig.from_dict({**model_cfg.to_dict(), **change})
+        cfg = dataclasses.replace(model_cfg, **change)  # values known to be valid: no second check
         T = change.get("context_length", seq_len)
         return estimate_step_memory(cfg, T, precision, device, fused_loss, compiled).total(1) <= available * MARGIN
 

@@ -30,7 +30,13 @@ class OptimConfig:
     fused: bool | None = None  # None = the fused AdamW kernel (one pass over the weights) on CUDA and CPU; false = for-loop kernel
 
     def to_dict(self) -> dict:
+        """A plain dict (what checkpoints store: they load with weights_only=True)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def of(cls, o: dict) -> "OptimConfig":
+        """OptimConfig's defaults with `o` (an `optim` node as a dict) on top, checked once."""
+        return cls(**validate_optim(o))
 
 
 def validate_optim(o: dict) -> dict:

@@ -269,7 +269,7 @@ def rewind_batches(checkpoint: dict, stepped: int, force: bool = False) -> bool:
 
 def guard_rolled_back(trainer, checkpoint: dict) -> bool:
     """Whether this fit is the loss guard's rollback to `checkpoint` (the guard's rollback count, set by
-    gptlit.training.guard.rollback_config, is past the checkpoint's own)."""
+    gptlit.run.plan.RunPlan.after_rollback, is past the checkpoint's own)."""
     guard = next((c for c in trainer.callbacks if type(c).__name__ == "LossGuard"), None)
     if guard is None:
         return False
