@@ -33,6 +33,8 @@ def test_failed_checkpoint_write_is_one_line_and_the_previous_survives(make_cfg,
     real_save, calls = torch.save, []
 
     def save(obj, f, *args, **kwargs):
+        if ".start-" in str(getattr(f, "name", f)):  # the loss guard's state at train start (its rollback target)
+            return real_save(obj, f, *args, **kwargs)
         calls.append(obj["global_step"])
         if len(calls) < 2:
             return real_save(obj, f, *args, **kwargs)

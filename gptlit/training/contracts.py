@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 
@@ -46,9 +46,22 @@ class TrainingModule(Protocol):
     def grad_norm(self) -> torch.Tensor:
         """This optimizer step's global gradient norm before clipping, a device tensor."""
 
+    # a step cut by Ctrl-C between its micro-batches (gptlit.training.resume.ExactResume keeps it)
+    accumulated: dict | None  # {"step", "n" micro-batches in p.grad, "rng", "tokens_seen"}; None before a backward
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """torch.nn.Module's: the parameters whose p.grad a partial step keeps."""
+
+    def step_losses_so_far(self, n: int) -> list:
+        """The losses of the current step's first n micro-batches (device tensors)."""
+
+    def restore_step_losses(self, losses: list) -> None:
+        """Put back the losses of a partial step's micro-batches on resume."""
+
 
 MODULE_NAMES = frozenset({"model", "tokens_seen", "step_loss", "paused_seconds", "device", "logging_step",
-                          "compile_steps", "clock_paused", "grad_norm"})  # TrainingModule's names (the test checks)
+                          "compile_steps", "clock_paused", "grad_norm", "accumulated", "named_parameters",
+                          "step_losses_so_far", "restore_step_losses"})  # TrainingModule's names (the test checks)
 
 
 class LastState:

@@ -165,7 +165,7 @@ class ExactResume(L.Callback):
         processes (each rank's gradient differs: the checkpoint holds whole steps there), under a sharding
         strategy (its p.grad are shards) and once every micro-batch of the step ran its backward (the
         optimizer step itself is what is missing)."""
-        acc = getattr(pl_module, "accumulated", None)
+        acc = pl_module.accumulated
         every = int(trainer.accumulate_grad_batches or 1)
         if (acc is None or acc["step"] != trainer.global_step or self._in_optimizer_step or every < 2
                 or trainer.current_epoch != self.epoch or trainer.world_size > 1 or self.local_only
