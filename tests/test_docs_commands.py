@@ -248,7 +248,8 @@ class Workspace:
         torch.manual_seed(0)
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=64))
         hf.save_pretrained(self.root / "models" / "gpt2")
-        from llms_from_scratch.ch04 import GPTModel
+        GPTModel = pytest.importorskip("llms_from_scratch.ch04", reason="the book's code is not installed "
+                                       "(pip install --no-deps llms-from-scratch)").GPTModel
 
         book = GPTModel({"vocab_size": 50257, "context_length": 256, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
                          "drop_rate": 0.0, "qkv_bias": False})
