@@ -237,6 +237,10 @@ class Workspace:
             with gzip.open(r / "shards" / f"part-{i}.jsonl.gz", "wt") as f:
                 f.write("\n".join(line.replace('"body"', '"text"') for line in lines) + "\n")
         shutil.copy(corpus, r / "english.txt")
+        (r / "chinese").mkdir()  # docs/evaluation.md's corpus of several documents
+        zh = (FIXTURES / "chinese.txt").read_text(encoding="utf-8").splitlines()
+        for i in range(4):
+            (r / "chinese" / f"part-{i}.txt").write_text("\n".join(zh[i::4]) + "\n", encoding="utf-8")
         self.table |= {"/data/web-text/": f"{web}/", "task.path=...": "task.path=hellaswag_val.jsonl",
                        "bench.path=...": "bench.path=hellaswag_val.jsonl"}
 
@@ -319,6 +323,12 @@ def ws(tmp_path_factory, request) -> Workspace:
     for c in commands:
         for dated in re.findall(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", c.text):
             w.table[dated] = str(run)
+    # docs/evaluation.md's two runs on chinese.txt, GPT-2's tokenizer and a BPE, compared on bits per byte
+    for name, tok in (("run-gpt2", []), ("run-bpe", ["tokenizer=bpe", "tokenizer.vocab_size=512"])):
+        argv = shorten(["python", "train.py", "data=text", "data.path=chinese.txt", *tok, f"hydra.run.dir=outputs/{name}"])
+        res = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv[2:]], cwd=w.root, env=w.env,
+                             capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     multirun = "outputs/multirun/*/*"
     sweep = find(commands, "README.md", "python train.py -m model=nano")
     before = set(w.root.glob(multirun))

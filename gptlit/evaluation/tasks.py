@@ -254,14 +254,21 @@ class Bpb(Task):
                  for i, (n, b, a, t) in enumerate(zip(c.doc_nats, c.doc_bytes, c.doc_all_nats, c.doc_all_tokens)) if i < s.show]
         info = {"corpus": dm.corpus().name, "windows": c.windows, "max_length": dm.config.max_length,
                 "stride": dm.config.stride, "tokens": c.tokens, "text_tokens": c.text_tokens, "bytes": c.bytes,
-                "documents": int(len(c.doc_all_tokens)), "interval_unit": unit, "n": c.windows}
+                "documents": int(len(c.doc_all_tokens)), "interval_unit": unit, "n": c.windows,
+                "tokenizer": tokenizer_of(model).fingerprint}
         return TaskResult(self.name, {"bpb": bpb, "loss": loss, "ppl": ppl}, {"unit": unit, **u}, items, info)
 
     def compare(self, a, b, s):
         kw = dict(confidence=s.confidence, n_resamples=s.n_resamples, seed=s.seed, unit=a.paired["unit"])
         pa, pb = a.paired, b.paired
-        return {"bpb": stats.paired_ratio_difference(pa["nats"], pa["bytes"], pb["nats"], pb["bytes"], 1 / LN2, **kw),
-                "loss": stats.paired_ratio_difference(pa["all_nats"], pa["all_tokens"], pb["all_nats"], pb["all_tokens"], **kw)}
+        if len(pa["nats"]) != len(pb["nats"]):  # other tokenizers cut other windows: nothing to pair them by
+            raise UserError(f"compare=: the two models' tokenizers cut this corpus into different windows and it is one "
+                            f"document ({a.info['corpus']}), so there is no paired difference; give a corpus of several "
+                            f"documents (a folder, .jsonl) or read each model's bpb and interval from its own eval.py run")
+        out = {"bpb": stats.paired_ratio_difference(pa["nats"], pa["bytes"], pb["nats"], pb["bytes"], 1 / LN2, **kw)}
+        if a.info.get("tokenizer") == b.info.get("tokenizer"):  # loss per token compares only under one tokenizer
+            out["loss"] = stats.paired_ratio_difference(pa["all_nats"], pa["all_tokens"], pb["all_nats"], pb["all_tokens"], **kw)
+        return out
 
     def show(self, k, it):
         bpb = "n/a" if it["bpb"] is None else f"{it['bpb']:.4f}"
