@@ -420,8 +420,9 @@ def _rows(d: Path, rank: int = 0):
 
 @pytest.mark.slow
 def test_kill_during_checkpoint_write_leaves_last_ckpt_whole(tmp_path, corpus, reference):
-    # the 3rd save is last.ckpt at step 6 (after step 3 and the validation at 5): killed while it is written
-    r, last = train(tmp_path, corpus, "a", "+callbacks.steps.kill_during_save=3")
+    # the 4th save is last.ckpt at step 6 (after the loss guard's start state, step 3 and the validation at 5):
+    # killed while it is written
+    r, last = train(tmp_path, corpus, "a", "+callbacks.steps.kill_during_save=4")
     assert r.returncode == -9, r.stderr[-3000:]
     assert (tmp_path / "log" / "a" / "killed_during").read_text().startswith(".last.ckpt.")
     assert list(last.parent.glob(".last.ckpt.*.partial"))  # the write was cut short
