@@ -261,14 +261,13 @@ class Bpb(Task):
     def compare(self, a, b, s):
         kw = dict(confidence=s.confidence, n_resamples=s.n_resamples, seed=s.seed, unit=a.paired["unit"])
         pa, pb = a.paired, b.paired
-        if len(pa["nats"]) != len(pb["nats"]):  # other tokenizers cut other windows: nothing to pair them by
-            raise UserError(f"compare=: the two models' tokenizers cut this corpus into different windows and it is one "
-                            f"document ({a.info['corpus']}), so there is no paired difference; give a corpus of several "
-                            f"documents (a folder, .jsonl) or read each model's bpb and interval from its own eval.py run")
-        out = {"bpb": stats.paired_ratio_difference(pa["nats"], pa["bytes"], pb["nats"], pb["bytes"], 1 / LN2, **kw)}
-        if a.info.get("tokenizer") == b.info.get("tokenizer"):  # loss per token compares only under one tokenizer
-            out["loss"] = stats.paired_ratio_difference(pa["all_nats"], pa["all_tokens"], pb["all_nats"], pb["all_tokens"], **kw)
-        return out
+        if a.info.get("tokenizer") != b.info.get("tokenizer"):
+            # other tokenizers cut other windows, and a paired difference needs units that line up
+            raise UserError("compare=: the two models have different tokenizers, so their windows do not pair up; "
+                            "run eval.py bench=bpb on each (bits per byte compares across tokenizers) and read "
+                            "each model's bpb and interval from its own table")
+        return {"bpb": stats.paired_ratio_difference(pa["nats"], pa["bytes"], pb["nats"], pb["bytes"], 1 / LN2, **kw),
+                "loss": stats.paired_ratio_difference(pa["all_nats"], pa["all_tokens"], pb["all_nats"], pb["all_tokens"], **kw)}
 
     def show(self, k, it):
         bpb = "n/a" if it["bpb"] is None else f"{it['bpb']:.4f}"
