@@ -279,18 +279,26 @@ def test_ctrl_c_partial_step_with_another_micro_batch_plan_restarts_that_step(co
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_ctrl_c_partial_gradient_that_does_not_fit_restarts_that_step(corpus, tmp_path, caplog):
-    """A kept gradient whose shape is not its parameter's is never put into p.grad: one line, and the step
-    starts again from its first micro-batch (the uninterrupted run's losses from there)."""
+def _whole_and_cut_at(corpus, tmp_path, batch: int):
+    """A 3-step run of 4 micro-batches a step, whole (log/whole) and cut by Ctrl-C after micro-batch `batch`
+    (log/cut); returns the runs' overrides and the cut run's last.ckpt."""
     from conftest import compose_cfg
 
     args = tiny(corpus, "data.micro_batch_size=1", "model.drop_rate=0.1", "trainer.max_steps=3",
                 "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
     run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
     _ctrl_c_run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
-                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=5"],
-                            tmp_path / "cut"))
-    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch",
+                             f"+callbacks.ctrl_c.batch={batch}"], tmp_path / "cut"))
+    return args, tmp_path / "cut" / "checkpoints" / "last.ckpt"
+
+
+def test_ctrl_c_partial_gradient_that_does_not_fit_restarts_that_step(corpus, tmp_path, caplog):
+    """A kept gradient whose shape is not its parameter's is never put into p.grad: one line, and the step
+    starts again from its first micro-batch (the uninterrupted run's losses from there)."""
+    from conftest import compose_cfg
+
+    args, last = _whole_and_cut_at(corpus, tmp_path, 5)
     ckpt = torch.load(last, weights_only=True)
     grads = ckpt["gptlit_resume"]["partial"]["grads"]
     name = next(k for k, g in grads.items() if g is not None and g.dim() == 2)
@@ -312,13 +320,7 @@ def test_ctrl_c_partial_step_is_not_carried_over_a_guard_rollback(corpus, tmp_pa
     micro-batch (the same weights, so the uninterrupted run's losses for that step)."""
     from conftest import compose_cfg
 
-    args = tiny(corpus, "data.micro_batch_size=1", "model.drop_rate=0.1", "trainer.max_steps=3",
-                "trainer.val_check_interval=5", "+callbacks.steps._target_=resume_probe.StepLog")
-    run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'whole'}"], tmp_path / "whole"))
-    _ctrl_c_run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'cut'}",
-                             "+callbacks.ctrl_c._target_=resume_probe.CtrlCAtMicroBatch", "+callbacks.ctrl_c.batch=6"],
-                            tmp_path / "cut"))
-    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    args, last = _whole_and_cut_at(corpus, tmp_path, 6)
     with caplog.at_level("INFO"):
         run(compose_cfg([*args, f"+callbacks.steps.dirpath={tmp_path / 'log' / 'resumed'}", f"ckpt_path={last}",
                          "+callbacks.guard.rollbacks=1"], tmp_path / "resumed"))
