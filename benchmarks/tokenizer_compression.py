@@ -13,6 +13,11 @@ same run; the ratio column is bytes/token divided by GPT-2's.
 
     python benchmarks/tokenizer_compression.py                      # both corpora, 8K/16K/32K
     python benchmarks/tokenizer_compression.py --zh-files a.txt b.txt   # your Chinese text instead
+    python benchmarks/tokenizer_compression.py --write-corpus zh        # the Chinese corpus as text files
+
+--write-corpus DIR writes the Chinese corpus' documents as DIR/train/*.txt and DIR/heldout/*.txt, one
+document a file, split as the table splits them (the held-out 20% is the text the table scores), so a
+model and its tokenizer can be trained on train/ and scored on heldout/ (docs/tokenizers.md).
 
 The Chinese text: fortunes-zh (modern quotations, Tang and Song poems), manpages-zh (zh_CN man
 pages, troff markup stripped), debian-reference-zh-cn and libreoffice-help-zh-cn (HTML, tags
@@ -223,6 +228,30 @@ def measure(name: str, docs: list[str], vocab_sizes: list[int], cores: int, work
     return rows
 
 
+def refuse_existing(dest: Path) -> None:
+    if dest.exists():
+        print(f"--write-corpus {dest}: it exists already; give a new folder (or delete it)", file=sys.stderr)
+        sys.exit(2)
+
+
+def write_corpus(docs: list[str], dest: Path, held_out: float = 0.2) -> tuple[list[str], list[str]]:
+    """dest/train/NNNNN.txt and dest/heldout/NNNNN.txt: split()'s two parts, one document a file in
+    split()'s (shuffled) order, <|endoftext|> removed as measure() does. Written into a temporary
+    folder beside dest and renamed, so dest is whole or absent; an existing dest is refused."""
+    refuse_existing(dest)
+    train, test = split(docs, held_out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
+        for part, part_docs in (("train", train), ("heldout", test)):
+            (Path(tmp) / part).mkdir()
+            for i, d in enumerate(part_docs):
+                (Path(tmp) / part / f"{i:05d}.txt").write_text(d.replace(EOT, ""), encoding="utf-8")
+        os.replace(tmp, dest)
+    print(f"wrote {dest}/train ({len(train):,} documents, {nbytes(train) / 1e6:.2f} MB) and "
+          f"{dest}/heldout ({len(test):,} documents, {nbytes(test) / 1e6:.2f} MB)")
+    return train, test
+
+
 def table(rows: list[dict]) -> str:
     head = ["corpus", "tokenizer", "vocab (learned)", "held-out bytes/token", "x GPT-2", "Han chars/token",
             "train text MB", "train s", "peak RSS MB (before training)"]
@@ -275,6 +304,22 @@ def scale(args) -> None:
           f"{r['vocab']:,} tokens learned")
 
 
+def debian_documents(args) -> list[tuple[str, str]]:
+    """[(package, document)] of the Debian packages (fetched on the first run)."""
+    cache = Path(os.environ.get("GPTLIT_CACHE") or Path.home() / ".cache/gptlit")
+    docs, sizes = chinese_documents(fetch_debs(Path(args.zh_debs) if args.zh_debs else cache / "zh-debs"))
+    print("chinese: Debian packages " + ", ".join(f"{k} {v:.2f} MB" for k, v in sizes.items()))
+    return docs
+
+
+def chinese(args) -> list[str]:
+    """The Chinese corpus' documents: the --zh-files (one document each) or every Debian package's."""
+    if args.zh_files:
+        print(f"chinese: {len(args.zh_files)} files given")
+        return [Path(f).read_text("utf-8") for f in args.zh_files]
+    return [d for _, d in debian_documents(args)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vocab", default="8192,16384,32768", help="BPE vocabulary sizes, comma-separated")
@@ -287,10 +332,17 @@ def main() -> None:
                    "of the distinct files LIST names (one path a line), concatenated, and print its time and peak RSS")
     p.add_argument("--scale-mb", type=float, default=100.0)
     p.add_argument("--scale-vocab", type=int, default=16384)
+    p.add_argument("--write-corpus", metavar="DIR", help="instead: write the Chinese corpus (the Debian packages or "
+                   "--zh-files) as DIR/train/*.txt and DIR/heldout/*.txt, one document a file, split as the table "
+                   "splits it (shuffled with seed 0, the held-out 20%% in heldout/)")
     args = p.parse_args()
     vocab = [int(v) for v in args.vocab.split(",")]
     if args.scale:
         scale(args)
+        return
+    if args.write_corpus:
+        refuse_existing(Path(args.write_corpus))
+        write_corpus(chinese(args), Path(args.write_corpus))
         return
     import tokenizers
 
@@ -301,13 +353,9 @@ def main() -> None:
         work = Path(tmp)
         corpora = args.corpora.split(",")
         if args.zh_files and "chinese" in corpora:
-            docs = [Path(f).read_text("utf-8") for f in args.zh_files]
-            print(f"chinese: {len(docs)} files given")
-            rows += measure("chinese", docs, vocab, args.cores, work)
+            rows += measure("chinese", chinese(args), vocab, args.cores, work)
         elif "chinese" in corpora or "fortunes" in corpora:
-            cache = Path(os.environ.get("GPTLIT_CACHE") or Path.home() / ".cache/gptlit")
-            docs, sizes = chinese_documents(fetch_debs(Path(args.zh_debs) if args.zh_debs else cache / "zh-debs"))
-            print("chinese: Debian packages " + ", ".join(f"{k} {v:.2f} MB" for k, v in sizes.items()))
+            docs = debian_documents(args)
             if "chinese" in corpora:
                 rows += measure("chinese", [d for _, d in docs], vocab, args.cores, work)
             if "fortunes" in corpora:
