@@ -33,7 +33,6 @@ from typing import Iterable, Iterator
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import atomic_write
-from gptlit.core.settings import plain
 from gptlit.data.readers import Corpus
 from gptlit.data.token_cache import _acquire, cache_key, corpus_slug, reader_options, tasks, writable_dir
 from gptlit.model.tokenizer import Tokenizer, check_bpe_vocab, from_file, from_settings, gpt2, train_bpe
@@ -136,12 +135,6 @@ def _read(path: Path) -> Tokenizer:
     tok = from_file(path, key="the trained tokenizer")
     tok.kind = tok.name = "bpe"
     return tok
-
-
-def group_settings(cfg) -> dict:
-    """A composed config's `tokenizer` group node as a dict (a config composed without the group: gpt2)."""
-    node = cfg.get("tokenizer") if hasattr(cfg, "get") else None
-    return dict(plain(node) or {"kind": "gpt2"})
 
 
 def resolve(settings: dict | None, corpus_of, val_fraction: float, cache_dir: Path) -> Tokenizer:

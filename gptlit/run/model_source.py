@@ -17,7 +17,7 @@ import torch
 
 from gptlit.core.errors import UserError
 from gptlit.core.files import user_path
-from gptlit.data.tokenizer_cache import group_settings
+from gptlit.core.settings import plain
 from gptlit.interop.checkpoints import check_resumable, checkpoint_tokenizer, find_checkpoint, load_checkpoint, saved_model_config
 from gptlit.interop.hf import read_pretrained
 from gptlit.model.config import PRESETS, GPTConfig
@@ -38,6 +38,12 @@ class RunModel:
     label: str = "custom"  # how the run's log names the model (preset_label when it came from a file)
 
 
+def tokenizer_settings(cfg) -> dict:
+    """A composed config's `tokenizer` group node as a dict (a config composed without the group: gpt2)."""
+    node = cfg.get("tokenizer") if hasattr(cfg, "get") else None
+    return dict(plain(node) or {"kind": "gpt2"})
+
+
 def model_for_run(cfg) -> RunModel:
     """A composed train config (Hydra node or dict with `model`, `task`, `ckpt_path`) and the files
     it names -> the checked model config, the checkpoint path and any initial weights.
@@ -52,7 +58,7 @@ def model_for_run(cfg) -> RunModel:
     """
     user = {k: cfg["model"][k] for k in cfg["model"]}
     task, ckpt = cfg.get("task", "train"), cfg.get("ckpt_path")
-    settings = group_settings(cfg)
+    settings = tokenizer_settings(cfg)
     model_cfg = GPTConfig.from_dict(user)  # the config's own values must be valid even where files replace them
     if task == "validate" and ckpt:
         path = find_checkpoint(ckpt, prefer="best", key="ckpt_path")
