@@ -40,6 +40,9 @@ class GPTConfig:
     init: str = _field("gpt2", "training")  # "gpt2": normal(0, 0.02), scaled residual projections; "torch": PyTorch defaults (the book)
     activation_checkpointing: bool = _field(False, "runtime")  # recompute each block's activations in backward: less memory, ~1/3 more time
 
+    def __post_init__(self):
+        self.validate()  # checked once, where it is made: every GPTConfig in the program is a valid one
+
     @classmethod
     def fields_of(cls, kind: str) -> tuple[str, ...]:
         """Names of the fields of one kind (arch, training, runtime), in declaration order."""
@@ -79,13 +82,13 @@ class GPTConfig:
     def from_name(cls, name: str, **overrides) -> "GPTConfig":
         if name not in PRESETS:
             raise UserError(f"unknown model '{name}': choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides}).validate()
+        return cls(**{**PRESETS[name], **overrides})
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
         """Build from a mapping, ignoring keys that are not model fields (e.g. Hydra's `name`)."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(d).items() if k in fields}).validate()
+        return cls(**{k: v for k, v in dict(d).items() if k in fields})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

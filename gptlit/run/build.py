@@ -2,10 +2,10 @@
 
 A bad value ends as a one-line UserError, raised by gptlit.run.plan.resolve or by the class it configures,
 before any training. The order: the task, the `trainer.*` values, the model config, `optim.*`, `sampling.*`,
-`data.*` and the memory plan (micro-batches that fit) are checked while the plan is resolved, before the corpus is
-read; the corpus is then tokenized (or found in the token cache: a corpus too short fails there) before the model is
-built; the callbacks and loggers are built last, so a bad `callbacks.*` or `logger.*` value (or logger=wandb
-without wandb) fails after tokenizing. gptlit.run.runner resolves the plan (gptlit.run.plan.resolve) and runs
+`data.*`, the memory plan (micro-batches that fit) and the loggers' packages (logger=wandb without wandb) are
+checked while the plan is resolved, before the corpus is read; the corpus is then tokenized (or found in the token
+cache: a corpus too short fails there) before the model is built; the callbacks and loggers are built last, so
+a bad `callbacks.*` or `logger.*` value fails after tokenizing. gptlit.run.runner resolves the plan (gptlit.run.plan.resolve) and runs
 what build returns; gptlit.run.runner.build_run does both steps for tests and benchmarks.
 """
 
@@ -32,7 +32,6 @@ from gptlit.interop.hf import load_weights
 from gptlit.training.lit_module import GPTLitModule
 from gptlit.training.resume import setup_exact_resume
 from gptlit.run.search.trial import trial_pruning_callback
-from gptlit.run.trackers import prepare_loggers
 
 
 def make(node, **kwargs):
@@ -148,7 +147,6 @@ def build(plan):
     rank_zero_info(plan.model_line(module.model.num_params()))
 
     callbacks = instantiate_dict(plan.callbacks, "callbacks")
-    prepare_loggers(plan.loggers)  # logger=wandb without wandb: one line saying what to install
     loggers = instantiate_dict(plan.loggers, "logger")
     tcfg["val_check_interval"] = val_interval(tcfg, batches_per_epoch)
     if sampler.every_n_steps:

@@ -214,4 +214,4 @@ def reconcile(user: dict, weights: GPTConfig, source: str, explicit: dict[str, s
     return dataclasses.replace(
         weights, context_length=context, drop_rate=user.get("drop_rate", weights.drop_rate), pad_vocab_multiple=pad,
         **runtime,
-    ).validate()
+    )

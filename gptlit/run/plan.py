@@ -4,7 +4,7 @@ machine) -> a typed RunPlan, which gptlit.run.build builds without looking at th
   resolve(cfg)   every value checked that can be checked before the corpus is read, in this order: the task,
                  the `trainer.*` values (precision resolved), compile, keep_freed_memory, the model config
                  (from the files it names: gptlit.run.model_source, passed in), `optim.*`, `sampling.*`, data.max_length,
-                 `data.*` and the memory plan (task=train: plan_memory)
+                 `data.*`, the memory plan (task=train: plan_memory), the loggers' packages
   RunPlan        what a run is: task, GPTConfig, OptimConfig, sampling, data node, Lightning's trainer
                  arguments, callbacks and loggers nodes, paths, resume source, seed, the tokenizer
   after_rollback the plan that goes on from a loss guard's rollback (gptlit.training.guard.GuardRollback)
@@ -27,6 +27,7 @@ from gptlit.training import memory
 from gptlit.training.callbacks.sampling import SampleText
 from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.optim import OptimConfig
+from gptlit.run.trackers import prepare_loggers
 from gptlit.run.trainer_args import check_trainer_args, cpu_processes_warning
 
 TASKS = ("train", "validate", "prepare")
@@ -164,9 +165,11 @@ def resolve(cfg: DictConfig, model_for_run) -> RunPlan:
             f"lower data.max_length or raise model.context_length"
         )
     mem = plan_memory(model_cfg, label, data, tcfg, compiled) if task == "train" else None
+    loggers = plain(cfg.get("logger")) or {}
+    prepare_loggers(loggers)  # logger=wandb without wandb: one line saying what to install
     return RunPlan(
         task=task, model=model_cfg, model_label=label, optim=optim, sampling=sampling, data=data, trainer=tcfg,
-        callbacks=plain(cfg.get("callbacks")) or {}, loggers=plain(cfg.get("logger")) or {},
+        callbacks=plain(cfg.get("callbacks")) or {}, loggers=loggers,
         compile=compiled, compile_how="compile=auto on CUDA" if cfg.get("compile", "auto") in (None, "auto") else "compile=true",
         keep_freed_memory=keep, output_dir=str(cfg.paths.output_dir), ckpt_path=run_model.ckpt_path,
         init_state=run_model.init_state, resume_inexact=bool(cfg.get("resume_inexact", False)), seed=cfg.get("seed"),
