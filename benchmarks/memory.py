@@ -5,7 +5,7 @@ Each configuration trains 2 optimizer steps through train.py's machinery (build 
 no validation, logger or checkpoints) in its own process, with data.micro_batch_size equal to
 data.batch_size (no micro-batches). Reported per configuration:
 
-  base      RSS of the process when the estimate is made (imports, corpus), measured
+  base      RSS of the process when the estimate is made (imports; before the corpus is read), measured
   estimate  gptlit.training.memory's estimate of what the step adds (StepMemory.total(batch))
   measured  peak RSS (ru_maxrss) of the whole process
   ratio     (base + estimate) / measured; target: within 0.9 .. 1.2
@@ -52,12 +52,12 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
     """In this process: build the run, note RSS at the estimate, train 2 steps, return the figures."""
     from common import QUIET, compose
 
-    import gptlit.run.build as run_build
+    import gptlit.run.plan as run_plan
     import gptlit.training.memory as memory
     from gptlit.run.runner import build_run
 
     seen = {}
-    real, real_plan = memory.available_memory, run_build.plan_training_memory
+    real, real_plan = memory.available_memory, run_plan.plan_memory
 
     def spy(*a, **k):  # the RSS at the moment the plan is made
         seen["base"] = rss_now()
@@ -67,7 +67,7 @@ def measure_one(model: str, T: int, batch: int, drop: float, extra: list[str]) -
         seen["plan"] = real_plan(*a, **k)
         return seen["plan"]
 
-    memory.available_memory, run_build.plan_training_memory = spy, keep_plan
+    memory.available_memory, run_plan.plan_memory = spy, keep_plan
     cfg = compose(
         [*QUIET, f"model={model}", f"data.max_length={T}", f"data.batch_size={batch}",
          f"data.micro_batch_size={batch}", f"model.drop_rate={drop}", "trainer.max_steps=2", *extra]

@@ -58,7 +58,7 @@ def test_user_path_is_relative_to_where_the_command_ran(tmp_path, monkeypatch):
 def test_weights_fix_the_architecture_the_run_fixes_how_steps_run():
     """reconcile: arch fields (GPTConfig kind "arch") from the weights, runtime ones from the run."""
     from gptlit.model.config import GPTConfig
-    from gptlit.run.model_source import reconcile
+    from gptlit.model.config import reconcile
 
     weights = GPTConfig.from_name("nano", context_length=32)
     user = {**GPTConfig.from_name("mini").to_dict(), "activation_checkpointing": True, "drop_rate": 0.2}

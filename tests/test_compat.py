@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_cfg, write_corpus
+from gptlit.core.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
@@ -53,3 +54,33 @@ def test_old_checkpoint_samples_the_same_text(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert s["prompt"] + s["text"] in r.stdout
+
+
+def test_a_run_reads_the_old_checkpoint_once(tmp_path, monkeypatch):
+    """model_for_run reads the checkpoint it resumes from or validates once (memory-mapped, no weights): its model
+    config and tokenizer together (it was read two or three times: once for the tokenizer, once per config check)."""
+    import gptlit.interop.checkpoints as checkpoints
+    import gptlit.run.model_source as model_source
+
+    ckpt = tmp_path / "old.ckpt"
+    shutil.copy(FIXTURES / "nano_6df85dd.ckpt", ckpt)
+    loads = []
+    real = checkpoints.load_checkpoint
+
+    def counted(path):
+        loads.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(checkpoints, "load_checkpoint", counted)
+    monkeypatch.setattr(model_source, "load_checkpoint", counted, raising=False)  # where the old code imported it
+    resumed = model_source.model_for_run(compose_cfg([*OLD["resume_overrides"], f"ckpt_path={ckpt}"], tmp_path / "r"))
+    assert loads == [str(ckpt)]
+    assert resumed.ckpt_path == str(ckpt) and resumed.tokenizer.kind == "gpt2" and resumed.label == "nano"
+    assert (resumed.config.emb_dim, resumed.config.n_layers, resumed.config.vocab_size) == (4, 1, 50257)
+
+    loads.clear()
+    validated = model_source.model_for_run(compose_cfg(["model=nano", "task=validate", f"ckpt_path={ckpt}"], tmp_path / "v"))
+    assert loads == [str(ckpt)]
+    assert validated.config.emb_dim == 4 and validated.label == f"custom from {ckpt}"  # its shape is no preset's
+    with pytest.raises(UserError, match=rf"ckpt_path={ckpt} was trained with model.emb_dim=4 but this run has model.emb_dim=8"):
+        model_source.model_for_run(compose_cfg([*OLD["resume_overrides"], "model.emb_dim=8", f"ckpt_path={ckpt}"], tmp_path / "b"))

@@ -159,6 +159,25 @@ def test_plan_resume_message_reads_well(key, saved, now, text):
     assert text in str(e.value)
 
 
+@pytest.mark.parametrize("mode", ["sampler", "global"])
+def test_a_change_in_any_fingerprint_entry_is_refused_naming_its_setting(mode):
+    # the data layer makes the fingerprint (gptlit.data.sampler), the resume check words its differences
+    # (gptlit.training.resume): an entry without words there would let a changed setting resume silently
+    from gptlit.data.sampler import order_fingerprint
+    from gptlit.data.windows import WindowDataset
+    from gptlit.training.resume import KEY, describe_setting
+
+    now = order_fingerprint(WindowDataset(torch.arange(200), 8, 8), 4, 1, 2, mode)
+    assert len(now) == (8 if mode == "global" else 7)
+    for key in now:
+        saved = {**now, key: 99}
+        ckpt = {"epoch": 0, KEY: {"seed": 7, "epoch": 0, "batches": 3, "exact": True, "data": saved}}
+        with pytest.raises(UserError) as e:
+            plan_resume(ckpt, "last.ckpt", now, 8, False)
+        assert f"it was trained with {describe_setting(key, 99)}, this run has {describe_setting(key, now[key])}" \
+            in str(e.value)
+
+
 def test_seed_null_gives_each_run_of_a_process_its_own_shuffle_seed(corpus, tmp_path, monkeypatch):
     from gptlit.data.sampler import default_seed
 

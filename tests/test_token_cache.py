@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from gptlit.core.errors import UserError
+from gptlit.data.config import DataConfig
 from gptlit.data.datamodule import GPTDataModule
 from gptlit.data.windows import WindowDataset, split_point
-from gptlit.data.readers import safe_cut
-from gptlit.data.token_cache import Corpus, TokenFile, ensure, file_paths
-from gptlit.model.tokenizer import EOT_ID, encode
+from gptlit.data.readers import reader_options, safe_cut
+from gptlit.data.token_cache import Corpus, TokenFile, cache_entry, ensure
+from gptlit.model.tokenizer import EOT_ID, encode, gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,12 @@ def universal(text: str) -> str:
 
 def read_ids(cached) -> list[int]:
     return np.fromfile(cached.path, dtype="<u2").tolist()
+
+
+def file_paths(corpus: Corpus, cache: Path) -> tuple[Path, Path]:
+    """The token file and metadata file of a corpus (GPT-2's tokens) in cache."""
+    entry = cache_entry(corpus, cache, gpt2(), reader_options(corpus, DataConfig))
+    return entry.tokens, entry.meta
 
 
 def cache_files(d: Path) -> list[str]:
@@ -438,6 +445,41 @@ def test_one_process_lock_helper_for_the_cache_and_the_search(tmp_path):
     b.release()
     assert not path.exists()
 
+
+
+def test_sole_writer_publishes_what_the_block_wrote_in_order_and_nothing_else(tmp_path, monkeypatch):
+    """gptlit.core.file_lock.sole_writer (the token cache's and the BPE trainer's): killed writers' temporary
+    files removed under the lock, the files the block wrote renamed into place in the order given, none when
+    it fails or writes nothing, a wait on another holder polled through waiting(), the lock let go each time."""
+    import gptlit.core.file_lock as fl
+
+    tokens, meta, lock = tmp_path / "c.bin", tmp_path / "c.json", tmp_path / "c.bin.lock"
+    stale = tmp_path / ".c.bin.host-9.partial"
+    stale.write_bytes(b"left by a killed writer")
+    with pytest.raises(RuntimeError, match="killed"):
+        with fl.sole_writer(tokens, meta, lock=lock, tag="t") as (tmp_tokens, tmp_meta):
+            assert not stale.exists() and not fl.ProcessLock(lock).try_acquire()  # cleaned, and held
+            tmp_tokens.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []  # no temporary file, no lock file, nothing published
+
+    renamed = []
+    real_publish = fl.publish
+    monkeypatch.setattr(fl, "publish", lambda tmp, path, durable: renamed.append(path.name) or real_publish(tmp, path, durable))
+    with fl.sole_writer(tokens, meta, lock=lock, tag="t") as (tmp_tokens, tmp_meta):
+        tmp_meta.write_text("{}")  # written first, published last all the same
+        tmp_tokens.write_bytes(b"tokens")
+    assert renamed == ["c.bin", "c.json"] and tokens.read_bytes() == b"tokens" and meta.read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin", "c.json"]
+
+    other = fl.ProcessLock(lock)  # another process prepares; it lets go at the third look
+    assert other.try_acquire()
+    looks = []
+    waiting = lambda: looks.append(1) if len(looks) < 2 else (looks.append(1), other.release())
+    with fl.sole_writer(tokens, meta, lock=lock, waiting=waiting, poll_s=0.01) as (tmp_tokens, tmp_meta):
+        pass  # the files are complete: nothing is written
+    assert len(looks) == 3 and renamed == ["c.bin", "c.json"] and tokens.read_bytes() == b"tokens"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin", "c.json"]
 
 def stalled_preparer(tmp_path):
     """A preparer that started (its lock file and partial file are there) and then stopped writing."""

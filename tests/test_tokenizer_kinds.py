@@ -70,8 +70,8 @@ def test_gpt2_kind_is_todays_tokenizer_and_keeps_the_cache_key(tmp_path):
     f = tmp_path / "a.txt"
     f.write_text("hello")
     c = Corpus("a", files=(f,))
-    assert cache_key(c) == cache_key(c, g)  # token caches made before the tokenizer group stay valid
-    assert cache_key(c) != cache_key(c, T.train_bpe(["hello world " * 50], 300))
+    assert cache_key(c, {}) == cache_key(c, {}, g)  # token caches made before the tokenizer group stay valid
+    assert cache_key(c, {}) != cache_key(c, {}, T.train_bpe(["hello world " * 50], 300))
 
 
 def test_gpt2_tokenizer_json_built_from_the_ranks_gives_tiktokens_ids():

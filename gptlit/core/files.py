@@ -3,11 +3,14 @@
   user_path      a path relative to where the command ran (Hydra's original working directory)
   atomic_write   text, bytes or JSON into a file: a temporary file beside it, then a rename
   atomic_file    the same for a writer that needs a path or an open file (torch.save, savefig)
+  publish        the rename both end with: a finished temporary file (partial_name) over its path
   fsync_dir      make a rename in a folder durable
   write_failure  the failed write (path, cause) behind an exception, e.g. a full disk or a read-only folder
 
 Every file gptlit writes for a reader to come (checkpoints, job records, sweep summaries, plots,
-token files, downloads) goes through atomic_file: a reader sees the old file or the new one, whole.
+downloads) goes through atomic_file, and the files that one process among several writes (token
+files, trained tokenizers) through gptlit.core.file_lock.sole_writer: a reader sees the old file or
+the new one, whole.
 """
 
 from __future__ import annotations
@@ -62,6 +65,17 @@ def fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def publish(tmp: Path, path: Path, durable: bool = False) -> None:
+    """Rename the finished temporary file tmp over path; durable=True fsyncs the file before and the
+    folder after, so that the rename survives a power loss in the order the renames were made."""
+    if durable:
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, durable: bool = False, tag: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends without an error it is renamed over
@@ -74,12 +88,7 @@ def atomic_file(path: str | os.PathLike, durable: bool = False, tag: str | None 
     tmp = partial_name(path, tag)
     try:
         yield tmp
-        if durable:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if durable:
-            fsync_dir(path.parent)
+        publish(tmp, path, durable)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gptlit.core.errors import UserError, check_keys
+from gptlit.core.files import user_path
 
 
 @dataclass
@@ -58,12 +59,15 @@ class DataConfig:
 
     @classmethod
     def of(cls, base: "DataConfig | None" = None, **settings) -> "DataConfig":
-        """`base` (default: DataConfig()) with `settings` on top, checked; stride resolved (None -> max_length)."""
+        """`base` (default: DataConfig()) with `settings` on top, checked; stride resolved (None -> max_length),
+        cache_dir made absolute."""
         fields = {f.name for f in dataclasses.fields(cls)}
         check_keys(settings, fields, "data", "a data setting")
         cfg = dataclasses.replace(base or cls(), **settings)
         if cfg.stride is None:
             cfg.stride = cfg.max_length
+        if cfg.cache_dir:  # as the user typed it (~, relative to where the command ran): resolved once, here
+            cfg.cache_dir = str(user_path(cfg.cache_dir))
         return cfg.validate()
 
     def validate(self) -> "DataConfig":

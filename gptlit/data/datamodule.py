@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from gptlit.core.errors import UserError
-from gptlit.core.files import user_path
 from gptlit.data.config import DataConfig
 from gptlit.data.sampler import TrainOrder
 from gptlit.data.sources import cache_dir, source_for
@@ -92,7 +91,7 @@ class GPTDataModule(L.LightningDataModule):
         return self.source.corpus(self.config)
 
     def token_cache_dir(self) -> Path:
-        return user_path(self.config.cache_dir) if self.config.cache_dir else cache_dir() / "tokens"
+        return Path(self.config.cache_dir) if self.config.cache_dir else cache_dir() / "tokens"
 
     def prepare_tokens(self) -> CachedTokens:
         """The corpus' token file, tokenized now unless cached (one process tokenizes, others wait).

@@ -2,8 +2,9 @@
 
 A reader says which files it takes (a suffix match), how to cut a file into pieces for the
 tokenizing processes (`pieces`, in the main process, reading the file as a stream), and how a piece
-becomes documents' text (`texts`, in a tokenizing process). gptlit.data.token_cache knows readers
-only through this table; a new format is a new class here and one entry in READERS.
+becomes documents' text (`texts`, in a tokenizing process). `read_corpus(corpus)` gives what the token
+cache and the BPE trainer need of a corpus, asked once: its readers' settings and its pieces in order.
+They know readers only through it and this table; a new format is a new class here and one entry in READERS.
 
 The pieces of a file must tokenize, piece by piece, to exactly the ids of the whole file: plain
 text is cut only where `safe_cut` allows, record formats only between records.
@@ -25,7 +26,7 @@ from gptlit.core.errors import UserError
 class Corpus:
     """What to tokenize: files in order, each read by the reader of its format, or in-memory documents
     (pydocs). options: values of the settings the readers declare (Reader.options, e.g. text_key);
-    gptlit.data.token_cache takes DataConfig's default for one left out."""
+    reader_options takes DataConfig's default for one left out (the caller hands DataConfig in)."""
 
     name: str
     files: tuple[Path, ...] = ()
@@ -257,3 +258,31 @@ def corpus_suffixes() -> tuple[str, ...]:
 def reader_for(f: Path) -> Reader:
     """The reader of a file: the table's first that takes its name, else plain text."""
     return next((r for r in READERS if r.takes(f)), PLAIN)
+
+
+# ---- a corpus as its readers read it ------------------------------------------------------------
+
+
+def reader_options(corpus: Corpus, defaults) -> dict:
+    """The values of the settings its files' readers declare (what they read depends on): the
+    corpus' own, else the attribute of that name of `defaults` (DataConfig, where each default is
+    written: the readers import no settings)."""
+    return {k: corpus.options.get(k, getattr(defaults, k)) for f in corpus.files for k in reader_for(f).options}
+
+
+def read_corpus(corpus: Corpus, piece_bytes: int, defaults) -> tuple[dict, Iterator[Piece]]:
+    """What the readers make of a corpus, asked once: the values of their settings (reader_options)
+    and the corpus' pieces in order, in-memory documents first, then each file read by its reader
+    about piece_bytes at a time. The pieces are lazy: no file is opened before they are iterated. A
+    piece becomes documents' text by `piece.reader.texts(piece, options)`."""
+    options = reader_options(corpus, defaults)
+    return options, _pieces(corpus, piece_bytes, options)
+
+
+def _pieces(corpus: Corpus, piece_bytes: int, options: dict) -> Iterator[Piece]:
+    yield from DOCUMENTS.documents(corpus.documents or (), corpus.name)
+    for f in corpus.files:
+        try:
+            yield from reader_for(f).pieces(f, piece_bytes, options)
+        except OSError as e:
+            raise UserError(f"data.path: cannot read {f} ({e.strerror or e}); check the file and its permissions") from None

@@ -9,10 +9,14 @@ tokens: the files' resolved paths, sizes and modification times (pydocs: the tex
 the tokenizer's fingerprint, the separator, the settings the corpus' readers declare (e.g.
 data.text_key for JSON Lines) and FORMAT_VERSION.
 
-Preparation streams: each file is read by the reader of its format (gptlit.data.readers) in pieces
-of about PIECE_BYTES, cut only where tokenizing the pieces gives the same ids as tokenizing the
-whole (see gptlit.data.readers.safe_cut), tokenized by a pool of processes in order, and appended
-to a temporary file that is renamed into place at the end, the metadata last. A file lock lets one process (DDP rank, sweep job) prepare while others wait.
+The corpus passes through in one direction: the readers are asked once what they make of it
+(gptlit.data.readers.read_corpus: their settings, and its pieces), the key and the files are
+decided from that (cache_entry), and, unless a complete file is there, one process (DDP rank,
+sweep job) prepares it while the others wait (gptlit.core.file_lock.sole_writer: the lock, killed
+writers' leftovers removed, the files published whole, the metadata last). Preparation streams:
+each file is read by the reader of its format in pieces of about PIECE_BYTES, cut only where
+tokenizing the pieces gives the same ids as tokenizing the whole (see gptlit.data.readers.safe_cut),
+tokenized by a pool of processes in order, and appended to the temporary token file.
 """
 
 from __future__ import annotations
@@ -35,10 +39,9 @@ from typing import Iterator
 import numpy as np
 
 from gptlit.core.errors import UserError
-from gptlit.core.files import atomic_file, atomic_write, remove_stale_partials
-from gptlit.core.file_lock import ProcessLock
+from gptlit.core.file_lock import sole_writer
 from gptlit.data.config import DataConfig
-from gptlit.data.readers import DOCUMENTS, Corpus, Piece, reader_for
+from gptlit.data.readers import Corpus, Piece, read_corpus
 from gptlit.model.tokenizer import VOCAB_SIZE, Tokenizer, gpt2
 
 log = logging.getLogger(__name__)
@@ -54,12 +57,6 @@ def dtype_for(tokenizer: Tokenizer) -> np.dtype:
     return DTYPE if tokenizer.vocab_size <= 1 << 16 else np.dtype("<u4")
 PIECE_BYTES = 4 << 20  # bytes of text per piece sent to a tokenizing process
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-
-
-def reader_options(corpus: Corpus) -> dict:
-    """The values of the settings its files' readers declare (what they read depends on): the
-    corpus' own, else DataConfig's defaults."""
-    return {k: corpus.options.get(k, getattr(DataConfig, k)) for f in corpus.files for k in reader_for(f).options}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +76,13 @@ def default_num_proc() -> int:
 # ---- the cache key and the files -----------------------------------------------------------------
 
 
-def cache_key(corpus: Corpus, tokenizer: Tokenizer | None = None) -> str:
-    """The hash of what decides the tokens; GPT-2's (tokenizer=None) is the key of every cache made before the
-    tokenizer group, so those files stay valid."""
+def cache_key(corpus: Corpus, options: dict, tokenizer: Tokenizer | None = None) -> str:
+    """The hash of what decides the tokens (options: the corpus' reader_options); GPT-2's (tokenizer=None)
+    is the key of every cache made before the tokenizer group, so those files stay valid."""
     tok = tokenizer or gpt2()
     h = hashlib.sha256()
     head = dict(format=FORMAT_VERSION, tokenizer=tok.fingerprint, separator=tok.eot_token, newlines="universal")
-    head.update(reader_options(corpus))  # e.g. text_key, when a file is JSON Lines
+    head.update(options)  # e.g. text_key, when a file is JSON Lines
     h.update(json.dumps(head, sort_keys=True).encode())
     for f in corpus.files:
         st = f.stat()
@@ -113,26 +110,41 @@ def corpus_slug(corpus: Corpus) -> str:
     return (re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus.name).strip("._") or "corpus")[:60]
 
 
-def file_paths(corpus: Corpus, cache_dir: Path, tokenizer: Tokenizer | None = None) -> tuple[Path, Path]:
-    stem = f"{corpus_slug(corpus)}-{cache_key(corpus, tokenizer)}"
-    return cache_dir / f"{stem}.bin", cache_dir / f"{stem}.json"
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    """One corpus under one tokenizer in a cache folder, decided once: the key and the files it names."""
+
+    corpus: Corpus
+    tokenizer: Tokenizer
+    options: dict  # the corpus' readers' settings (gptlit.data.readers.reader_options): in the key and the metadata
+    key: str
+    tokens: Path  # the token file
+    meta: Path  # its metadata, written last: it vouches for the tokens
+    lock: Path  # held by the process that writes them
 
 
-def read_meta(bin_path: Path, meta_path: Path) -> tuple[dict | None, str | None]:
+def cache_entry(corpus: Corpus, cache_dir: Path, tokenizer: Tokenizer, options: dict) -> CacheEntry:
+    """The entry of corpus (options: its reader_options) under tokenizer in cache_dir."""
+    key = cache_key(corpus, options, tokenizer)
+    stem = f"{Path(cache_dir) / corpus_slug(corpus)}-{key}"
+    return CacheEntry(corpus, tokenizer, options, key, Path(f"{stem}.bin"), Path(f"{stem}.json"), Path(f"{stem}.bin.lock"))
+
+
+def read_meta(entry: CacheEntry) -> tuple[dict | None, str | None]:
     """(metadata, None) for a complete token file; (None, why) for a damaged one; (None, None) if absent."""
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(entry.meta.read_text())
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError) as e:
-        return None, f"its metadata {meta_path.name} is unreadable ({e})"
+        return None, f"its metadata {entry.meta.name} is unreadable ({e})"
     if meta.get("format") != FORMAT_VERSION or meta.get("dtype") not in (DTYPE.str, "<u4"):
-        return None, f"its metadata {meta_path.name} has another format"
+        return None, f"its metadata {entry.meta.name} has another format"
     want = meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize
-    size = bin_path.stat().st_size if bin_path.exists() else None
+    size = entry.tokens.stat().st_size if entry.tokens.exists() else None
     if size != want:
         got = "is missing" if size is None else f"has {size:,} bytes"
-        return None, f"{bin_path.name} {got}, but its metadata says {meta['n_tokens']:,} tokens ({want:,} bytes)"
+        return None, f"{entry.tokens.name} {got}, but its metadata says {meta['n_tokens']:,} tokens ({want:,} bytes)"
     return meta, None
 
 
@@ -149,119 +161,95 @@ def ensure(corpus: Corpus, cache_dir: Path, num_proc: int | None = None, piece_b
     its partial token file has not grown for wait_s seconds (it died or hangs), stop with a UserError.
     tokenizer: the run's (gptlit.model.tokenizer); None = GPT-2's."""
     t0 = time.perf_counter()
-    cache_dir = Path(cache_dir)
-    tokenizer = tokenizer or gpt2()
-    bin_path, meta_path = file_paths(corpus, cache_dir, tokenizer)
-    meta, _ = read_meta(bin_path, meta_path)  # a complete file is used even from a read-only folder
+    options, pieces = read_corpus(corpus, piece_bytes, DataConfig)  # lazy: nothing is read unless it is built
+    entry = cache_entry(corpus, cache_dir, tokenizer or gpt2(), options)
+    meta, _ = read_meta(entry)  # a complete file is used even from a read-only folder
     if meta is None and not preparer:
-        log.info(f"token cache: waiting for the preparing process to write {bin_path}")
-        watch = _Progress(bin_path, wait_s)
-        while meta is None:
-            watch.check(cache_dir, started_needed=True)
-            time.sleep(poll_s)
-            meta, _ = read_meta(bin_path, meta_path)
+        meta = _wait_for_preparer(entry, poll_s, wait_s)
+    built = False
     if meta is None:
-        writable_dir(cache_dir)
-        lock = _acquire(bin_path, corpus, poll_s, wait_s)
-        try:
-            meta, damaged = read_meta(bin_path, meta_path)  # the process we waited for may have made it
-            if meta is None:
-                if damaged:
-                    log.warning(f"token cache: {bin_path} is damaged ({damaged}); rebuilding it")
-                meta_path.unlink(missing_ok=True)
-                remove_stale_partials(bin_path)  # left by a killed preparation
-                meta = build(corpus, bin_path, meta_path, num_proc or default_num_proc(), piece_bytes, tokenizer)
-                return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], True, time.perf_counter() - t0,
-                                    np.dtype(meta["dtype"]))
-        finally:
-            lock.release()
-    log.info(f"token cache: {bin_path} ({meta['n_tokens']:,} tokens)")
-    return CachedTokens(bin_path, meta["n_tokens"], meta["n_documents"], False, time.perf_counter() - t0,
+        meta, built = _prepare(entry, pieces, num_proc or default_num_proc(), piece_bytes, poll_s, wait_s)
+    if not built:
+        log.info(f"token cache: {entry.tokens} ({meta['n_tokens']:,} tokens)")
+    return CachedTokens(entry.tokens, meta["n_tokens"], meta["n_documents"], built, time.perf_counter() - t0,
                         np.dtype(meta["dtype"]))
+
+
+# ---- one process prepares, the others wait (gptlit.core.file_lock.sole_writer) -------------------
+
+
+def _wait_for_preparer(entry: CacheEntry, poll_s: float, wait_s: float | None) -> dict:
+    """The metadata of the complete file that another process (the preparer) writes, once it is there."""
+    watch = _Progress(entry, wait_s, f"token cache: waiting for the preparing process to write {entry.tokens}")
+    meta = None
+    while meta is None:
+        watch.check(started_needed=True)
+        time.sleep(poll_s)
+        meta, _ = read_meta(entry)
+    return meta
+
+
+def _prepare(entry: CacheEntry, pieces: Iterator[Piece], num_proc: int, piece_bytes: int, poll_s: float,
+             wait_s: float | None) -> tuple[dict, bool]:
+    """(metadata, built): the token file tokenized here, as the one process that does, unless the
+    process this one waited for made it meanwhile."""
+    writable_dir(entry.tokens.parent)
+    watch = _Progress(entry, wait_s, f"token cache: another process is tokenizing {entry.corpus.name} into "
+                                     f"{entry.tokens}; waiting for it")
+    try:
+        with sole_writer(entry.tokens, entry.meta, lock=entry.lock, waiting=watch.check, poll_s=min(poll_s, 0.2),
+                         tag=f"{socket.gethostname()}-{os.getpid()}") as (tmp_tokens, tmp_meta):
+            meta, damaged = read_meta(entry)  # the process we waited for may have made it
+            if meta is not None:
+                return meta, False
+            if damaged:
+                log.warning(f"token cache: {entry.tokens} is damaged ({damaged}); rebuilding it")
+            entry.meta.unlink(missing_ok=True)
+            return build(entry, pieces, tmp_tokens, tmp_meta, num_proc, piece_bytes), True
+    except OSError as e:
+        raise _disk_error(e, entry.tokens) from None
 
 
 class _Progress:
     """What a waiting process sees of the preparer: its lock file and the size of its partial token
-    file. check() raises the UserError that ends a wait bounded by wait_s."""
+    file. check() says `note` the first time, and raises the UserError that ends a wait bounded by wait_s."""
 
-    def __init__(self, bin_path: Path, wait_s: float | None):
-        self.bin_path, self.wait_s = bin_path, wait_s
-        self.lock_path = lock_path(bin_path)
+    def __init__(self, entry: CacheEntry, wait_s: float | None, note: str):
+        self.entry, self.wait_s, self.note = entry, wait_s, note
         self.t0 = self.changed = time.monotonic()
         self.state = None
 
     def seen(self) -> tuple[bool, int]:
         sizes = 0
-        for p in self.bin_path.parent.glob(f".{self.bin_path.name}.*.partial"):
+        for p in self.entry.tokens.parent.glob(f".{self.entry.tokens.name}.*.partial"):
             with contextlib.suppress(FileNotFoundError):
                 sizes += p.stat().st_size
-        return self.lock_path.exists(), sizes
+        return self.entry.lock.exists(), sizes
 
-    def check(self, cache_dir: Path, started_needed: bool = False) -> None:
+    def check(self, started_needed: bool = False) -> None:
+        if self.note:
+            log.info(self.note)
+            self.note = ""
         if self.wait_s is None:
             return
         now, state = time.monotonic(), self.seen()
         if state != self.state:
             self.state, self.changed = state, now
         started = state[0] or state[1] > 0
-        if read_meta(self.bin_path, meta_path_of(self.bin_path))[0] is not None:
+        if read_meta(self.entry)[0] is not None:
             return  # done between two looks
         if started_needed and not started and now - self.t0 > self.wait_s:
             raise UserError(
                 f"data.prepare_per_node=false: after {self.wait_s:.0f} s the preparing process (global rank 0) "
-                f"has not started writing into {cache_dir}, so this node does not share its cache folder; "
-                f"set data.prepare_per_node=true for a cache folder on each node's disk, or run task=prepare first"
+                f"has not started writing into {self.entry.tokens.parent}, so this node does not share its cache "
+                f"folder; set data.prepare_per_node=true for a cache folder on each node's disk, or run task=prepare first"
             )
         if started and now - self.changed > self.wait_s:
             raise UserError(
-                f"the process tokenizing into {self.bin_path} made no progress for {self.wait_s:.0f} s (its partial "
-                f"file stayed at {state[1]:,} bytes): it died or hangs; stop it, remove {self.lock_path.name} if it "
+                f"the process tokenizing into {self.entry.tokens} made no progress for {self.wait_s:.0f} s (its partial "
+                f"file stayed at {state[1]:,} bytes): it died or hangs; stop it, remove {self.entry.lock.name} if it "
                 f"stays, and run again (task=prepare tokenizes alone), or raise dist_timeout_s"
             )
-
-
-def lock_path(bin_path: Path) -> Path:
-    return Path(str(bin_path) + ".lock")
-
-
-def meta_path_of(bin_path: Path) -> Path:
-    return bin_path.with_suffix(".json")
-
-
-def _try_lock(path: Path) -> ProcessLock | None:
-    """The preparation lock of one token file (`<token file>.lock`, removed on release), or None while another
-    process holds it."""
-    lock = ProcessLock(path)
-    return lock if lock.try_acquire() else None
-
-
-def _acquire(bin_path: Path, corpus: Corpus, poll_s: float, wait_s: float | None) -> ProcessLock:
-    """The preparation lock of bin_path; while another process holds it, wait (bounded as ensure says)."""
-    path = lock_path(bin_path)
-    lock = _try_lock(path)
-    if lock is not None:
-        return lock
-    log.info(f"token cache: another process is tokenizing {corpus.name} into {bin_path}; waiting for it")
-    watch = _Progress(bin_path, wait_s)
-    while lock is None:
-        time.sleep(min(poll_s, 0.2))
-        watch.check(bin_path.parent)
-        lock = _try_lock(path)
-    return lock
-
-
-# ---- reading a corpus in pieces (gptlit.data.readers) ------------------------------------------
-
-
-def tasks(corpus: Corpus, piece_bytes: int) -> Iterator[Piece]:
-    """The corpus as pieces, in order, each file read a piece at a time by its reader."""
-    yield from DOCUMENTS.documents(corpus.documents or (), corpus.name)
-    options = reader_options(corpus)
-    for f in corpus.files:
-        try:
-            yield from reader_for(f).pieces(f, piece_bytes, options)
-        except OSError as e:
-            raise UserError(f"data.path: cannot read {f} ({e.strerror or e}); check the file and its permissions") from None
 
 
 # ---- tokenizing (in the pool's processes) ------------------------------------------------------
@@ -280,18 +268,17 @@ def tokenize_task(task: Piece, options: dict, tokenizer: Tokenizer | None = None
     return np.array(ids, dtype=dtype_for(tok)), len(texts) - (0 if task.starts_document or not texts else 1)
 
 
-def _ordered(corpus: Corpus, num_proc: int, piece_bytes: int,
-             tokenizer: Tokenizer | None = None) -> Iterator[tuple[Piece, np.ndarray, int]]:
-    """(task, ids, documents) in corpus order, tokenized by num_proc processes.
+def _ordered(pieces: Iterator[Piece], options: dict, num_proc: int,
+             tokenizer: Tokenizer) -> Iterator[tuple[Piece, np.ndarray, int]]:
+    """(piece, ids, documents) in corpus order, tokenized by num_proc processes.
 
     Hand-written rather than Pool.imap: imap reads its whole input ahead, which would hold the
-    corpus in memory; here at most 2 tasks per process are in flight.
+    corpus in memory; here at most 2 pieces per process are in flight.
     """
     global _TOKENIZER
-    it, options = tasks(corpus, piece_bytes), reader_options(corpus)
-    _TOKENIZER = tokenizer or gpt2()  # what tokenize_task uses, here and in the forked processes
+    _TOKENIZER = tokenizer  # what tokenize_task uses, here and in the forked processes
     if num_proc <= 1:
-        for t in it:
+        for t in pieces:
             yield (t, *tokenize_task(t, options))
         return
     _TOKENIZER.encode("")  # loaded once here, shared with the forked processes
@@ -309,7 +296,7 @@ def _ordered(corpus: Corpus, num_proc: int, piece_bytes: int,
             os.environ["TOKENIZERS_PARALLELISM"] = was
     with pool_ctx as pool:
         pending: collections.deque = collections.deque()
-        for t in it:
+        for t in pieces:
             pending.append((t, pool.apply_async(tokenize_task, (t, options))))
             if len(pending) >= 2 * num_proc:
                 t0, r = pending.popleft()
@@ -326,42 +313,38 @@ def _disk_error(e: OSError, path: Path) -> UserError:
     return UserError(f"could not write the token cache {path} ({e.strerror or e}); {fix}")
 
 
-def build(corpus: Corpus, bin_path: Path, meta_path: Path, num_proc: int, piece_bytes: int = PIECE_BYTES,
-          tokenizer: Tokenizer | None = None) -> dict:
-    """Tokenize corpus into bin_path (+ meta_path), atomically. Call with the file lock held."""
+def build(entry: CacheEntry, pieces: Iterator[Piece], tmp_tokens: Path, tmp_meta: Path, num_proc: int,
+          piece_bytes: int = PIECE_BYTES) -> dict:
+    """Tokenize the corpus' pieces into tmp_tokens, then its metadata into tmp_meta: the temporary files
+    of sole_writer, which publishes them (call within it)."""
     from tqdm import tqdm
 
-    tokenizer = tokenizer or gpt2()
+    corpus, tokenizer = entry.corpus, entry.tokenizer
     dtype = dtype_for(tokenizer)
     total = sum(f.stat().st_size for f in corpus.files) + sum(len(d) for d in corpus.documents or ())
     use = max(1, min(num_proc, total // piece_bytes + 1))
-    tag = f"{socket.gethostname()}-{os.getpid()}"
     t0 = time.perf_counter()
     n_tokens = n_docs = 0
-    try:
-        with atomic_file(bin_path, durable=True, tag=tag) as tmp_bin:
-            with open(tmp_bin, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}", disable=None, leave=False
-            ) as bar:
-                for task, ids, docs in _ordered(corpus, use, piece_bytes, tokenizer):
-                    if task.starts_document and n_docs and docs:
-                        ids = np.concatenate([np.array([tokenizer.eot_id], dtype), ids])
-                    out.write(ids.tobytes())
-                    n_tokens, n_docs = n_tokens + len(ids), n_docs + docs
-                    bar.update(task.progress)
-        seconds = time.perf_counter() - t0
-        meta = dict(
-            format=FORMAT_VERSION, dtype=dtype.str, n_tokens=n_tokens, n_documents=n_docs, key=cache_key(corpus, tokenizer),
-            corpus=corpus.name, files=[str(f.resolve()) for f in corpus.files], **reader_options(corpus),
-            separator=tokenizer.eot_token, tokenizer=tokenizer.fingerprint, tokenizer_name=tokenizer.describe(),
-            input_bytes=total, seconds=round(seconds, 3), processes=use,
-        )
-        atomic_write(meta_path, meta)  # the tokens first, the metadata that vouches for them last
-    except OSError as e:
-        raise _disk_error(e, bin_path) from None
+    with open(tmp_tokens, "wb") as out, tqdm(
+        total=total, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}", disable=None, leave=False
+    ) as bar:
+        for task, ids, docs in _ordered(pieces, entry.options, use, tokenizer):
+            if task.starts_document and n_docs and docs:
+                ids = np.concatenate([np.array([tokenizer.eot_id], dtype), ids])
+            out.write(ids.tobytes())
+            n_tokens, n_docs = n_tokens + len(ids), n_docs + docs
+            bar.update(task.progress)
+    seconds = time.perf_counter() - t0
+    meta = dict(
+        format=FORMAT_VERSION, dtype=dtype.str, n_tokens=n_tokens, n_documents=n_docs, key=entry.key,
+        corpus=corpus.name, files=[str(f.resolve()) for f in corpus.files], **entry.options,
+        separator=tokenizer.eot_token, tokenizer=tokenizer.fingerprint, tokenizer_name=tokenizer.describe(),
+        input_bytes=total, seconds=round(seconds, 3), processes=use,
+    )
+    tmp_meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
     log.info(
         f"token cache: tokenized {corpus.name} ({total / 1e6:,.1f} MB) into {n_tokens:,} tokens in {seconds:.1f} s "
-        f"({total / 1e6 / max(seconds, 1e-9):.1f} MB/s, {use} process{'es' if use > 1 else ''}): {bin_path}"
+        f"({total / 1e6 / max(seconds, 1e-9):.1f} MB/s, {use} process{'es' if use > 1 else ''}): {entry.tokens}"
     )
     return meta
 

@@ -18,7 +18,7 @@ corpus). With a corpus over sample_mb / (1 - val_fraction) MB the training text 
 
 A trained BPE is a `<slug>-bpe<vocab>-<key>.tokenizer.json` in the token cache's folder, keyed by the
 corpus (as its token file is), the settings, the `tokenizers` version and BPE_FORMAT; it is trained once,
-by one process holding its lock (others wait), and written atomically.
+by one process holding its lock while others wait, and written whole (gptlit.core.file_lock.sole_writer).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from gptlit.core.errors import UserError
-from gptlit.core.files import atomic_write
-from gptlit.core.settings import plain
-from gptlit.data.readers import Corpus
-from gptlit.data.token_cache import _acquire, cache_key, corpus_slug, reader_options, tasks, writable_dir
+from gptlit.core.file_lock import sole_writer
+from gptlit.data.config import DataConfig
+from gptlit.data.readers import Corpus, read_corpus, reader_options
+from gptlit.data.token_cache import cache_key, corpus_slug, writable_dir
 from gptlit.model.tokenizer import Tokenizer, check_bpe_vocab, from_file, from_settings, gpt2, train_bpe
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def training_texts(corpus: Corpus, val_fraction: float, max_bytes: int, step: in
     """The first (1 - val_fraction) of the corpus' text (UTF-8 bytes, documents in order), at most max_bytes of it,
     streamed: having read n bytes, the first (1 - val_fraction) * n are before the cut whatever follows, so they
     are given out (in chunks of at least `step` bytes) and at most val_fraction * n + step are held."""
-    keep, options = 1.0 - val_fraction, reader_options(corpus)
+    keep, (options, pieces) = 1.0 - val_fraction, read_corpus(corpus, READ_PIECE, DataConfig)
     held: collections.deque[bytes] = collections.deque()
     read = given = 0
 
@@ -65,7 +65,7 @@ def training_texts(corpus: Corpus, val_fraction: float, max_bytes: int, step: in
             if text:
                 yield text
 
-    for piece in tasks(corpus, READ_PIECE):
+    for piece in pieces:
         for t in piece.reader.texts(piece, options):
             b = t.encode("utf-8", "surrogatepass")
             held.append(b)
@@ -81,7 +81,7 @@ def training_texts(corpus: Corpus, val_fraction: float, max_bytes: int, step: in
 def bpe_path(corpus: Corpus, cache_dir: Path, vocab_size: int, sample_mb: float, val_fraction: float) -> Path:
     import tokenizers
 
-    head = dict(format=BPE_FORMAT, corpus=cache_key(corpus), vocab_size=vocab_size, sample_mb=sample_mb,
+    head = dict(format=BPE_FORMAT, corpus=cache_key(corpus, reader_options(corpus, DataConfig)), vocab_size=vocab_size, sample_mb=sample_mb,
                 val_fraction=val_fraction, library=f"tokenizers {tokenizers.__version__}")
     key = hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()[:20]
     return cache_dir / f"{corpus_slug(corpus)}-bpe{vocab_size}-{key}.tokenizer.json"
@@ -101,8 +101,15 @@ def trained_bpe(corpus: Corpus, cache_dir: Path, vocab_size: int, sample_mb: flo
     if path.is_file():
         return _read(path)
     writable_dir(path.parent)
-    lock = _acquire(path, corpus, 1.0, None)
-    try:
+    told = False
+
+    def waiting() -> None:  # called at each look while another process trains it: one line, the first time
+        nonlocal told
+        if not told:
+            log.info(f"tokenizer: another process is training {path}; waiting for it")
+            told = True
+
+    with sole_writer(path, lock=Path(f"{path}.lock"), waiting=waiting, poll_s=0.2) as (tmp,):
         if path.is_file():  # the process we waited for trained it
             return _read(path)
         max_bytes = int(sample_mb * 1e6)
@@ -123,25 +130,17 @@ def trained_bpe(corpus: Corpus, cache_dir: Path, vocab_size: int, sample_mb: flo
         if counted[0] == 0:
             raise UserError(f"the training text of {corpus.name} is empty: tokenizer=bpe has nothing to learn from; "
                             f"use a corpus with text before its validation part")
-        atomic_write(path, tok.hf_json())
+        tmp.write_text(tok.hf_json(), encoding="utf-8")
         secs = time.perf_counter() - t0
         short = "" if tok.vocab_size == vocab_size else f" (the text has no more pairs to merge than {tok.vocab_size:,})"
         log.info(f"tokenizer: trained {tok.vocab_size:,} tokens{short} on {counted[0] / 1e6:,.2f} MB in {secs:.1f} s: {path}")
         return tok
-    finally:
-        lock.release()
 
 
 def _read(path: Path) -> Tokenizer:
     tok = from_file(path, key="the trained tokenizer")
     tok.kind = tok.name = "bpe"
     return tok
-
-
-def group_settings(cfg) -> dict:
-    """A composed config's `tokenizer` group node as a dict (a config composed without the group: gpt2)."""
-    node = cfg.get("tokenizer") if hasattr(cfg, "get") else None
-    return dict(plain(node) or {"kind": "gpt2"})
 
 
 def resolve(settings: dict | None, corpus_of, val_fraction: float, cache_dir: Path) -> Tokenizer:

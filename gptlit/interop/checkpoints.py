@@ -4,7 +4,8 @@
   load_checkpoint   read a checkpoint safely (torch.load with weights_only=True, memory-mapped)
   model_from_checkpoint   the GPT rebuilt from a checkpoint's stored config and weights, carrying its tokenizer
   checkpoint_tokenizer    the tokenizer a checkpoint stored (GPT-2's for one written before the tokenizer group)
-  check_resumable   a checkpoint's model config against a run's
+  saved_model       a checkpoint's model config and tokenizer, read once (whether a run may resume from it:
+                    gptlit.model.config.check_resumable)
 
 Reading other formats (Hugging Face folders, the book's .pth files) is gptlit.interop.hf's job; which
 model config a run takes from such files is gptlit.run.model_source's (model_for_run).
@@ -13,6 +14,7 @@ model config a run takes from such files is gptlit.run.model_source's (model_for
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,7 +71,7 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load a Lightning checkpoint written by gptlit, with weights_only=True (no arbitrary code runs).
 
     Memory-mapped: a tensor is read from disk only when used, so the checks that need only the
-    stored config or the resume state (check_resumable, gptlit.training.resume) cost no read of the weights."""
+    stored config or the resume state (saved_model, gptlit.training.resume) cost no read of the weights."""
     p = Path(path)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
@@ -107,19 +109,22 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
     return model.to(device).eval(), ckpt
 
 
-def saved_model_config(path: str | os.PathLike) -> GPTConfig:
-    """The model config stored in a gptlit checkpoint."""
-    return GPTConfig.from_dict(load_checkpoint(path)["hyper_parameters"]["model"])
+@dataclass(frozen=True)
+class SavedModel:
+    """What a run takes from a gptlit checkpoint before its weights (read once, see saved_model)."""
+
+    path: Path
+    fields: dict  # the model config as stored (a checkpoint older than a GPTConfig field lacks that field)
+    tokenizer: Tokenizer  # the tokenizer it was trained with
+
+    @property
+    def config(self) -> GPTConfig:
+        """The stored model config as a GPTConfig (a field it lacks: GPTConfig's default)."""
+        return GPTConfig.from_dict(self.fields)
 
 
-def check_resumable(path: str | os.PathLike, model_cfg: GPTConfig, shown: str | None = None) -> None:
-    """Raise UserError unless the checkpoint at `path` was trained with this model config (GPTConfig's
-    runtime fields, such as activation checkpointing, may differ)."""
-    saved = load_checkpoint(path)["hyper_parameters"]["model"]
-    runtime = GPTConfig.fields_of("runtime")
-    for k, v in model_cfg.to_dict().items():
-        if k in saved and saved[k] != v and k not in runtime:
-            raise UserError(
-                f"ckpt_path={shown or path} was trained with model.{k}={saved[k]} but this run has model.{k}={v}; "
-                f"pass model.{k}={saved[k]} (or the same model= preset) to resume"
-            )
+def saved_model(path: str | os.PathLike) -> SavedModel:
+    """The model config and tokenizer stored in the gptlit checkpoint at `path` (memory-mapped: no weights read)."""
+    ckpt = load_checkpoint(path)
+    fields = dict(ckpt["hyper_parameters"]["model"])
+    return SavedModel(Path(path), fields, checkpoint_tokenizer(ckpt, path))

@@ -240,14 +240,14 @@ def hf_config(d: dict, where: Path | str) -> tuple[GPTConfig, bool]:
         raise UserError(f"{where}: n_positions is missing or not an integer ({n_pos!r})")
     if d.get("n_inner") not in (None, 4 * d["n_embd"]):
         raise bad("n_inner", d["n_inner"], f"gptlit's MLP is 4 * n_embd = {4 * d['n_embd']} wide")
-    cfg = GPTConfig(
-        vocab_size=d["vocab_size"], context_length=n_pos, emb_dim=d["n_embd"], n_heads=d["n_head"], n_layers=d["n_layer"],
-        drop_rate=0.0, qkv_bias=True, tie_embeddings=bool(d.get("tie_word_embeddings", True)),
-    )
     try:
-        return cfg.validate(), cfg.tie_embeddings
+        cfg = GPTConfig(
+            vocab_size=d["vocab_size"], context_length=n_pos, emb_dim=d["n_embd"], n_heads=d["n_head"],
+            n_layers=d["n_layer"], drop_rate=0.0, qkv_bias=True, tie_embeddings=bool(d.get("tie_word_embeddings", True)),
+        )
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
+    return cfg, cfg.tie_embeddings
 
 
 def _read_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -290,13 +290,13 @@ def _read_book(f: Path, n_heads: int | None) -> tuple[GPTConfig, dict[str, torch
             )
         n_heads = GPT2_HEADS[emb]
     head = src.get("out_head.weight")
-    cfg = GPTConfig(
-        vocab_size=vocab, context_length=src["pos_emb.weight"].size(0), emb_dim=emb, n_heads=n_heads, n_layers=n_layers,
-        drop_rate=0.0, qkv_bias="trf_blocks.0.att.W_query.bias" in src,
-        tie_embeddings=head is None or (head.shape == src["tok_emb.weight"].shape and torch.equal(head, src["tok_emb.weight"])),
-    )
     try:
-        cfg.validate()
+        cfg = GPTConfig(
+            vocab_size=vocab, context_length=src["pos_emb.weight"].size(0), emb_dim=emb, n_heads=n_heads,
+            n_layers=n_layers, drop_rate=0.0, qkv_bias="trf_blocks.0.att.W_query.bias" in src,
+            tie_embeddings=head is None or (head.shape == src["tok_emb.weight"].shape
+                                            and torch.equal(head, src["tok_emb.weight"])),
+        )
     except UserError as e:
         raise UserError(f"{f}: {e}") from None
     plan: Plan = [("tok_emb.weight", ["tok_emb.weight"], False), ("pos_emb.weight", ["pos_emb.weight"], False)]

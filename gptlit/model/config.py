@@ -4,6 +4,10 @@ GPTConfig and PRESETS are the model (`model=nano|mini|small|medium|large|xl`); t
 defaults are gptlit.training.optim.OptimConfig (`optim=adamw`). gptlit.run.config_store registers
 them as Hydra's `model` and `optim` config groups, so `python train.py` and Python callers start
 from the same values.
+
+  preset_of   the preset whose shape a config has (how logs and errors name weights read from a file)
+  reconcile   the config for weights read from a file: their architecture, the run's training and runtime fields
+  check_resumable  whether a run's config may resume a checkpoint's (its stored fields): all but runtime ones equal
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class GPTConfig:
     pad_vocab_multiple: int = _field(64, "training")  # embedding/head rows padded to a multiple of this (fast matmuls)
     init: str = _field("gpt2", "training")  # "gpt2": normal(0, 0.02), scaled residual projections; "torch": PyTorch defaults (the book)
     activation_checkpointing: bool = _field(False, "runtime")  # recompute each block's activations in backward: less memory, ~1/3 more time
+
+    def __post_init__(self):
+        self.validate()  # checked once, where it is made: every GPTConfig in the program is a valid one
 
     @classmethod
     def fields_of(cls, kind: str) -> tuple[str, ...]:
@@ -79,13 +86,13 @@ class GPTConfig:
     def from_name(cls, name: str, **overrides) -> "GPTConfig":
         if name not in PRESETS:
             raise UserError(f"unknown model '{name}': choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides}).validate()
+        return cls(**{**PRESETS[name], **overrides})
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
         """Build from a mapping, ignoring keys that are not model fields (e.g. Hydra's `name`)."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(d).items() if k in fields}).validate()
+        return cls(**{k: v for k, v in dict(d).items() if k in fields})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,3 +113,57 @@ PRESETS: dict[str, dict] = {
     "large": dict(context_length=1024, emb_dim=1280, n_heads=20, n_layers=36),  # GPT-2 large, 774M
     "xl": dict(context_length=1024, emb_dim=1600, n_heads=25, n_layers=48),  # GPT-2 XL, 1558M
 }
+
+
+def preset_of(cfg: GPTConfig) -> str | None:
+    """The preset whose shape (emb_dim, n_heads, n_layers) `cfg` has (the largest where several do); None: no preset's."""
+    same = [n for n, p in PRESETS.items() if all(p[k] == getattr(cfg, k) for k in ("emb_dim", "n_heads", "n_layers"))]
+    return same[-1] if same else None
+
+
+def reconcile(user: dict, weights: GPTConfig, source: str, explicit: dict[str, str], checkpoint: bool = False) -> GPTConfig:
+    """The model config for these weights: architecture from the weights, runtime and training fields from the user.
+
+    `user` is the run's `model` node; `explicit` the fields the user chose, each with where it was chosen
+    (gptlit.run.model_source.explicit_model_fields). A field chosen must agree with the weights, except
+    context_length, which may be lower for pretrained weights (not for a checkpoint, `checkpoint=True`).
+    """
+
+    def fmt(v) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    match = preset_of(weights)
+    for f, origin in explicit.items():
+        preset_field = f in ("emb_dim", "n_heads", "n_layers") or origin.startswith("preset")
+        fix = f"use model={match} or drop the override" if match and preset_field else "drop the override"
+        want, have = user.get(f), getattr(weights, f)
+        if want == have or (f == "context_length" and not checkpoint and 0 < want < have):
+            continue
+        if f == "context_length" and not checkpoint:
+            raise UserError(
+                f"model.context_length={want} ({origin}) exceeds the {have} positions of the weights in {source}; "
+                f"use model.context_length={have} or less"
+            )
+        raise UserError(f"model.{f}={fmt(want)} ({origin}) contradicts the weights in {source} ({fmt(have)}); {fix}")
+    context = user["context_length"] if "context_length" in explicit else weights.context_length
+    # a checkpoint's tensors hold its padded vocabulary rows; pretrained files are unpadded and take the run's padding
+    pad = weights.pad_vocab_multiple if checkpoint else user.get("pad_vocab_multiple", weights.pad_vocab_multiple)
+    # how a step runs is the run's choice (model.activation_checkpointing=true with model.init_from, say)
+    runtime = {f: user[f] for f in GPTConfig.fields_of("runtime") if f in user}
+    return dataclasses.replace(
+        weights, context_length=context, drop_rate=user.get("drop_rate", weights.drop_rate), pad_vocab_multiple=pad,
+        **runtime,
+    )
+
+
+def check_resumable(saved: dict, cfg: GPTConfig, shown: str) -> None:
+    """Raise UserError unless the checkpoint `shown` (a ckpt_path), whose stored model config is `saved`, was
+    trained with this config: runtime fields (activation checkpointing, say) may differ; a field it did not
+    store (a checkpoint older than the field) is not compared."""
+    runtime = GPTConfig.fields_of("runtime")
+    for k, v in cfg.to_dict().items():
+        if k in saved and saved[k] != v and k not in runtime:
+            raise UserError(
+                f"ckpt_path={shown} was trained with model.{k}={saved[k]} but this run has model.{k}={v}; "
+                f"pass model.{k}={saved[k]} (or the same model= preset) to resume"
+            )

@@ -180,7 +180,7 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.cfg = cfg.validate()
+        self.cfg = cfg  # valid: a GPTConfig checks itself when it is made
         V = cfg.padded_vocab_size  # rows >= cfg.vocab_size are padding, masked out of every output
         self.tok_emb = nn.Embedding(V, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)

@@ -11,6 +11,9 @@ same 50,256 merge ranks (from the MIT-licensed openai-whisper package, whose
   train_bpe(texts, n)  a byte-level BPE of n tokens trained on texts (kind "bpe")
   from_file(path)      a tokenizer.json, or a folder holding one (kind "file")
   from_spec(spec)      the tokenizer a checkpoint stored (`Tokenizer.spec()`); None = gpt2 (older checkpoints)
+  from_settings(node)  the tokenizer a `tokenizer` config group node names (None: a bpe still to be trained)
+  pretrained_tokenizer(path)  the tokenizer of pretrained weights (GPT-2's, or an export's tokenizer.json)
+  same_tokenizer(mine, theirs, n)  whether a run's tokenizer is the one weights were trained with
   tokenizer_of(model)  the tokenizer a loaded model reads (`model.tokenizer`, set by the loaders), else gpt2
 
 Trained BPEs use Hugging Face `tokenizers` (Rust). Measured on this project's 2 shared cores
@@ -414,13 +417,13 @@ def from_settings(settings: dict) -> Tokenizer | None:
     kind = settings.get("kind", "gpt2")
     if kind == "gpt2":
         return gpt2()
+    if kind == "bpe":
+        check_bpe_vocab(settings.get("vocab_size"))
+        return None
     if kind == "file":
         if not settings.get("path"):
             raise UserError("tokenizer=file needs tokenizer.path=<a tokenizer.json or a model folder holding one>")
         return from_file(settings["path"])
-    if kind == "bpe":
-        check_bpe_vocab(settings.get("vocab_size"))
-        return None
     raise UserError(f"tokenizer.kind={kind} is unknown: use tokenizer=gpt2, tokenizer=bpe or tokenizer=file")
 
 
@@ -432,6 +435,15 @@ def pretrained_tokenizer(path: str | os.PathLike) -> Tokenizer:
         return gpt2()
     tok = from_file(p, key="model.init_from")
     return gpt2() if is_gpt2(tok) else tok
+
+
+def same_tokenizer(mine: Tokenizer | dict, theirs: Tokenizer, vocab_size: int) -> bool:
+    """Whether a run's tokenizer (a Tokenizer, or the settings of a bpe still to be trained, see from_settings)
+    is `theirs`, the tokenizer of weights with vocab_size ids: the same ids for every text (fingerprint); a
+    bpe to train is the same as a trained bpe of the same vocabulary size."""
+    if isinstance(mine, dict):
+        return theirs.kind == "bpe" and mine.get("vocab_size") == vocab_size
+    return mine.fingerprint == theirs.fingerprint
 
 
 def tokenizer_of(model) -> Tokenizer:

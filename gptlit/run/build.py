@@ -1,11 +1,11 @@
 """A RunPlan (gptlit.run.plan) built: (datamodule, module, trainer, ckpt_path). Reads the plan only.
 
 A bad value ends as a one-line UserError, raised by gptlit.run.plan.resolve or by the class it configures,
-before any training. The order: the task, the `trainer.*` values, the model config, `optim.*`, `sampling.*` and
-`data.max_length` are checked while the plan is resolved, before the corpus is read; the corpus is then tokenized
-(or found in the token cache: a corpus too short fails there), and the memory plan is made, before the model is
-built; the callbacks and loggers are built last, so a bad `callbacks.*` or `logger.*` value (or logger=wandb
-without wandb) fails after tokenizing. gptlit.run.runner resolves the plan (gptlit.run.plan.resolve) and runs
+before any training. The order: the task, the `trainer.*` values, the model config, `optim.*`, `sampling.*`,
+`data.*`, the memory plan (micro-batches that fit) and the loggers' packages (logger=wandb without wandb) are
+checked while the plan is resolved, before the corpus is read; the corpus is then tokenized (or found in the token
+cache: a corpus too short fails there) before the model is built; the callbacks and loggers are built last, so
+a bad `callbacks.*` or `logger.*` value fails after tokenizing. gptlit.run.runner resolves the plan (gptlit.run.plan.resolve) and runs
 what build returns; gptlit.run.runner.build_run does both steps for tests and benchmarks.
 """
 
@@ -32,7 +32,6 @@ from gptlit.interop.hf import load_weights
 from gptlit.training.lit_module import GPTLitModule
 from gptlit.training.resume import setup_exact_resume
 from gptlit.run.search.trial import trial_pruning_callback
-from gptlit.run.trackers import prepare_loggers
 
 
 def make(node, **kwargs):
@@ -105,18 +104,6 @@ def val_interval(tcfg: dict, batches_per_epoch: int):
     return max(1, min([v * accumulate, *total]))
 
 
-def plan_training_memory(plan, dm: GPTDataModule) -> memory.MicroBatchPlan:
-    """gptlit.training.memory's micro-batch plan for this run (raises UserError when one sample does not fit)."""
-    tcfg = plan.trainer
-    devices, nodes = tcfg.get("devices", 1), int(tcfg.get("num_nodes") or 1)
-    local = devices if isinstance(devices, int) and devices > 0 else 1
-    return memory.plan_for_training(
-        plan.model, plan.model_label, dm.config.batch_size, dm.config.max_length, dm.config.micro_batch_size,
-        plan.precision, plan.accelerator, processes_per_machine=local,
-        fused_loss=not plan.compile, world_size=local * nodes, compiled=plan.compile,
-    )
-
-
 def build(plan):
     """Build (datamodule, module, trainer, ckpt_path) from a gptlit.run.plan.RunPlan (this module reads nothing
     else, and does not import the plan's module: the runner holds both). Raises UserError before any training."""
@@ -146,11 +133,10 @@ def build(plan):
     rank_zero_info(compression_line(tokenizer, dm.corpus(), dm.config.val_fraction))
     rank_zero_info(dm.summary())
 
-    if task == "train":  # data.batch_size per optimizer step, in micro-batches that fit (checked before the model exists)
-        mem = plan_training_memory(plan, dm)
-        rank_zero_info(mem.line())
-        dm.set_plan(micro_batch_size=mem.micro_batch_size)
-        tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * mem.accumulate
+    if plan.micro_batches is not None:  # task=train: data.batch_size per optimizer step, in micro-batches that fit
+        rank_zero_info(plan.micro_batches.line())
+        dm.set_plan(micro_batch_size=plan.micro_batches.micro_batch_size)
+        tcfg["accumulate_grad_batches"] = int(tcfg.get("accumulate_grad_batches") or 1) * plan.micro_batches.accumulate
     batches_per_epoch = len(dm.train_dataloader())  # loader batches (micro-batches) of one epoch, for val_interval
 
     module = GPTLitModule(model=model_cfg, optim=plan.optim, compile=plan.compile, tokenizer=tokenizer)
@@ -161,7 +147,6 @@ def build(plan):
     rank_zero_info(plan.model_line(module.model.num_params()))
 
     callbacks = instantiate_dict(plan.callbacks, "callbacks")
-    prepare_loggers(plan.loggers)  # logger=wandb without wandb: one line saying what to install
     loggers = instantiate_dict(plan.loggers, "logger")
     tcfg["val_check_interval"] = val_interval(tcfg, batches_per_epoch)
     if sampler.every_n_steps:

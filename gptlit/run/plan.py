@@ -3,7 +3,8 @@ machine) -> a typed RunPlan, which gptlit.run.build builds without looking at th
 
   resolve(cfg)   every value checked that can be checked before the corpus is read, in this order: the task,
                  the `trainer.*` values (precision resolved), compile, keep_freed_memory, the model config
-                 (from the files it names: gptlit.run.model_source, passed in), `optim.*`, `sampling.*`, data.max_length
+                 (from the files it names: gptlit.run.model_source, passed in), `optim.*`, `sampling.*`, data.max_length,
+                 `data.*`, the memory plan (task=train: plan_memory), the loggers' packages
   RunPlan        what a run is: task, GPTConfig, OptimConfig, sampling, data node, Lightning's trainer
                  arguments, callbacks and loggers nodes, paths, resume source, seed, the tokenizer
   after_rollback the plan that goes on from a loss guard's rollback (gptlit.training.guard.GuardRollback)
@@ -19,13 +20,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gptlit.core.errors import UserError
+from gptlit.data.config import DataConfig
 from gptlit.model.config import GPTConfig
 from gptlit.model.tokenizer import Tokenizer
 from gptlit.training import memory
 from gptlit.training.callbacks.sampling import SampleText
 from gptlit.training.limits import resolve_max_epochs
 from gptlit.training.optim import OptimConfig
-from gptlit.data.tokenizer_cache import group_settings
+from gptlit.run.trackers import prepare_loggers
 from gptlit.run.trainer_args import check_trainer_args, cpu_processes_warning
 
 TASKS = ("train", "validate", "prepare")
@@ -57,6 +59,8 @@ class RunPlan:
     # tokenizer=bpe still to be trained on the corpus (gptlit.run.build.run_tokenizer)
     tokenizer: Tokenizer | dict | None = None
     device_type: str = "cpu"  # what the accelerator is: cpu | cuda | mps (gptlit.training.memory.device_type_for)
+    # task=train: data.batch_size per optimizer step in micro-batches that fit this machine (plan_memory)
+    micro_batches: memory.MicroBatchPlan | None = None
     notes: tuple[str, ...] = ()  # warnings printed when the run is built (cpu_processes_warning)
 
     @property
@@ -128,7 +132,7 @@ def resolve(cfg: DictConfig, model_for_run) -> RunPlan:
     if task not in TASKS:
         raise UserError(f"task={cfg.task} is unknown: use task=train, task=validate or task=prepare")
     if task == "prepare":  # only the corpus and its tokenizer
-        tokenizer = group_settings(cfg)
+        tokenizer = plain(cfg.get("tokenizer"))  # its settings (None: gpt2), made into a Tokenizer by gptlit.run.build
         return RunPlan(task=task, model=None, model_label="", optim=None, sampling={}, data=plain(cfg.data),
                        trainer={}, output_dir=str(cfg.paths.output_dir), tokenizer=tokenizer)
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -160,14 +164,30 @@ def resolve(cfg: DictConfig, model_for_run) -> RunPlan:
             f"data.max_length={data['max_length']} exceeds model.context_length={model_cfg.context_length}; "
             f"lower data.max_length or raise model.context_length"
         )
+    mem = plan_memory(model_cfg, label, data, tcfg, compiled) if task == "train" else None
+    loggers = plain(cfg.get("logger")) or {}
+    prepare_loggers(loggers)  # logger=wandb without wandb: one line saying what to install
     return RunPlan(
         task=task, model=model_cfg, model_label=label, optim=optim, sampling=sampling, data=data, trainer=tcfg,
-        callbacks=plain(cfg.get("callbacks")) or {}, loggers=plain(cfg.get("logger")) or {},
+        callbacks=plain(cfg.get("callbacks")) or {}, loggers=loggers,
         compile=compiled, compile_how="compile=auto on CUDA" if cfg.get("compile", "auto") in (None, "auto") else "compile=true",
         keep_freed_memory=keep, output_dir=str(cfg.paths.output_dir), ckpt_path=run_model.ckpt_path,
         init_state=run_model.init_state, resume_inexact=bool(cfg.get("resume_inexact", False)), seed=cfg.get("seed"),
         dist_timeout_s=cfg.get("dist_timeout_s"), tokenizer=run_model.tokenizer, device_type=device_type,
-        notes=(note,) if note and task != "prepare" else (),
+        notes=(note,) if note and task != "prepare" else (), micro_batches=mem,
+    )
+
+
+def plan_memory(model_cfg: GPTConfig, label: str, data: dict, tcfg: dict, compiled: bool) -> memory.MicroBatchPlan:
+    """gptlit.training.memory's micro-batch plan for a training run, made before the corpus is read (it needs only
+    the model, the data settings and the machine): raises UserError when one sample does not fit."""
+    dc = DataConfig.of(**{k: v for k, v in data.items() if k != "_target_"})
+    devices, nodes = tcfg.get("devices", 1), int(tcfg.get("num_nodes") or 1)
+    local = devices if isinstance(devices, int) and devices > 0 else 1
+    return memory.plan_for_training(
+        model_cfg, label, dc.batch_size, dc.max_length, dc.micro_batch_size, str(tcfg["precision"]),
+        str(tcfg.get("accelerator", "auto")), processes_per_machine=local, fused_loss=not compiled,
+        world_size=local * nodes, compiled=compiled,
     )
 
 

@@ -344,7 +344,7 @@ def plan_for_training(
                               "as the launching process chose")
 
     def fits_one(**change) -> bool:
-        cfg = dataclasses.replace(model_cfg, **change)  # values known to be valid: no second check
+        cfg = dataclasses.replace(model_cfg, **change)  # smaller values of a valid config: valid (checked again on creation)
         T = change.get("context_length", seq_len)
         return estimate_step_memory(cfg, T, precision, device, fused_loss, compiled).total(1) <= available * MARGIN
 

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from gptlit.core.errors import UserError
-from gptlit.data.sampler import BATCH_LAYOUT_KEYS, FINGERPRINT_KEYS, describe_setting, setting_fix
+from gptlit.data.sampler import TrainOrder, default_seed, order_fingerprint
 from gptlit.training.contracts import DrawsAtStepEnd
 
 KEY = "gptlit_resume"
@@ -284,6 +284,47 @@ def partial_words(state: dict) -> str:
             f"{part['step'] + 1} (their gradient so far)")
 
 
+# The check before a resume compares the checkpoint's data-order fingerprint with this run's
+# (gptlit.data.sampler.order_fingerprint) and, where they differ, names the setting to put back.
+# What sets each entry, as the error says it:
+FINGERPRINT_KEYS = {
+    "order": "data.order",
+    "batch_size": "data.batch_size",
+    "micro_batch_size": "data.micro_batch_size",
+    "world_size": "processes (trainer.devices x trainer.num_nodes)",
+    "max_length": "data.max_length",
+    "stride": "data.stride",
+    "windows": "train windows (the corpus or data.val_fraction)",
+    "corpus": "training corpus (token digest)",
+}
+# Entries that only cut the order into batches: at an epoch's first batch they may change.
+BATCH_LAYOUT_KEYS = ("batch_size", "micro_batch_size", "world_size")
+
+
+def describe_setting(key: str, value) -> str:
+    """A fingerprint entry and its value as a message says it: `data.batch_size=4`, `2 processes (...)`."""
+    what = FINGERPRINT_KEYS[key]
+    if key == "order":
+        value = value or "sampler"
+    if what.startswith("data."):
+        return f"{what}={value}"
+    if key == "corpus":
+        return f"the training corpus with token digest {value}"
+    return f"{value} {what}"
+
+
+def setting_fix(key: str, value) -> str:
+    """What to do to continue the checkpoint's order exactly."""
+    what = FINGERPRINT_KEYS[key]
+    if key == "order":
+        value = value or "sampler"
+    if what.startswith("data."):
+        return f"set {what}={value} as the checkpoint has"
+    if key == "world_size":
+        return f"run on {value} processes as the checkpoint did"
+    return "train on the checkpoint's corpus and data settings"
+
+
 def partial_verdict(state: dict, fingerprint: dict, accumulate: int, world_size: int) -> str | None:
     """Why a checkpoint's partial step cannot go on in this run (None: it can): another micro-batch plan
     (micro-batch size or micro-batches a step) or another number of processes."""
@@ -374,19 +415,23 @@ def setup_exact_resume(dm, trainer, seed: int | None, ckpt_path: str | None, all
                        ckpt: dict | None = None) -> ExactResume:
     """Set the datamodule's training order (seed, and where a resume starts) and put the ExactResume
     callback first among the trainer's callbacks. Raises UserError before any training."""
-    from gptlit.data.sampler import TrainOrder, default_seed, order_fingerprint
-
-    sampler = dm.train_sampler(trainer)  # its length does not depend on the order's seed or position
+    # What the data layer says about this run's order, all asked before anything is decided: its batches an
+    # epoch (the sampler's length does not depend on the order's seed or position), its fingerprint and the
+    # shuffle seed of a fresh order (the run's seed, else one drawn for this run: a resume takes the checkpoint's).
+    # The seed comes after the sampler: one made before the order is set draws a seed of its own into the same
+    # environment entry, which would replace the run's that its DDP ranks read (default_seed).
+    sampler = dm.train_sampler(trainer)
+    per_epoch = sampler.batches_per_epoch()
     mode = dm.order.mode
     fingerprint = order_fingerprint(dm.train_set, dm.config.batch_size, trainer.world_size, dm.loader_batch_size, mode)
-    per_epoch = sampler.batches_per_epoch()
+    fresh_seed = default_seed(seed, run=str(trainer.default_root_dir)) if mode == "sampler" else None
     plan = (plan_resume(ckpt, ckpt_path, fingerprint, per_epoch, allow_inexact,
                         int(trainer.accumulate_grad_batches or 1), trainer.world_size) if ckpt_path else None)
     if mode == "global":  # the seed is drawn at each epoch's start; a resume mid-epoch takes the drawn one
         order = TrainOrder(None, mode=mode) if plan is None else TrainOrder(
             plan["seed"] if plan["start_batch"] else None, plan["epoch"], plan["start_batch"], mode=mode)
     elif plan is None:
-        order = TrainOrder(default_seed(seed, run=str(trainer.default_root_dir)))  # one random seed per run
+        order = TrainOrder(fresh_seed)
     else:
         order = TrainOrder(plan["seed"], plan["epoch"], plan["start_batch"])
         # Lightning warns on every mid-epoch resume that the train loader "is not resumable" (it has no
