@@ -90,10 +90,7 @@ class SigintInBackward(L.Callback):
 
         def hook(grad):
             handle.remove()
-            # raise_signal sends it to this thread (the main one, where CPU autograd runs the hooks), so it
-            # is in before the next line: os.kill(getpid) let the kernel pick any of the process's threads,
-            # and twice in full test runs on a loaded machine the cut run never saw the Ctrl-C
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # to this thread (CPU autograd runs the hooks in the main one)
             return grad
 
         handle = p.register_hook(hook)

@@ -198,13 +198,17 @@ def test_bad_cadence(make_cfg, key, value, match):
 
 
 def _ctrl_c_run(cfg):
-    """run(cfg), stopped by a Ctrl-C inside it: the SystemExit of the interrupt line."""
+    """run(cfg), stopped by a Ctrl-C inside it: the SystemExit of the interrupt line, and Ctrl-C's handler
+    as it was (Lightning ignores SIGINT during its shutdown, then its teardown puts the handler back)."""
     import signal
 
     handler = signal.getsignal(signal.SIGINT)
+    # Ctrl-C's handler as in a terminal: a shell starts a background job (`pytest &`) with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(SystemExit) as stopped:
             run(cfg)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, handler)
     assert stopped.value.code == 130

@@ -239,7 +239,10 @@ def test_ctrl_c_keeps_the_text_and_ends_with_one_line(trained):
 
     p = subprocess.Popen([sys.executable, str(REPO / "sample.py"), "ckpt=../final.ckpt", "sampling=greedy",
                           "max_new_tokens=100000"], cwd=trained.root / "default", stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         # SIGINT's default action, as in a terminal: a shell starts a background job (`pytest &`)
+                         # with SIGINT ignored, and its children would inherit that
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         head = ""
         while "--- sample 1/1 ---" not in head:
